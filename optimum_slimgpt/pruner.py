@@ -1,0 +1,475 @@
+"""The pruner: calibration capture, the block-by-block loop, and surgery.
+
+Flow of :meth:`SlimGPTPruner.prune_model` (optimum GPTQ's layer loop, without its warts):
+
+1. Resolve the family adapter and plan the per-layer sizes (:func:`solvers.solve_schedule`).
+2. Capture, for every calibration batch, the hidden states entering block 0 and the keyword arguments
+   of *every* block (attention masks differ between sliding- and full-attention layers): forward
+   pre-hooks on all blocks record their inputs, the blocks in between are short-circuited, and the
+   last block's hook raises a private exception (never a swallowed ``ValueError``).
+3. For each block, on ``config.device``: accumulate the ``o_proj`` input Hessian -> remove heads (OBS)
+   -> re-run the block -> accumulate the ``down_proj`` input Hessian -> remove FFN channels (OBS) ->
+   slice the block physically -> run it once more to produce the next block's inputs (so block ``i+1``
+   is calibrated on the outputs of the already-pruned blocks ``0..i``).
+4. Record the per-layer sizes on ``model.config`` and turn the model into the family's per-layer
+   pruned class (see :mod:`optimum_slimgpt.modeling`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from . import __version__
+from .calibration import get_calibration_data
+from .config import SlimGPTConfig
+from .families import FamilyAdapter, get_adapter
+from .solvers import HessianAccumulator, prune_channels, prune_heads, reconstruction_error, solve_schedule
+from .solvers.schedule import LayerPlan, PruningPlan
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SlimGPTPruner", "PruningSummary", "LayerReport"]
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook of the last block to end the calibration forward early."""
+
+
+@dataclass
+class LayerReport:
+    """What happened to one decoder block."""
+
+    index: int
+    ratio: float
+    heads: tuple[int, int]
+    kv_heads: tuple[int, int]
+    channels: tuple[int, int]
+    params: tuple[int, int]
+    attn_error: float = 0.0
+    ffn_error: float = 0.0
+    head_option: Optional[tuple[int, int]] = None
+    seconds: float = 0.0
+
+
+@dataclass
+class PruningSummary:
+    """Per-layer result of a run plus totals. ``attn_error``/``ffn_error`` are relative reconstruction
+    errors ``||(W0 − W) X||² / ||W0 X||²`` of ``o_proj``/``down_proj`` on the calibration inputs."""
+
+    method: str
+    target_ratio: float
+    achieved_ratio: float
+    block_params_before: int
+    block_params_after: int
+    total_params_before: int
+    total_params_after: int
+    seconds: float
+    layers: list[LayerReport] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> str:
+        rows = [
+            f"{'layer':>5} {'ratio':>6} {'heads':>9} {'kv':>7} {'channels':>13} {'attn err':>9} {'ffn err':>9}",
+        ]
+        for r in self.layers:
+            rows.append(
+                f"{r.index:>5} {r.ratio:>6.3f} {r.heads[0]:>4}->{r.heads[1]:<3} {r.kv_heads[0]:>3}->{r.kv_heads[1]:<2} "
+                f"{r.channels[0]:>6}->{r.channels[1]:<5} {r.attn_error:>9.4f} {r.ffn_error:>9.4f}"
+            )
+        rows.append(
+            f"block parameters {self.block_params_before:,} -> {self.block_params_after:,} "
+            f"(removed {self.achieved_ratio:.2%}, target {self.target_ratio:.2%}); "
+            f"all parameters {self.total_params_before:,} -> {self.total_params_after:,}; {self.seconds:.1f} s"
+        )
+        return "\n".join(rows)
+
+
+def _nested_to(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_nested_to(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_nested_to(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _nested_to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _identity_forward(*args, **kwargs):
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _first_param_device(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _move_all_but(module: nn.Module, skip: nn.Module, device) -> Callable[[], None]:
+    """Move every parameter/buffer outside ``skip`` to ``device``; return a function that moves them back."""
+    device = torch.device(device)
+    undo: list[Callable[[], None]] = []
+
+    def contains(m: nn.Module) -> bool:
+        return any(x is skip for x in m.modules())
+
+    def walk(m: nn.Module) -> None:
+        for child in m.children():
+            if child is skip:
+                continue
+            if contains(child):
+                walk(child)
+            else:
+                home = _first_param_device(child)
+                if home != device:
+                    child.to(device)
+                    undo.append(lambda child=child, home=home: child.to(home))
+        for store in (m._parameters, m._buffers):
+            for name, t in list(store.items()):
+                if t is not None and t.device != device:
+                    home = t.device
+                    t.data = t.data.to(device)
+                    undo.append(lambda t=t, home=home: setattr(t, "data", t.data.to(home)))
+
+    walk(module)
+    return lambda: [f() for f in reversed(undo)]
+
+
+def _output_tensor(y):
+    return y[0] if isinstance(y, (tuple, list)) else y
+
+
+class SlimGPTPruner:
+    """Structured pruning of a Hugging Face causal LM with SlimGPT (or SlimLLM).
+
+    Example::
+
+        pruner = SlimGPTPruner(SlimGPTConfig(pruning_ratio=0.2, dataset="wikitext2"))
+        model = pruner.prune_model(model, tokenizer)
+        print(pruner.summary.table())
+        pruner.save(model, "llama-slim")
+
+    Args:
+        config: The run's :class:`SlimGPTConfig`; keyword arguments build one when omitted.
+        mask_only: Zero the removed columns of ``o_proj``/``down_proj`` instead of slicing the
+            blocks (the *masked* model, for checks; it is not made smaller and cannot be saved as
+            pruned).
+    """
+
+    def __init__(self, config: Optional[SlimGPTConfig] = None, *, mask_only: bool = False, **kwargs: Any) -> None:
+        if config is None:
+            config = SlimGPTConfig(**kwargs)
+        elif kwargs:
+            raise TypeError("pass either a SlimGPTConfig or keyword arguments, not both")
+        if not isinstance(config, SlimGPTConfig):
+            raise TypeError(f"config must be a SlimGPTConfig, got {type(config).__name__}")
+        self.config = config
+        self.mask_only = mask_only
+        self.summary: Optional[PruningSummary] = None
+        self.plan: Optional[PruningPlan] = None
+        self.kept: list[dict[str, list[int]]] = []
+
+    # ------------------------------------------------------------------ public API
+    def plan_model(self, model: nn.Module) -> PruningPlan:
+        """The per-layer sizes this config gives for ``model`` (no calibration needed)."""
+        adapter = get_adapter(model)
+        blocks = adapter.get_blocks(model)
+        geoms = [adapter.geometry(b, model.config) for b in blocks]
+        c = self.config
+        return solve_schedule(
+            geoms, c.pruning_ratio, c.schedule, spread=c.schedule_spread, max_layer_ratio=c.max_layer_ratio,
+            prune_heads=c.prune_heads, prune_ffn=c.prune_ffn, min_heads=c.min_heads, min_channels=c.min_channels,
+            channel_multiple=c.channel_multiple,
+        )
+
+    @torch.no_grad()
+    def prune_model(self, model: nn.Module, tokenizer=None, *, calibration: Optional[torch.Tensor] = None) -> nn.Module:
+        """Prune ``model`` in place and return it.
+
+        Args:
+            model: A Hugging Face ``*ForCausalLM`` of a registered family.
+            tokenizer: Needed unless the calibration data are token ids.
+            calibration: Optional ``(samples, seqlen)`` token ids overriding ``config.dataset``.
+        """
+        t_start = time.perf_counter()
+        timings: dict[str, float] = {}
+        c = self.config
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        adapter = get_adapter(model)
+        blocks = adapter.get_blocks(model)
+        self._check_finite(model)
+        self.plan = plan = self.plan_model(model)
+        total_before = sum(p.numel() for p in model.parameters())
+
+        t = time.perf_counter()
+        data = calibration if calibration is not None else get_calibration_data(c, tokenizer, model=model)
+        if not isinstance(data, torch.Tensor) or data.dim() != 2 or data.numel() == 0:
+            raise ValueError("calibration data must be a non-empty (samples, seqlen) tensor of token ids")
+        timings["calibration_data"] = time.perf_counter() - t
+
+        device = torch.device(c.device) if c.device else _first_param_device(blocks[0])
+        act_device = torch.device("cpu") if c.offload_activations else device
+        was_training, use_cache = model.training, getattr(model.config, "use_cache", None)
+        model.eval()
+        if use_cache is not None:
+            model.config.use_cache = False
+        try:
+            t = time.perf_counter()
+            inps, layer_kwargs = self._capture(model, blocks, data, device, act_device)
+            timings["capture"] = time.perf_counter() - t
+            reports = self._prune_blocks(model, adapter, blocks, plan, inps, layer_kwargs, device, act_device, timings)
+        finally:
+            if use_cache is not None:
+                model.config.use_cache = use_cache
+            model.train(was_training)
+
+        total_after = sum(p.numel() for p in model.parameters())
+        block_before = plan.params_before
+        block_after = sum(r.params[1] for r in reports)
+        self.summary = PruningSummary(
+            method=c.method, target_ratio=c.pruning_ratio, achieved_ratio=1 - block_after / block_before,
+            block_params_before=block_before, block_params_after=block_after, total_params_before=total_before,
+            total_params_after=total_after, seconds=time.perf_counter() - t_start, layers=reports, timings=timings,
+        )
+        if not self.mask_only:
+            self._record_layout(model, adapter, blocks)
+        logger.info("SlimGPT pruning done:\n%s", self.summary.table())
+        return model
+
+    def save(self, model: nn.Module, save_dir, **kwargs: Any):
+        """Save a pruned model so that ``AutoModelForCausalLM.from_pretrained(save_dir)`` loads it.
+
+        See :func:`optimum_slimgpt.saving.save_pruned_model` for the options.
+        """
+        from .saving import save_pruned_model
+
+        return save_pruned_model(model, save_dir, **kwargs)
+
+    # ------------------------------------------------------------------ steps
+    @staticmethod
+    def _check_finite(model: nn.Module) -> None:
+        for name, p in model.named_parameters():
+            if p.is_floating_point() and p.device.type != "meta" and not bool(torch.isfinite(p).all()):
+                raise ValueError(f"parameter {name!r} contains NaN or Inf values; cannot prune a broken model")
+
+    def _batches(self, data: torch.Tensor) -> list[torch.Tensor]:
+        bs = self.config.batch_size
+        return [data[i : i + bs] for i in range(0, data.shape[0], bs)]
+
+    def _capture(self, model, blocks, data, device, act_device):
+        """Record block-0 inputs and every block's kwargs for each calibration batch."""
+        batches = self._batches(data)
+        n = len(blocks)
+        inps: list[torch.Tensor] = []
+        layer_kwargs: list[list[dict]] = [[] for _ in range(n)]
+
+        def make_hook(i: int) -> Callable:
+            def hook(module, args, kwargs):
+                hs = args[0] if args else kwargs["hidden_states"]
+                kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+                if len(args) > 1:
+                    raise RuntimeError("decoder blocks called with extra positional arguments are not supported")
+                layer_kwargs[i].append(kw)
+                if i == 0:
+                    if not bool(torch.isfinite(hs).all()):
+                        raise ValueError("the inputs of the first decoder block contain NaN/Inf (broken embeddings?)")
+                    inps.append(hs.detach().to(act_device))
+                if i == n - 1:
+                    raise _StopForward
+
+            return hook
+
+        handles = [b.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
+        saved_forwards = []
+        for b in list(blocks)[:-1]:
+            saved_forwards.append(b.__dict__.get("forward"))
+            b.forward = _identity_forward
+        restore = _move_all_but(model, blocks, device) if not hasattr(model, "hf_device_map") else (lambda: None)
+        try:
+            in_dev = _first_param_device(model.get_input_embeddings()) if hasattr(model, "get_input_embeddings") else device
+            for batch in batches:
+                try:
+                    model(input_ids=batch.to(in_dev), use_cache=False)
+                except _StopForward:
+                    pass
+                else:  # pragma: no cover - the hook always fires
+                    raise RuntimeError("calibration forward finished without reaching the last decoder block")
+        finally:
+            for h in handles:
+                h.remove()
+            for b, f in zip(list(blocks)[:-1], saved_forwards):
+                if f is None:
+                    del b.forward
+                else:
+                    b.forward = f
+            restore()
+        if act_device.type == "cpu" and device.type == "cuda":
+            inps = [x.pin_memory() for x in inps]
+        return inps, layer_kwargs
+
+    def _run_block(self, block, inps, kwargs_list, device, collect: bool, act_device):
+        outs = []
+        for x, kw in zip(inps, kwargs_list):
+            y = _output_tensor(block(x.to(device), **_nested_to(kw, device)))
+            if collect:
+                outs.append(y.to(act_device))
+        return outs
+
+    def _hessian_pass(self, block, linear: nn.Linear, inps, kwargs_list, device) -> torch.Tensor:
+        acc = HessianAccumulator(linear.in_features, device=device)
+        handle = linear.register_forward_pre_hook(lambda m, args: acc.add(args[0]))
+        try:
+            self._run_block(block, inps, kwargs_list, device, False, None)
+        finally:
+            handle.remove()
+        return acc.hessian()
+
+    def _prune_blocks(self, model, adapter: FamilyAdapter, blocks, plan: PruningPlan, inps, layer_kwargs, device,
+                      act_device, timings) -> list[LayerReport]:
+        from transformers.utils.logging import tqdm
+
+        c = self.config
+        reports: list[LayerReport] = []
+        self.kept = []
+        for k in ("hessian_attn", "head_solve", "hessian_ffn", "ffn_solve", "surgery", "forward_out"):
+            timings.setdefault(k, 0.0)
+        bar = tqdm(range(len(blocks)), desc="SlimGPT blocks", unit="block")
+        for i in bar:
+            t_block = time.perf_counter()
+            block = blocks[i]
+            home = _first_param_device(block)
+            if home != device:
+                block.to(device)
+            lp: LayerPlan = plan.layers[i]
+            geom = adapter.geometry(block, model.config)
+            lay = adapter.head_layout(block, model.config)
+            kw = layer_kwargs[i]
+            kept_heads = list(range(lay.num_heads))
+            kept_kv = list(range(lay.num_kv_heads))
+            report = LayerReport(
+                index=i, ratio=lp.ratio, heads=(lay.num_heads, lp.heads), kv_heads=(lay.num_kv_heads, lp.kv_heads),
+                channels=(geom.channels, lp.channels), params=(geom.total_params, geom.params(lp.heads, lp.kv_heads, lp.channels)),
+            )
+            # ---- attention heads
+            if lp.heads < lay.num_heads:
+                o = adapter.attn_out_proj(block)
+                t = time.perf_counter()
+                H = None if c.head_selection == "magnitude" and not c.compensate else self._hessian_pass(block, o, inps, kw, device)
+                timings["hessian_attn"] += time.perf_counter() - t
+                t = time.perf_counter()
+                W0 = o.weight.detach().float()
+                res = prune_heads(
+                    W0, H, num_heads=lay.num_heads, num_kv_heads=lay.num_kv_heads, head_dim=lay.head_dim,
+                    options=lp.head_options, damp_percent=c.damp_percent, mode=c.head_selection,
+                    compensate=c.compensate, name=f"layer {i} {adapter.o_name}",
+                )
+                if H is not None:
+                    err, base = reconstruction_error(W0, res.W, H)
+                    report.attn_error = err / max(base, 1e-30)
+                report.head_option = res.option
+                o.weight.data.copy_(res.W.to(o.weight.dtype))
+                kept_heads, kept_kv = res.kept_heads, res.kept_kv_heads
+                timings["head_solve"] += time.perf_counter() - t
+                t = time.perf_counter()
+                if self.mask_only:
+                    adapter.mask_heads(block, model.config, kept_heads)
+                else:
+                    adapter.prune_heads(block, model.config, kept_heads, kept_kv)
+                timings["surgery"] += time.perf_counter() - t
+            # ---- FFN channels
+            kept_channels = list(range(geom.channels))
+            if lp.channels < geom.channels:
+                down = adapter.mlp_out_proj(block)
+                t = time.perf_counter()
+                H = None if c.channel_selection == "magnitude" and not c.compensate else self._hessian_pass(block, down, inps, kw, device)
+                timings["hessian_ffn"] += time.perf_counter() - t
+                t = time.perf_counter()
+                W0 = down.weight.detach().float()
+                res = prune_channels(
+                    W0, H, num_remove=geom.channels - lp.channels, max_group=c.ffn_max_group,
+                    min_group=c.ffn_min_group, damp_percent=c.damp_percent, mode=c.channel_selection,
+                    compensate=c.compensate, name=f"layer {i} {adapter.channel_out_name}",
+                )
+                if H is not None:
+                    err, base = reconstruction_error(W0, res.W, H)
+                    report.ffn_error = err / max(base, 1e-30)
+                down.weight.data.copy_(res.W.to(down.weight.dtype))
+                kept_channels = res.kept
+                timings["ffn_solve"] += time.perf_counter() - t
+                t = time.perf_counter()
+                if self.mask_only:
+                    adapter.mask_channels(block, kept_channels)
+                else:
+                    adapter.prune_channels(block, kept_channels)
+                timings["surgery"] += time.perf_counter() - t
+            self.kept.append({"heads": kept_heads, "kv_heads": kept_kv, "channels": kept_channels})
+            # ---- outputs feed the next block
+            t = time.perf_counter()
+            if i < len(blocks) - 1:
+                inps = self._run_block(block, inps, kw, device, True, act_device)
+            timings["forward_out"] += time.perf_counter() - t
+            if home != device:
+                block.to(home)
+            report.seconds = time.perf_counter() - t_block
+            reports.append(report)
+            bar.set_postfix(attn_err=f"{report.attn_error:.4f}", ffn_err=f"{report.ffn_error:.4f}")
+            logger.debug("layer %d: heads %s kv %s channels %s, errors %.4g / %.4g", i, report.heads,
+                         report.kv_heads, report.channels, report.attn_error, report.ffn_error)
+        bar.close()
+        return reports
+
+    def _record_layout(self, model, adapter: FamilyAdapter, blocks) -> None:
+        """Write the per-layer sizes and provenance to ``model.config`` and adopt the pruned class."""
+        import transformers
+
+        from .modeling import to_pruned_model
+
+        c = self.config
+        cfg = model.config
+        layers = []
+        for b in blocks:
+            lay = adapter.head_layout(b, cfg)
+            layers.append({"num_attention_heads": lay.num_heads, "num_key_value_heads": lay.num_kv_heads,
+                           "intermediate_size": adapter.num_channels(b)})
+        base = getattr(cfg, "pruning_config", None) or {}
+        pruning_config = {
+            "pruning_method": c.method,
+            "format_version": 1,
+            "base_model_type": base.get("base_model_type", cfg.model_type),
+            "base_architectures": base.get("base_architectures", list(getattr(cfg, "architectures", None) or [type(model).__name__])),
+            "base_dims": base.get("base_dims") or {
+                "num_attention_heads": self.summary.layers[0].heads[0] if self.summary else None,
+                "num_key_value_heads": self.summary.layers[0].kv_heads[0] if self.summary else None,
+                "intermediate_size": self.summary.layers[0].channels[0] if self.summary else None,
+            },
+            "layers": layers,
+            "pruning_ratio": c.pruning_ratio,
+            "achieved_ratio": round(self.summary.achieved_ratio, 6) if self.summary else None,
+            "schedule": c.schedule,
+            "schedule_spread": c.schedule_spread,
+            "layer_ratios": [round(lp.ratio, 6) for lp in self.plan.layers] if self.plan else None,
+            "head_selection": c.head_selection,
+            "channel_selection": c.channel_selection,
+            "compensate": c.compensate,
+            "calibration": {
+                "dataset": c.describe_dataset(), "split": c.dataset_split, "num_samples": c.num_samples,
+                "seqlen": c.seqlen, "seed": c.seed,
+            },
+            "damp_percent": c.damp_percent,
+            "seed": c.seed,
+            "meta": {"pruner": [f"optimum_slimgpt:{__version__}", f"transformers:{transformers.__version__}",
+                                f"torch:{torch.__version__}"]},
+        }
+        to_pruned_model(model, adapter, pruning_config)

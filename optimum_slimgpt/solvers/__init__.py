@@ -1,0 +1,36 @@
+"""The math of structured pruning: Hessians, OBS solvers and schedules (pure torch, no transformers)."""
+
+from .hessian import HessianAccumulator, NotPositiveDefiniteError, damped_inverse
+from .obs import (
+    ChannelPruneResult,
+    HeadPruneResult,
+    closed_form_group_obs,
+    dgs_group_sizes,
+    group_obs_remove,
+    prune_channels,
+    prune_heads,
+    reconstruction_error,
+    unit_scores,
+)
+from .schedule import LayerGeometry, LayerPlan, PruningPlan, plan_layer, schedule_shape, solve_schedule
+
+__all__ = [
+    "HessianAccumulator",
+    "NotPositiveDefiniteError",
+    "damped_inverse",
+    "ChannelPruneResult",
+    "HeadPruneResult",
+    "closed_form_group_obs",
+    "dgs_group_sizes",
+    "group_obs_remove",
+    "prune_channels",
+    "prune_heads",
+    "reconstruction_error",
+    "unit_scores",
+    "LayerGeometry",
+    "LayerPlan",
+    "PruningPlan",
+    "plan_layer",
+    "schedule_shape",
+    "solve_schedule",
+]

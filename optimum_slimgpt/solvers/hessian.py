@@ -1,0 +1,108 @@
+"""Input Hessians of linear layers and their damped inverses.
+
+For a linear layer ``Y = W X`` (``W``: out x in, ``X``: in x tokens) the layer-wise reconstruction
+error ``||W X - Ŵ X||²`` has, per output row, the Hessian ``H = 2 X Xᵀ``. We accumulate the token
+*sum* in float32 and divide by the token count once at the end (``H = 2/n · Σ x xᵀ``); the official
+code normalises by the number of sequences instead, which only rescales ``H`` and therefore changes
+nothing but the absolute error values (damping is relative to the mean diagonal).
+
+Pure torch: nothing here knows about Hugging Face.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class NotPositiveDefiniteError(ValueError):
+    """The Hessian could not be made positive definite by damping."""
+
+
+class HessianAccumulator:
+    """Accumulates ``H = 2/n · Σ_tokens x xᵀ`` of a layer input, in float32.
+
+    Args:
+        columns: Input features of the layer.
+        device: Where ``H`` lives (the block's device).
+    """
+
+    def __init__(self, columns: int, device: torch.device | str | None = None) -> None:
+        self.columns = columns
+        self.sum = torch.zeros(columns, columns, dtype=torch.float32, device=device)
+        self.tokens = 0
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor) -> None:
+        """Add a batch of inputs of shape ``(..., columns)``."""
+        x = x.reshape(-1, x.shape[-1])
+        if x.shape[-1] != self.columns:
+            raise ValueError(f"expected inputs with {self.columns} features, got {x.shape[-1]}")
+        x = x.to(device=self.sum.device, dtype=torch.float32)
+        self.sum.addmm_(x.T, x)
+        self.tokens += x.shape[0]
+
+    def hessian(self) -> torch.Tensor:
+        """The normalised Hessian ``2/n · Σ x xᵀ`` (a new tensor)."""
+        if self.tokens == 0:
+            raise ValueError("no calibration tokens reached this layer: the Hessian is empty")
+        return self.sum * (2.0 / self.tokens)
+
+
+def damped_inverse(
+    H: torch.Tensor,
+    damp_percent: float = 0.01,
+    *,
+    max_tries: int = 8,
+    growth: float = 10.0,
+    name: str = "layer",
+) -> tuple[torch.Tensor, float]:
+    """Return ``(H + λI)⁻¹`` via Cholesky, and the damping ``λ`` that was used.
+
+    ``λ = damp_percent · mean(diag H)``. Dead inputs (``H_jj = 0``: a feature that is zero on every
+    calibration token) get ``H_jj = 1`` first, as in the official code, so they neither break the
+    factorisation nor couple to other columns. If the damped matrix is still not positive definite
+    (too few tokens, nearly collinear inputs, fp32 round-off), the damping is multiplied by
+    ``growth`` and retried, with a warning; only when that cannot help (non-finite values, an all-zero
+    Hessian, or ``max_tries`` exhausted) a :class:`NotPositiveDefiniteError` is raised.
+    """
+    if H.dim() != 2 or H.shape[0] != H.shape[1]:
+        raise ValueError(f"{name}: Hessian must be square, got {tuple(H.shape)}")
+    if not torch.isfinite(H).all():
+        raise NotPositiveDefiniteError(
+            f"{name}: the Hessian contains NaN or Inf: the layer inputs are not finite "
+            "(NaN/Inf in the model weights or activations?)"
+        )
+    H = H.to(torch.float32).clone()
+    diag = H.diagonal()
+    dead = diag == 0
+    if bool(dead.all()):
+        raise NotPositiveDefiniteError(
+            f"{name}: every input feature is zero on all calibration tokens; nothing can be estimated"
+        )
+    diag[dead] = 1.0
+    mean = float(diag.mean())
+    damp = damp_percent * mean
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    for attempt in range(max_tries):
+        L, info = torch.linalg.cholesky_ex(H + damp * eye if damp > 0 else H)
+        if int(info) == 0:
+            Hinv = torch.cholesky_inverse(L)
+            if torch.isfinite(Hinv).all():
+                return Hinv, damp
+        new = damp * growth if damp > 0 else 1e-6 * mean
+        warnings.warn(
+            f"{name}: Hessian not positive definite with damping {damp:.3g} "
+            f"({damp / mean:.2%} of its mean diagonal); retrying with {new:.3g}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        damp = new
+    raise NotPositiveDefiniteError(
+        f"{name}: the Hessian is not positive definite even with damping {damp:.3g} "
+        f"({damp / mean:.0%} of its mean diagonal); use more calibration tokens (num_samples x seqlen)"
+    )

@@ -1,0 +1,159 @@
+"""Test helpers: real models from ``../shared`` and tiny random models built from configs.
+
+Nothing here downloads anything. Paths are resolved relative to the repository root so the
+tests run from any working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SLIMGPT_SHARED_DIR", REPO_ROOT.parent / "shared"))
+STORIES_BIN = SHARED / "models" / "stories260K" / "stories260K.bin"
+SMOLLM2_DIR = SHARED / "models" / "smollm2-135m-instruct-q4_1"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+WIKITEXT_DIR = SHARED / "data" / "wikitext-2"
+TINYSTORIES_TXT = SHARED / "data" / "tinystories-valid-slice" / "tinystories_val.txt"
+
+
+def have_shared(*paths: Path) -> bool:
+    return all(p.exists() for p in paths)
+
+
+def load_stories260k():
+    """Convert Karpathy's llama2.c ``stories260K.bin`` into a ``LlamaForCausalLM`` (fp32, eval mode).
+
+    Layout and the q/k RoPE permutation follow ``shared/models/stories260K/SOURCE.md``.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    raw = STORIES_BIN.read_bytes()
+    dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = struct.unpack("7i", raw[:28])
+    shared_cls = vocab > 0
+    vocab = abs(vocab)
+    data = torch.frombuffer(bytearray(raw[28:]), dtype=torch.float32)
+    head_dim = dim // n_heads
+    kv_dim = n_kv * head_dim
+    off = 0
+
+    def take(*shape):
+        nonlocal off
+        n = 1
+        for s in shape:
+            n *= s
+        t = data[off : off + n].view(*shape).clone()
+        off += n
+        return t
+
+    emb = take(vocab, dim)
+    rms_att = take(n_layers, dim)
+    wq = take(n_layers, dim, dim)
+    wk = take(n_layers, kv_dim, dim)
+    wv = take(n_layers, kv_dim, dim)
+    wo = take(n_layers, dim, dim)
+    rms_ffn = take(n_layers, dim)
+    w1 = take(n_layers, hidden, dim)
+    w2 = take(n_layers, dim, hidden)
+    w3 = take(n_layers, hidden, dim)
+    rms_final = take(dim)
+
+    def permute(w, nh):
+        out, inp = w.shape
+        return w.view(nh, out // nh // 2, 2, inp).transpose(1, 2).reshape(out, inp)
+
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=dim,
+        intermediate_size=hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv,
+        max_position_embeddings=seq_len,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=shared_cls,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=None,
+    )
+    model = LlamaForCausalLM(config)
+    sd = {"model.embed_tokens.weight": emb, "model.norm.weight": rms_final}
+    for i in range(n_layers):
+        p = f"model.layers.{i}."
+        sd[p + "input_layernorm.weight"] = rms_att[i]
+        sd[p + "post_attention_layernorm.weight"] = rms_ffn[i]
+        sd[p + "self_attn.q_proj.weight"] = permute(wq[i], n_heads)
+        sd[p + "self_attn.k_proj.weight"] = permute(wk[i], n_kv)
+        sd[p + "self_attn.v_proj.weight"] = wv[i]
+        sd[p + "self_attn.o_proj.weight"] = wo[i]
+        sd[p + "mlp.gate_proj.weight"] = w1[i]
+        sd[p + "mlp.down_proj.weight"] = w2[i]
+        sd[p + "mlp.up_proj.weight"] = w3[i]
+    if shared_cls:
+        sd["lm_head.weight"] = emb
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert not unexpected and not [m for m in missing if "rotary" not in m], (missing, unexpected)
+    model.tie_weights()
+    return model.eval()
+
+
+def stories_tokens(n_tokens: int = 60_000) -> torch.Tensor:
+    """A 1-D stream of token ids from the TinyStories slice, for stories260K (tokenised with its own model).
+
+    There is no sentencepiece model for ``tok512``; rather than re-implementing its tokenizer we let
+    the model itself generate nothing and use greedy llama2.c-style encoding implemented in
+    :func:`encode_tok512`.
+    """
+    text = TINYSTORIES_TXT.read_text(encoding="utf-8")
+    ids = encode_tok512(text[: n_tokens * 4])
+    return torch.tensor(ids[:n_tokens], dtype=torch.long)
+
+
+@lru_cache(maxsize=1)
+def _tok512():
+    path = SHARED / "models" / "stories260K" / "tok512.bin"
+    raw = path.read_bytes()
+    (max_len,) = struct.unpack("i", raw[:4])
+    off = 4
+    vocab, scores = [], []
+    for _ in range(512):
+        score, length = struct.unpack("fi", raw[off : off + 8])
+        off += 8
+        vocab.append(raw[off : off + length].decode("utf-8", errors="replace"))
+        off += length
+        scores.append(score)
+    return vocab, scores
+
+
+def encode_tok512(text: str) -> list[int]:
+    """llama2.c BPE encoding with the 512-token TinyStories vocabulary (no BOS), paragraph by paragraph."""
+    vocab, scores = _tok512()
+    lookup = {p: i for i, p in enumerate(vocab) if i >= 3}
+    out: list[int] = []
+    for para in text.split("\n"):
+        para = para.strip()
+        if not para:
+            continue
+        toks = []
+        for ch in " " + para:
+            if ch in lookup:
+                toks.append(lookup[ch])
+            else:
+                toks.extend(b + 3 for b in ch.encode("utf-8"))
+        while True:
+            best, best_i, best_id = -1e10, -1, -1
+            for i in range(len(toks) - 1):
+                merged = vocab[toks[i]] + vocab[toks[i + 1]]
+                j = lookup.get(merged)
+                if j is not None and scores[j] > best:
+                    best, best_i, best_id = scores[j], i, j
+            if best_i < 0:
+                break
+            toks[best_i : best_i + 2] = [best_id]
+        out.extend(toks)
+    return out
