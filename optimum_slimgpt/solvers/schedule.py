@@ -64,6 +64,7 @@ class LayerPlan:
     kv_heads: int
     channels: int
     head_options: list[tuple[int, int]] = field(default_factory=list)
+    ffn_ratio: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -99,8 +100,9 @@ def plan_layer(
     min_heads: int = 1,
     min_channels: int = 1,
     channel_multiple: int = 1,
+    ffn_ratio: float | None = None,
 ) -> LayerPlan:
-    """Round a layer ratio to whole structures.
+    """Round a layer ratio to whole structures (``ffn_ratio``, when given, is used for the channels).
 
     Attention: among the structures allowed under GQA (``g`` KV heads kept, each with ``m`` query
     heads, ``g·m >= min_heads``), the ones whose removed parameters are closest to
@@ -124,12 +126,14 @@ def plan_layer(
         options = [(g, m) for r, g, m in tied if r == keep_removed]
     kv, m = options[0]
     channels = geom.channels
-    if prune_ffn and ratio > 0:
-        kept = geom.channels - int(round(ratio * geom.channels))
+    fr = ratio if ffn_ratio is None else ffn_ratio
+    if prune_ffn and fr > 0:
+        kept = geom.channels - int(round(fr * geom.channels))
         if channel_multiple > 1:
             kept = max(channel_multiple, int(round(kept / channel_multiple)) * channel_multiple)
         channels = min(geom.channels, max(kept, min(min_channels, geom.channels)))
-    return LayerPlan(ratio=ratio, heads=kv * m, kv_heads=kv, channels=channels, head_options=options)
+    return LayerPlan(ratio=ratio, heads=kv * m, kv_heads=kv, channels=channels, head_options=options,
+                     ffn_ratio=fr)
 
 
 @dataclass
@@ -185,32 +189,45 @@ def solve_schedule(
     shape = schedule_shape(schedule, L, spread)
     target_after = total * (1 - pruning_ratio)
 
-    def at(s):
+    def at(s, s_ffn=None):
         ratios = [min(s * x, max_layer_ratio) for x in shape]
-        plans, after = _evaluate(geoms, ratios, kw)
+        ffn = None if s_ffn is None else [min(s_ffn * x, max_layer_ratio) for x in shape]
+        plans = [plan_layer(g, r, ffn_ratio=None if ffn is None else ffn[i], **kw) for i, (g, r) in enumerate(zip(geoms, ratios))]
+        after = sum(g.params(p.heads, p.kv_heads, p.channels) for g, p in zip(geoms, plans))
         return plans, after
 
     if pruning_ratio == 0:
         plans, after = at(0.0)
         return PruningPlan(plans, 0.0, 0.0, 1 - after / total, total, after)
-    lo, hi = 0.0, max_layer_ratio / min(shape)
-    plans_hi, after_hi = at(hi)
+    hi0 = max_layer_ratio / min(shape)
+    plans_hi, after_hi = at(hi0)
     if after_hi > target_after:
         raise ValueError(
             f"pruning_ratio={pruning_ratio} cannot be reached: with every layer at max_layer_ratio="
             f"{max_layer_ratio} (and the floors on kept heads/channels, prune_heads={prune_heads}, "
             f"prune_ffn={prune_ffn}) at most {1 - after_hi / total:.3f} of the block parameters can be removed"
         )
-    best = (abs(after_hi - target_after), hi, plans_hi, after_hi)
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        plans, after = at(mid)
-        cand = (abs(after - target_after), mid, plans, after)
-        if cand[0] < best[0]:
-            best = cand
-        if after > target_after:
-            lo = mid
-        else:
-            hi = mid
-    _, s, plans, after = best
+
+    def bisect(fn):
+        lo, hi = 0.0, hi0
+        best = None
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            plans, after = fn(mid)
+            cand = (abs(after - target_after), mid, plans, after)
+            if best is None or cand[0] < best[0]:
+                best = cand
+            if after > target_after:
+                lo = mid
+            else:
+                hi = mid
+        return best
+
+    # 1) one scale for heads and channels; 2) heads fixed, re-solve the (fine-grained) channel scale, so
+    # that coarse head steps (all layers switching at once in a uniform schedule) do not decide the budget
+    _, s, plans, after = bisect(lambda x: at(x))
+    if prune_ffn:
+        best2 = bisect(lambda x: at(s, x))
+        if best2[0] < abs(after - target_after):
+            _, _, plans, after = best2
     return PruningPlan(plans, s, pruning_ratio, 1 - after / total, total, after)

@@ -1,0 +1,82 @@
+"""Shared fixtures: real models from ../shared (loaded once per session) and test options."""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from helpers import SMOLLM2_DIR, SMOLLM2_GGUF, STORIES_BIN, have_shared, load_stories260k  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_slow = pytest.mark.skip(reason="slow: pass --runslow to run")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "slow" in item.keywords and not config.getoption("--runslow"):
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def _smollm2_dense():
+    if not have_shared(SMOLLM2_DIR / SMOLLM2_GGUF):
+        pytest.skip("../shared/models/smollm2-135m-instruct-q4_1 is not available")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        tok = AutoTokenizer.from_pretrained(SMOLLM2_DIR, gguf_file=SMOLLM2_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(SMOLLM2_DIR, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    finally:
+        hf_logging.enable_progress_bar()
+    return model.eval(), tok
+
+
+@pytest.fixture(scope="session")
+def smollm2(_smollm2_dense):
+    """(model, tokenizer) of SmolLM2-135M-Instruct, shared by the session: do not modify the model."""
+    return _smollm2_dense
+
+
+@pytest.fixture()
+def smollm2_copy(_smollm2_dense):
+    """A private deep copy of SmolLM2-135M (safe to prune) and its tokenizer."""
+    model, tok = _smollm2_dense
+    return copy.deepcopy(model), tok
+
+
+@pytest.fixture(scope="session")
+def _stories_dense():
+    if not have_shared(STORIES_BIN):
+        pytest.skip("../shared/models/stories260K is not available")
+    return load_stories260k()
+
+
+@pytest.fixture()
+def stories(_stories_dense):
+    """A private deep copy of stories260K as LlamaForCausalLM (fp32)."""
+    return copy.deepcopy(_stories_dense)
+
+
+@pytest.fixture(scope="session")
+def stories_stream():
+    """60k TinyStories tokens (1-D), encoded with stories260K's own vocabulary."""
+    from helpers import TINYSTORIES_TXT, stories_tokens
+
+    if not have_shared(TINYSTORIES_TXT, STORIES_BIN):
+        pytest.skip("../shared TinyStories data is not available")
+    return stories_tokens(60_000)

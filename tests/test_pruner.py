@@ -1,0 +1,217 @@
+"""The pruner end to end on real weights (stories260K, SmolLM2-135M) and on bad input."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from helpers import WIKITEXT_DIR, have_shared
+from optimum_slimgpt import SlimGPTConfig, SlimGPTPruner, get_adapter
+from optimum_slimgpt.solvers import prune_channels, prune_heads
+
+
+def _calib(stream, n=16, seqlen=128, offset=20_000):
+    return torch.stack([stream[offset + i * seqlen : offset + (i + 1) * seqlen] for i in range(n)])
+
+
+def _cfg(**kw):
+    base = dict(dataset=None, num_samples=16, seqlen=128, batch_size=8)
+    base.update(kw)
+    return SlimGPTConfig(**base)
+
+
+def _block_params(model):
+    adapter = get_adapter(model)
+    total = 0
+    for b in adapter.get_blocks(model):
+        for m in (adapter.attention(b), adapter.mlp(b)):
+            total += sum(p.numel() for n, p in m.named_parameters() if "norm" not in n)
+    return total
+
+
+def _logits(model, x):
+    with torch.no_grad():
+        return model(x).logits
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.5])
+def test_stories_ratio_and_sizes_follow_the_plan(stories, stories_stream, ratio):
+    before = _block_params(stories)
+    pruner = SlimGPTPruner(_cfg(pruning_ratio=ratio))
+    model = pruner.prune_model(stories, calibration=_calib(stories_stream))
+    after = _block_params(model)
+    adapter = get_adapter(model)
+    for block, lp in zip(adapter.get_blocks(model), pruner.plan.layers):
+        lay = adapter.head_layout(block, model.config)
+        assert (lay.num_heads, lay.num_kv_heads, adapter.num_channels(block)) == (lp.heads, lp.kv_heads, lp.channels)
+        assert lay.num_heads % lay.num_kv_heads == 0
+    assert after == pruner.plan.params_after == pruner.summary.block_params_after
+    # within one head or channel of the request: the largest single step of the rounding is one KV
+    # group (2 query heads + 1 KV head here)
+    hidden, hd = 64, 8
+    one_group = 2 * (2 * hidden * hd) + 2 * hidden * hd
+    assert abs((before - after) - ratio * before) <= one_group
+    assert abs(pruner.summary.achieved_ratio - ratio) < 0.03
+    assert model.config.pruning_config["layers"][0]["intermediate_size"] == pruner.plan.layers[0].channels
+
+
+def test_physical_equals_masked(stories, stories_stream):
+    calib = _calib(stories_stream)
+    masked = copy.deepcopy(stories)
+    pruner = SlimGPTPruner(_cfg(pruning_ratio=0.35), mask_only=True)
+    pruner.prune_model(masked, calibration=calib)
+    physical = copy.deepcopy(masked)
+    adapter = get_adapter(physical)
+    for block, kept in zip(adapter.get_blocks(physical), pruner.kept):
+        adapter.prune_heads(block, physical.config, kept["heads"], kept["kv_heads"])
+        adapter.prune_channels(block, kept["channels"])
+    x = stories_stream[:256].view(2, 128)
+    ref, got, dense = _logits(masked, x), _logits(physical, x), _logits(stories, x)
+    assert sum(p.numel() for p in physical.parameters()) < sum(p.numel() for p in masked.parameters())
+    assert (ref - dense).abs().max() > 1e-2  # the check is not vacuous
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    # and the pruner's own physical path gives the same model as masking + slicing
+    direct = SlimGPTPruner(_cfg(pruning_ratio=0.35)).prune_model(copy.deepcopy(stories), calibration=calib)
+    torch.testing.assert_close(_logits(direct, x), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_compensation_lowers_reconstruction_error_on_real_activations(stories, stories_stream):
+    """||WX - ŴX||² with and without the OBS update, on inputs captured from stories260K."""
+    layer = stories.model.layers[2]
+    captured = {}
+    hooks = [
+        layer.self_attn.o_proj.register_forward_pre_hook(lambda m, a: captured.setdefault("o", []).append(a[0])),
+        layer.mlp.down_proj.register_forward_pre_hook(lambda m, a: captured.setdefault("down", []).append(a[0])),
+    ]
+    with torch.no_grad():
+        stories(_calib(stories_stream, n=8))
+    for h in hooks:
+        h.remove()
+    Xo = torch.cat(captured["o"]).reshape(-1, 64)
+    Xd = torch.cat(captured["down"]).reshape(-1, 172)
+    Ho, Hd = 2 * Xo.T @ Xo / len(Xo), 2 * Xd.T @ Xd / len(Xd)
+    Wo, Wd = layer.self_attn.o_proj.weight.detach(), layer.mlp.down_proj.weight.detach()
+
+    def err(W0, W, X):
+        return float(((X @ W0.T - X @ W.T) ** 2).sum())
+
+    for mode in ("obs", "obs_official"):
+        kw = dict(num_heads=8, num_kv_heads=4, head_dim=8, options=[(3, 2)], mode=mode)
+        comp = prune_heads(Wo, Ho, compensate=True, **kw)
+        plain = prune_heads(Wo, Ho, compensate=False, **kw)
+        assert err(Wo, comp.W, Xo) < 0.8 * err(Wo, plain.W, Xo)
+    comp = prune_channels(Wd, Hd, num_remove=60, compensate=True)
+    plain = prune_channels(Wd, Hd, num_remove=60, compensate=False)
+    assert err(Wd, comp.W, Xd) < 0.8 * err(Wd, plain.W, Xd)
+    # OBS selection beats magnitude selection (both without compensation) on real data
+    mag = prune_channels(Wd, None, num_remove=60, mode="magnitude", compensate=False)
+    assert err(Wd, plain.W, Xd) < err(Wd, mag.W, Xd)
+
+
+def test_same_seed_same_weights(stories, stories_stream):
+    calib = _calib(stories_stream)
+    a = SlimGPTPruner(_cfg(pruning_ratio=0.3)).prune_model(copy.deepcopy(stories), calibration=calib)
+    b = SlimGPTPruner(_cfg(pruning_ratio=0.3)).prune_model(copy.deepcopy(stories), calibration=calib)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_pruned_model_generates(stories, stories_stream):
+    model = SlimGPTPruner(_cfg(pruning_ratio=0.3)).prune_model(stories, calibration=_calib(stories_stream))
+    out = model.generate(torch.tensor([[1]]), max_new_tokens=20, do_sample=False)
+    assert out.shape == (1, 21)
+    x = stories_stream[:512].view(4, 128)
+    with torch.no_grad():
+        loss = model(x, labels=x).loss
+    assert math.isfinite(float(loss)) and float(loss) < 3.0
+
+
+# ----------------------------------------------------------------------------------- bad input
+def _tiny_llama(layers=2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_bad_input_errors():
+    calib = torch.randint(0, 64, (4, 16))
+    with pytest.raises(ValueError, match="pruning_ratio"):
+        SlimGPTPruner(SlimGPTConfig(pruning_ratio=1.5))
+    # unsupported architecture
+    from transformers import BertConfig, BertForMaskedLM
+
+    bert = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    with pytest.raises(TypeError, match=r"unsupported architecture.*bert.*Supported model types: .*llama"):
+        SlimGPTPruner(_cfg()).prune_model(bert, calibration=calib)
+    # NaN in weights
+    model = _tiny_llama()
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"model.layers.1.mlp.up_proj.weight.*NaN"):
+        SlimGPTPruner(_cfg()).prune_model(model, calibration=calib)
+    # no decoder blocks
+    empty = _tiny_llama(layers=0)
+    with pytest.raises(ValueError, match="no decoder blocks"):
+        SlimGPTPruner(_cfg()).prune_model(empty, calibration=calib)
+    # empty calibration tensor / wrong shape
+    with pytest.raises(ValueError, match="non-empty"):
+        SlimGPTPruner(_cfg()).prune_model(_tiny_llama(), calibration=torch.zeros(0, 16, dtype=torch.long))
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        SlimGPTPruner(_cfg()).prune_model("meta-llama/Llama-2-7b", calibration=calib)
+
+
+def test_calibration_text_shorter_than_a_window(smollm2):
+    _, tok = smollm2
+    model = _tiny_llama()
+    cfg = SlimGPTConfig(dataset=["A single short sentence."], num_samples=4, seqlen=256)
+    with pytest.raises(ValueError, match="calibration text is too short"):
+        SlimGPTPruner(cfg).prune_model(model, tok)
+
+
+# ----------------------------------------------------------------------------------- SmolLM2
+@pytest.mark.parametrize("ratio", [0.2, 0.5])
+def test_smollm2_ratio_within_half_a_point(smollm2, ratio):
+    model, _ = smollm2
+    plan = SlimGPTPruner(SlimGPTConfig(pruning_ratio=ratio)).plan_model(model)
+    assert abs(plan.achieved_ratio - ratio) < 0.005
+    assert plan.params_before == _block_params(model)
+    assert len(plan.layers) == 30
+
+
+def _wikitext_rows(name):
+    return (WIKITEXT_DIR / name).read_text(encoding="utf-8").splitlines()
+
+
+def _ppl(model, ids, seqlen=512):
+    n = ids.numel() // seqlen
+    x = ids[: n * seqlen].view(n, seqlen)
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, n, 4):
+            logits = model(x[i : i + 4]).logits.float()
+            nll += float(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[i : i + 4, 1:].reshape(-1), reduction="sum"))
+            count += x[i : i + 4, 1:].numel()
+    return math.exp(nll / count)
+
+
+@pytest.mark.skipif(not have_shared(WIKITEXT_DIR / "wiki.valid.tokens"), reason="../shared WikiText-2 missing")
+def test_smollm2_20_percent_perplexity_quick(smollm2_copy):
+    model, tok = smollm2_copy
+    test_rows = (WIKITEXT_DIR / "wiki.test.raw.nonempty-crlf.txt").read_text(encoding="utf-8").split("\r\n")
+    ids = tok("\n\n".join(test_rows[:200]), add_special_tokens=False, return_tensors="pt").input_ids[0][: 8 * 512]
+    dense = _ppl(model, ids)
+    cfg = SlimGPTConfig(pruning_ratio=0.2, dataset=_wikitext_rows("wiki.valid.tokens"), num_samples=16, seqlen=256,
+                        batch_size=8)
+    pruner = SlimGPTPruner(cfg)
+    model = pruner.prune_model(model, tok)
+    pruned = _ppl(model, ids)
+    assert abs(pruner.summary.achieved_ratio - 0.2) < 0.005
+    assert math.isfinite(pruned) and dense < pruned < 2 * dense, (dense, pruned)

@@ -1,0 +1,282 @@
+"""The OBS math: closed forms, down-dates, head/channel selection, damping, schedules."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from optimum_slimgpt.solvers import (
+    HessianAccumulator,
+    LayerGeometry,
+    NotPositiveDefiniteError,
+    closed_form_group_obs,
+    damped_inverse,
+    dgs_group_sizes,
+    group_obs_remove,
+    plan_layer,
+    prune_channels,
+    prune_heads,
+    schedule_shape,
+    solve_schedule,
+    unit_scores,
+)
+
+
+def _problem(rows=24, cols=40, tokens=600, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(tokens, cols, generator=g, dtype=dtype) @ (torch.eye(cols, dtype=dtype) + 0.3 * torch.randn(cols, cols, generator=g, dtype=dtype))
+    H = 2 * X.T @ X / tokens
+    W = torch.randn(rows, cols, generator=g, dtype=dtype)
+    return W, H, X
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_group_update_equals_closed_form(seed):
+    W, H, _ = _problem(seed=seed, dtype=torch.float32)
+    Hinv = torch.linalg.inv(H.double()).float()
+    S = torch.tensor([1, 5, 6, 7, 20, 33])
+    expected = W + closed_form_group_obs(W.double(), Hinv.double(), S).float()
+    Wc, Hc = W.clone(), Hinv.clone()
+    err = group_obs_remove(Wc, Hc, S)
+    rel = (Wc - expected).norm() / expected.norm()
+    assert rel < 1e-5
+    assert torch.all(Wc[:, S] == 0)
+    # the reported error is the exact error E(S) = sum_rows w_S (Hinv_SS)^-1 w_S^T
+    wS = W[:, S].double()
+    exact = float(torch.einsum("ri,ij,rj->", wS, torch.linalg.inv(Hinv[S][:, S].double()), wS))
+    assert err == pytest.approx(exact, rel=1e-4)
+    # and equals the increase of the quadratic reconstruction error tr(ΔW H ΔW^T)
+    D = (W - Wc).double()
+    assert err == pytest.approx(float(((D @ H.double()) * D).sum()), rel=1e-3)
+
+
+def test_downdate_is_inverse_of_restricted_hessian():
+    W, H, _ = _problem(cols=32)
+    Hinv = torch.linalg.inv(H)
+    removed: list[int] = []
+    for S in ([3, 4], [10], [0, 1, 2, 30]):
+        group_obs_remove(W, Hinv, torch.tensor(S))
+        removed += S
+        R = torch.tensor([i for i in range(32) if i not in removed])
+        assert torch.allclose(Hinv[R][:, R], torch.linalg.inv(H[R][:, R]), rtol=1e-8, atol=1e-10)
+
+
+def test_exact_head_score_is_true_error_and_picks_best_head():
+    W, H, _ = _problem(rows=16, cols=8 * 6, seed=3)
+    Hinv = torch.linalg.inv(H)
+    units = torch.arange(48).view(8, 6)
+    exact = unit_scores(W, Hinv, units, "obs")
+    official = unit_scores(W, Hinv, units, "obs_official")
+    true = []
+    for u in units:
+        Wc, Hc = W.clone(), Hinv.clone()
+        true.append(group_obs_remove(Wc, Hc, u))
+    true = torch.tensor(true, dtype=exact.dtype)
+    assert torch.allclose(exact, true, rtol=1e-8)
+    assert int(torch.argmin(exact)) == int(torch.argmin(true))
+    assert not torch.allclose(official, true, rtol=1e-3)  # the official score is only an estimate
+
+
+def _reference_heads(W, H, num_heads, num_kv, head_dim, kv_keep, q_keep, damp):
+    """Straightforward reference: re-invert the damped, masked H at every step (as the official code)."""
+    W = W.clone().double()
+    H = H.clone().double()
+    d = H.shape[0]
+    H = H + damp * H.diagonal().mean() * torch.eye(d, dtype=H.dtype)
+    removed_cols: list[int] = []
+    n_rep = num_heads // num_kv
+
+    def hinv():
+        Hm = H.clone()
+        if removed_cols:
+            idx = torch.tensor(removed_cols)
+            Hm[idx, :] = 0
+            Hm[:, idx] = 0
+            Hm[idx, idx] = 1
+        return torch.linalg.inv(Hm)
+
+    def remove(cols):
+        Hi = hinv()
+        S = torch.tensor(cols)
+        W.add_(closed_form_group_obs(W, Hi, S))
+        W[:, S] = 0
+        removed_cols.extend(cols)
+
+    def exact(cols):
+        Hi = hinv()
+        S = torch.tensor(cols)
+        return float(torch.einsum("ri,ij,rj->", W[:, S], torch.linalg.inv(Hi[S][:, S]), W[:, S]))
+
+    groups_removed, heads_removed = [], set()
+    cols_of = lambda h: list(range(h * head_dim, (h + 1) * head_dim))  # noqa: E731
+    for _ in range(num_kv - kv_keep):
+        cands = [g for g in range(num_kv) if g not in groups_removed]
+        g = min(cands, key=lambda g: exact(sum((cols_of(g * n_rep + j) for j in range(n_rep)), [])))
+        groups_removed.append(g)
+        heads_removed.update(g * n_rep + j for j in range(n_rep))
+        remove(sum((cols_of(g * n_rep + j) for j in range(n_rep)), []))
+    quota = {g: n_rep - q_keep for g in range(num_kv) if g not in groups_removed}
+    for _ in range(sum(quota.values())):
+        cands = [h for h in range(num_heads) if h not in heads_removed and quota.get(h // n_rep, 0) > 0]
+        h = min(cands, key=lambda h: exact(cols_of(h)))
+        heads_removed.add(h)
+        quota[h // n_rep] -= 1
+        remove(cols_of(h))
+    return heads_removed, W
+
+
+def _reference_channels(W, H, n_remove, damp, max_group, min_group):
+    W = W.clone().double()
+    H = H.clone().double()
+    d = H.shape[0]
+    H = H + damp * H.diagonal().mean() * torch.eye(d, dtype=H.dtype)
+    removed = torch.zeros(d, dtype=torch.bool)
+    for cnt in dgs_group_sizes(n_remove, max_group, min_group):
+        Hm = H.clone()
+        Hm[removed, :] = 0
+        Hm[:, removed] = 0
+        Hm[removed, removed] = 1
+        Hi = torch.linalg.inv(Hm)
+        score = (W * W).sum(0) / Hi.diagonal()
+        score[removed] = float("inf")
+        S = torch.argsort(score, stable=True)[:cnt]
+        W.add_(closed_form_group_obs(W, Hi, S))
+        W[:, S] = 0
+        removed[S] = True
+    return removed, W
+
+
+@pytest.mark.parametrize("kv_keep,q_keep", [(4, 1), (3, 2), (2, 2), (1, 2)])
+def test_head_solver_matches_reference(kv_keep, q_keep):
+    W, H, _ = _problem(rows=20, cols=8 * 5, seed=7)
+    res = prune_heads(W.float(), H.float(), num_heads=8, num_kv_heads=4, head_dim=5, options=[(kv_keep, q_keep)], damp_percent=0.01)
+    ref_removed, ref_W = _reference_heads(W, H, 8, 4, 5, kv_keep, q_keep, 0.01)
+    assert sorted(set(range(8)) - ref_removed) == sorted(res.kept_heads)
+    assert torch.allclose(res.W.double(), ref_W, atol=1e-4, rtol=1e-4)
+    # GQA structure: every kept KV head keeps the same number of query heads, all of its own group
+    assert len(res.kept_kv_heads) == kv_keep and len(res.kept_heads) == kv_keep * q_keep
+    assert [h // 2 for h in res.kept_heads] == sorted(h // 2 for h in res.kept_heads)
+    assert {h // 2 for h in res.kept_heads} == set(res.kept_kv_heads)
+
+
+def test_channel_solver_matches_reference():
+    W, H, _ = _problem(rows=16, cols=300, tokens=1200, seed=11)
+    res = prune_channels(W.float(), H.float(), num_remove=170, max_group=64, min_group=8, damp_percent=0.01)
+    assert res.groups == dgs_group_sizes(170, 64, 8)
+    ref_removed, ref_W = _reference_channels(W, H, 170, 0.01, 64, 8)
+    assert res.kept == torch.nonzero(~ref_removed).flatten().tolist()
+    assert torch.allclose(res.W.double(), ref_W, atol=1e-4, rtol=1e-4)
+
+
+def test_tied_structures_choose_lowest_error():
+    W, H, _ = _problem(rows=20, cols=6 * 4, seed=5)
+    # 6 heads / 3 KV: (2 KV x 2 q) and (3 KV x 1 q)... both keep params differently; force both as options
+    res = prune_heads(W.float(), H.float(), num_heads=6, num_kv_heads=3, head_dim=4, options=[(2, 2), (3, 1)])
+    assert set(res.option_errors) == {(2, 2), (3, 1)}
+    assert res.obs_error == min(res.option_errors.values())
+    assert res.option == min(res.option_errors, key=res.option_errors.get)
+
+
+def test_dgs_matches_official_recurrence():
+    # worked examples of the official schedule for LLaMA-7B (docs/algorithms.md)
+    assert dgs_group_sizes(688) == [88] + [64] * 9 + [24]
+    assert dgs_group_sizes(2202) == [845, 166] + [64] * 18 + [39]
+    assert dgs_group_sizes(2752) == [1024, 304] + [64] * 22 + [16]
+    assert dgs_group_sizes(5504)[:3] == [1024, 992, 240] and sum(dgs_group_sizes(5504)) == 5504
+    assert dgs_group_sizes(0) == []
+
+
+def test_hessian_accumulator_normalisation():
+    x = torch.randn(3, 7, 5)
+    acc = HessianAccumulator(5)
+    acc.add(x[:2])
+    acc.add(x[2:])
+    flat = x.reshape(-1, 5)
+    assert torch.allclose(acc.hessian(), 2 * flat.T @ flat / 21, atol=1e-6)
+    with pytest.raises(ValueError, match="features"):
+        acc.add(torch.randn(4, 6))
+    with pytest.raises(ValueError, match="no calibration tokens"):
+        HessianAccumulator(3).hessian()
+
+
+def test_damping_retries_then_fails_clearly():
+    # rank-deficient Hessian (2 tokens, 6 features) and no damping: retried with growing damping
+    x = torch.randn(2, 6)
+    H = 2 * x.T @ x
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        Hinv, damp = damped_inverse(H, 0.0)
+    assert damp > 0 and any("not positive definite" in str(m.message) for m in w)
+    assert torch.isfinite(Hinv).all()
+    with pytest.raises(NotPositiveDefiniteError, match="NaN or Inf"):
+        damped_inverse(torch.full((3, 3), float("nan")))
+    with pytest.raises(NotPositiveDefiniteError, match="every input feature is zero"):
+        damped_inverse(torch.zeros(4, 4))
+    # an indefinite matrix that damping within max_tries cannot fix
+    bad = -1e12 * torch.eye(3)
+    bad[0, 0] = 1.0
+    with pytest.raises(NotPositiveDefiniteError, match="not positive definite"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        damped_inverse(bad, 0.01, max_tries=3)
+
+
+def test_dead_inputs_are_pruned_first():
+    W, H, _ = _problem(rows=10, cols=20, seed=2)
+    H[4, :] = 0
+    H[:, 4] = 0
+    res = prune_channels(W.float(), H.float(), num_remove=1, min_group=1)
+    assert 4 not in res.kept
+
+
+@pytest.mark.parametrize("kind", ["log_increase", "linear_increase", "uniform"])
+def test_schedule_shapes(kind):
+    for L in (1, 5, 30, 32, 80):
+        s = schedule_shape(kind, L, 4.0)
+        assert len(s) == L and max(s) == pytest.approx(1.0)
+        assert all(b >= a for a, b in zip(s, s[1:]))
+        if kind != "uniform" and L > 1:
+            assert s[0] == pytest.approx(0.25)
+    # log_increase uses ln(L), not a hard-coded ln(32)
+    s = schedule_shape("log_increase", 30, 4.0)
+    assert s[1] == pytest.approx(0.25 + 0.75 * math.log(2) / math.log(30))
+
+
+def _smollm2_geoms():
+    hd, hidden = 64, 576
+    g = LayerGeometry(9, 3, hd, 1536, params_per_head=2 * hidden * hd, params_per_kv_head=2 * hidden * hd,
+                      params_per_channel=3 * hidden)
+    return [g] * 30
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.2, 0.35, 0.5])
+@pytest.mark.parametrize("schedule", ["log_increase", "uniform", "linear_increase"])
+def test_schedule_solver_hits_ratio(ratio, schedule):
+    plan = solve_schedule(_smollm2_geoms(), ratio, schedule)
+    assert abs(plan.achieved_ratio - ratio) < 0.005
+    ratios = [lp.ratio for lp in plan.layers]
+    assert all(b >= a - 1e-12 for a, b in zip(ratios, ratios[1:]))
+    for lp in plan.layers:  # GQA-valid
+        assert lp.heads % lp.kv_heads == 0
+
+
+def test_schedule_solver_errors_and_explicit_list():
+    geoms = _smollm2_geoms()
+    with pytest.raises(ValueError, match="cannot be reached"):
+        solve_schedule(geoms, 0.7, "uniform", prune_heads=False)  # FFN is 75% of the block, at most 0.9 of it
+    with pytest.raises(ValueError, match="30 decoder layers"):
+        solve_schedule(geoms, 0.2, [0.1, 0.2])
+    plan = solve_schedule(geoms, 0.2, [0.25] * 30)
+    assert all(lp.channels == 1536 - round(0.25 * 1536) for lp in plan.layers)
+
+
+def test_plan_layer_rounding_and_floors():
+    g = LayerGeometry(8, 4, 8, 172, 2 * 64 * 8, 2 * 64 * 8, 3 * 64)
+    p = plan_layer(g, 0.5, channel_multiple=16)
+    assert p.channels % 16 == 0 and p.heads % p.kv_heads == 0
+    p = plan_layer(g, 0.89, min_heads=4, min_channels=100)
+    assert p.heads >= 4 and p.channels >= 100
+    p = plan_layer(g, 0.3, prune_heads=False)
+    assert (p.heads, p.kv_heads) == (8, 4) and p.channels == 172 - round(0.3 * 172)
