@@ -30,7 +30,8 @@ from . import __version__
 from .calibration import get_calibration_data
 from .config import SlimGPTConfig
 from .families import FamilyAdapter, get_adapter
-from .solvers import HessianAccumulator, prune_channels, prune_heads, reconstruction_error, solve_schedule
+from .methods import AttentionTask, FFNTask, get_method
+from .solvers import HessianAccumulator, solve_schedule
 from .solvers.schedule import LayerPlan, PruningPlan
 
 logger = logging.getLogger(__name__)
@@ -327,20 +328,40 @@ class SlimGPTPruner:
                 outs.append(y.to(act_device))
         return outs
 
-    def _hessian_pass(self, block, linear: nn.Linear, inps, kwargs_list, device) -> torch.Tensor:
+    def _stats_pass(self, block, linear: nn.Linear, inps, kwargs_list, device, norm_target: Optional[nn.Linear] = None):
+        """One calibration pass of ``block`` accumulating the input moments of ``linear`` (and, when
+        ``norm_target`` is given, the per-feature sums of squares of its input too)."""
         acc = HessianAccumulator(linear.in_features, device=device)
-        handle = linear.register_forward_pre_hook(lambda m, args: acc.add(args[0]))
+        handles = [linear.register_forward_pre_hook(lambda m, args: acc.add(args[0]))]
+        sq = None
+        if norm_target is not None:
+            sq = torch.zeros(norm_target.in_features, dtype=torch.float32, device=device)
+
+            def add_sq(m, args):
+                x = args[0].reshape(-1, args[0].shape[-1]).float()
+                sq.add_((x * x).sum(0))
+
+            handles.append(norm_target.register_forward_pre_hook(add_sq))
         try:
             self._run_block(block, inps, kwargs_list, device, False, None)
         finally:
-            handle.remove()
-        return acc.hessian()
+            for h in handles:
+                h.remove()
+        return acc, sq
+
+    @staticmethod
+    @torch.no_grad()
+    def _write_back(adapter: FamilyAdapter, linear: nn.Linear, res) -> None:
+        linear.weight.data.copy_(res.W.to(linear.weight.dtype))
+        if res.bias is not None:
+            adapter.set_output_bias(linear, res.bias)
 
     def _prune_blocks(self, model, adapter: FamilyAdapter, blocks, plan: PruningPlan, inps, layer_kwargs, device,
                       act_device, timings) -> list[LayerReport]:
         from transformers.utils.logging import tqdm
 
         c = self.config
+        method = get_method(c.method)
         reports: list[LayerReport] = []
         self.kept = []
         for k in ("hessian_attn", "head_solve", "hessian_ffn", "ffn_solve", "surgery", "forward_out"):
@@ -366,21 +387,18 @@ class SlimGPTPruner:
             if lp.heads < lay.num_heads:
                 o = adapter.attn_out_proj(block)
                 t = time.perf_counter()
-                H = None if c.head_selection == "magnitude" and not c.compensate else self._hessian_pass(block, o, inps, kw, device)
+                stats = self._stats_pass(block, o, inps, kw, device)[0] if method.needs_stats(c, "attention") else None
                 timings["hessian_attn"] += time.perf_counter() - t
                 t = time.perf_counter()
-                W0 = o.weight.detach().float()
-                res = prune_heads(
-                    W0, H, num_heads=lay.num_heads, num_kv_heads=lay.num_kv_heads, head_dim=lay.head_dim,
-                    options=lp.head_options, damp_percent=c.damp_percent, mode=c.head_selection,
-                    compensate=c.compensate, name=f"layer {i} {adapter.o_name}",
-                )
-                if H is not None:
-                    err, base = reconstruction_error(W0, res.W, H)
-                    report.attn_error = err / max(base, 1e-30)
-                report.head_option = res.option
-                o.weight.data.copy_(res.W.to(o.weight.dtype))
-                kept_heads, kept_kv = res.kept_heads, res.kept_kv_heads
+                res = method.prune_attention(AttentionTask(
+                    layer=i, W=o.weight.detach().float(), bias=None if o.bias is None else o.bias.detach().float(),
+                    stats=stats, num_heads=lay.num_heads, num_kv_heads=lay.num_kv_heads, head_dim=lay.head_dim,
+                    options=lp.head_options, config=c, name=f"layer {i} {adapter.o_name}",
+                ))
+                del stats
+                self._write_back(adapter, o, res)
+                report.attn_error, report.head_option = res.error, res.option
+                kept_heads, kept_kv = res.kept, res.kept_kv
                 timings["head_solve"] += time.perf_counter() - t
                 t = time.perf_counter()
                 if self.mask_only:
@@ -393,19 +411,21 @@ class SlimGPTPruner:
             if lp.channels < geom.channels:
                 down = adapter.mlp_out_proj(block)
                 t = time.perf_counter()
-                H = None if c.channel_selection == "magnitude" and not c.compensate else self._hessian_pass(block, down, inps, kw, device)
+                stats, in_sq = None, None
+                if method.needs_stats(c, "ffn"):
+                    norm_target = adapter.channel_in_linears(block)[0] if method.needs_mlp_input_norms else None
+                    stats, in_sq = self._stats_pass(block, down, inps, kw, device, norm_target=norm_target)
                 timings["hessian_ffn"] += time.perf_counter() - t
                 t = time.perf_counter()
-                W0 = down.weight.detach().float()
-                res = prune_channels(
-                    W0, H, num_remove=geom.channels - lp.channels, max_group=c.ffn_max_group,
-                    min_group=c.ffn_min_group, damp_percent=c.damp_percent, mode=c.channel_selection,
-                    compensate=c.compensate, name=f"layer {i} {adapter.channel_out_name}",
-                )
-                if H is not None:
-                    err, base = reconstruction_error(W0, res.W, H)
-                    report.ffn_error = err / max(base, 1e-30)
-                down.weight.data.copy_(res.W.to(down.weight.dtype))
+                res = method.prune_ffn(FFNTask(
+                    layer=i, W=down.weight.detach().float(), bias=None if down.bias is None else down.bias.detach().float(),
+                    stats=stats, num_remove=geom.channels - lp.channels, config=c,
+                    in_weights=[lin.weight.detach().float() for lin in adapter.channel_in_linears(block)],
+                    mlp_input_sq=in_sq, name=f"layer {i} {adapter.channel_out_name}",
+                ))
+                del stats
+                self._write_back(adapter, down, res)
+                report.ffn_error = res.error
                 kept_channels = res.kept
                 timings["ffn_solve"] += time.perf_counter() - t
                 t = time.perf_counter()

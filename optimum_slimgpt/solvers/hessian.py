@@ -34,6 +34,7 @@ class HessianAccumulator:
     def __init__(self, columns: int, device: torch.device | str | None = None) -> None:
         self.columns = columns
         self.sum = torch.zeros(columns, columns, dtype=torch.float32, device=device)
+        self.sum_x = torch.zeros(columns, dtype=torch.float32, device=device)
         self.tokens = 0
 
     @torch.no_grad()
@@ -44,6 +45,7 @@ class HessianAccumulator:
             raise ValueError(f"expected inputs with {self.columns} features, got {x.shape[-1]}")
         x = x.to(device=self.sum.device, dtype=torch.float32)
         self.sum.addmm_(x.T, x)
+        self.sum_x.add_(x.sum(0))
         self.tokens += x.shape[0]
 
     def hessian(self) -> torch.Tensor:
@@ -51,6 +53,17 @@ class HessianAccumulator:
         if self.tokens == 0:
             raise ValueError("no calibration tokens reached this layer: the Hessian is empty")
         return self.sum * (2.0 / self.tokens)
+
+    def mean(self) -> torch.Tensor:
+        """Mean input vector over the tokens seen."""
+        if self.tokens == 0:
+            raise ValueError("no calibration tokens reached this layer")
+        return self.sum_x / self.tokens
+
+    def covariance(self) -> torch.Tensor:
+        """Covariance of the inputs over tokens, ``E[x xᵀ] − μ μᵀ``."""
+        mu = self.mean()
+        return self.sum / self.tokens - torch.outer(mu, mu)
 
 
 def damped_inverse(
