@@ -202,6 +202,16 @@ class FamilyAdapter:
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = channels
 
+    @torch.no_grad()
+    def set_output_bias(self, linear: nn.Linear, bias: torch.Tensor) -> None:
+        """Give ``linear`` (``o_proj``/``down_proj``) this output bias, creating the parameter if needed
+        (an architecture change: the per-layer model classes carry it when saving)."""
+        bias = bias.to(device=linear.weight.device, dtype=linear.weight.dtype)
+        if linear.bias is None:
+            linear.bias = nn.Parameter(bias.clone(), requires_grad=linear.weight.requires_grad)
+        else:
+            linear.bias.data.copy_(bias)
+
     # ------------------------------------------------------------------ masking (for checks)
     @torch.no_grad()
     def mask_heads(self, block: nn.Module, config, kept_heads: list[int]) -> None:
