@@ -17,7 +17,7 @@ from typing import Any, Sequence, Union
 
 import torch
 
-SCHEDULES = ("log_increase", "linear_increase", "uniform")
+SCHEDULES = ("log_increase", "linear_increase", "uniform", "layer_importance")
 METHODS = ("slimgpt", "slimllm")
 DatasetLike = Union[str, Sequence[str], torch.Tensor, None]
 
@@ -35,6 +35,12 @@ class SlimGPTConfig:
             ``"log_increase"`` (default, ``r_i ∝ 1/k + (1 - 1/k) · ln(1+i)/ln(L)``),
             ``"linear_increase"`` (same with ``i/(L-1)``), ``"uniform"``, or an explicit list of
             per-layer ratios (used as given, not rescaled; ``pruning_ratio`` is then only reported).
+            ``"layer_importance"`` (SlimLLM's layer-based ratios): the layers are ranked by the mean
+            cosine similarity between each block's input and output hidden states on the dense model
+            (computed by the pruner from the calibration data before pruning); only the
+            ``importance_layers`` most redundant (highest cosine) are pruned, with ratios
+            ``∝ softmax(importance_alpha · cos)`` over them, capped by ``max_layer_ratio`` and scaled
+            to hit ``pruning_ratio``; the others are left dense.
         schedule_spread: ``k`` above: the ratio of the last layer's ratio to the first layer's.
             The official SlimGPT settings (0.0625 -> 0.25, 0.16 -> 0.64) use 4.
         max_layer_ratio: Upper bound of any layer's ratio.
@@ -62,6 +68,17 @@ class SlimGPTConfig:
             ``o_proj`` columns, a baseline).
         channel_selection: ``"obs"`` (default) or ``"magnitude"`` (baseline).
         method: ``"slimgpt"`` or ``"slimllm"``.
+        importance_layers: ``schedule="layer_importance"``: how many layers (the most redundant) are
+            pruned. ``None`` (default): ``round(L · (35 + 20·pruning_ratio)/48)``, capped to ``[1, L]``,
+            the line through the official SlimLLM settings (26 of 32 layers at 20%, 30 of 32 at 50%).
+        importance_alpha: ``schedule="layer_importance"``: softmax temperature ``α`` on the layer
+            cosines (official default 10; the official 50% setting uses 7).
+        slimllm_recovery: ``method="slimllm"``: fit the per-output scale and bias of ``o_proj`` and
+            ``down_proj`` by linear regression after pruning (adds output biases to the model).
+        slimllm_swap_search: ``method="slimllm"``: run the greedy swap search after the initial head
+            (and KV-group) choice.
+        slimllm_keep_lowest: ``method="slimllm"``: fraction of the FFN channels with the *lowest*
+            importance that are always kept (the official code's undocumented rule uses 0.01; 0 = off).
         device: Where each block is processed (``None``: where the model's first block lives).
         offload_activations: Keep the calibration activations in (pinned) CPU memory.
     """
@@ -89,6 +106,11 @@ class SlimGPTConfig:
     head_selection: str = "obs"
     channel_selection: str = "obs"
     method: str = "slimgpt"
+    importance_layers: Union[int, None] = None
+    importance_alpha: float = 10.0
+    slimllm_recovery: bool = True
+    slimllm_swap_search: bool = True
+    slimllm_keep_lowest: float = 0.0
     device: Union[str, None] = None
     offload_activations: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
@@ -131,6 +153,18 @@ class SlimGPTConfig:
             raise ValueError("prune_heads and prune_ffn are both False: nothing can be pruned")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        il = self.importance_layers
+        if il is not None and (isinstance(il, bool) or not isinstance(il, int) or il < 1):
+            raise ValueError(f"importance_layers must be None or a positive integer, got {il!r}")
+        a = self.importance_alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not (0.0 <= float(a) < math.inf):
+            raise ValueError(f"importance_alpha must be a finite number >= 0, got {a!r}")
+        for name in ("slimllm_recovery", "slimllm_swap_search"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
+        k = self.slimllm_keep_lowest
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not (0.0 <= float(k) < 1.0):
+            raise ValueError(f"slimllm_keep_lowest must be in [0, 1), got {k!r}")
         if self.head_selection not in ("obs", "obs_official", "magnitude"):
             raise ValueError(f"head_selection must be 'obs', 'obs_official' or 'magnitude', got {self.head_selection!r}")
         if self.channel_selection not in ("obs", "magnitude"):

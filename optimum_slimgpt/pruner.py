@@ -32,7 +32,7 @@ from .config import SlimGPTConfig
 from .families import FamilyAdapter, get_adapter
 from .methods import AttentionTask, FFNTask, get_method
 from .solvers import HessianAccumulator, solve_schedule
-from .solvers.schedule import LayerPlan, PruningPlan
+from .solvers.schedule import LayerPlan, PruningPlan, layer_importance_shape
 
 logger = logging.getLogger(__name__)
 
@@ -180,18 +180,26 @@ class SlimGPTPruner:
         self.summary: Optional[PruningSummary] = None
         self.plan: Optional[PruningPlan] = None
         self.kept: list[dict[str, list[int]]] = []
+        #: per-layer mean cosine(input, output) of the dense blocks (``schedule="layer_importance"`` only)
+        self.layer_scores: Optional[list[float]] = None
 
     # ------------------------------------------------------------------ public API
-    def plan_model(self, model: nn.Module) -> PruningPlan:
-        """The per-layer sizes this config gives for ``model`` (no calibration needed)."""
+    def plan_model(self, model: nn.Module, layer_scores: Optional[list[float]] = None) -> PruningPlan:
+        """The per-layer sizes this config gives for ``model`` (no calibration needed, except for
+        ``schedule="layer_importance"``, which needs the dense per-layer ``layer_scores``: mean
+        cosine(input, output) of each block, see :attr:`layer_scores` after :meth:`prune_model`)."""
         adapter = get_adapter(model)
         blocks = adapter.get_blocks(model)
         geoms = [adapter.geometry(b, model.config) for b in blocks]
         c = self.config
+        shape = None
+        if c.schedule == "layer_importance" and layer_scores is not None:
+            shape = layer_importance_shape(layer_scores, c.importance_layers, c.importance_alpha,
+                                           pruning_ratio=c.pruning_ratio)
         return solve_schedule(
             geoms, c.pruning_ratio, c.schedule, spread=c.schedule_spread, max_layer_ratio=c.max_layer_ratio,
             prune_heads=c.prune_heads, prune_ffn=c.prune_ffn, min_heads=c.min_heads, min_channels=c.min_channels,
-            channel_multiple=c.channel_multiple,
+            channel_multiple=c.channel_multiple, shape=shape,
         )
 
     @torch.no_grad()
@@ -211,7 +219,8 @@ class SlimGPTPruner:
         adapter = get_adapter(model)
         blocks = adapter.get_blocks(model)
         self._check_finite(model)
-        self.plan = plan = self.plan_model(model)
+        importance = c.schedule == "layer_importance"
+        self.plan = plan = None if importance else self.plan_model(model)
         total_before = sum(p.numel() for p in model.parameters())
 
         t = time.perf_counter()
@@ -230,6 +239,11 @@ class SlimGPTPruner:
             t = time.perf_counter()
             inps, layer_kwargs = self._capture(model, blocks, data, device, act_device)
             timings["capture"] = time.perf_counter() - t
+            if importance:  # SlimLLM layer ratios: one dense pass over the blocks before any pruning
+                t = time.perf_counter()
+                self.layer_scores = self._layer_cosines(blocks, inps, layer_kwargs, device, act_device)
+                self.plan = plan = self.plan_model(model, self.layer_scores)
+                timings["layer_importance"] = time.perf_counter() - t
             reports = self._prune_blocks(model, adapter, blocks, plan, inps, layer_kwargs, device, act_device, timings)
         finally:
             if use_cache is not None:
@@ -348,6 +362,29 @@ class SlimGPTPruner:
             for h in handles:
                 h.remove()
         return acc, sq
+
+    @torch.no_grad()
+    def _layer_cosines(self, blocks, inps, layer_kwargs, device, act_device) -> list[float]:
+        """Mean over calibration tokens of cos(block input, block output) for every dense block (the
+        blocks are run layer by layer on copies of the captured inputs; only the means are kept)."""
+        scores: list[float] = []
+        cur = list(inps)
+        for i, block in enumerate(blocks):
+            home = _first_param_device(block)
+            if home != device:
+                block.to(device)
+            total, count = 0.0, 0
+            for b, kw in enumerate(layer_kwargs[i]):
+                x = cur[b].to(device)
+                y = _output_tensor(block(x, **_nested_to(kw, device)))
+                cos = torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=-1)
+                total += float(cos.sum())
+                count += cos.numel()
+                cur[b] = y.to(act_device) if i < len(blocks) - 1 else None
+            if home != device:
+                block.to(home)
+            scores.append(total / max(count, 1))
+        return scores
 
     @staticmethod
     @torch.no_grad()

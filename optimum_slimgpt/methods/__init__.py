@@ -2,5 +2,6 @@
 
 from .base import METHODS, AttentionTask, FFNTask, PruneResult, PruningMethod, get_method, register_method
 from . import slimgpt  # noqa: F401  (registers "slimgpt")
+from . import slimllm  # noqa: F401  (registers "slimllm")
 
 __all__ = ["METHODS", "AttentionTask", "FFNTask", "PruneResult", "PruningMethod", "get_method", "register_method"]

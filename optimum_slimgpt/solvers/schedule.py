@@ -16,7 +16,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-__all__ = ["LayerGeometry", "LayerPlan", "schedule_shape", "plan_layer", "solve_schedule", "PruningPlan"]
+__all__ = [
+    "LayerGeometry", "LayerPlan", "schedule_shape", "plan_layer", "solve_schedule", "PruningPlan",
+    "layer_importance_shape", "default_importance_layers",
+]
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,46 @@ def schedule_shape(kind: str, num_layers: int, spread: float = 4.0) -> list[floa
     if kind == "linear_increase":
         return [lo + (1 - lo) * i / (L - 1) for i in range(L)]
     raise ValueError(f"unknown schedule {kind!r}")
+
+
+def default_importance_layers(num_layers: int, pruning_ratio: float) -> int:
+    """Default number of pruned layers for ``layer_importance``: ``round(L · (35 + 20 r)/48)`` in
+    ``[1, L]``, the line through the official SlimLLM settings (K = 26 of 32 at r = 0.2, 30 of 32 at 0.5)."""
+    return max(1, min(num_layers, int(round(num_layers * (35 + 20 * pruning_ratio) / 48))))
+
+
+def layer_importance_shape(
+    scores: Sequence[float],
+    num_pruned: int | None = None,
+    alpha: float = 10.0,
+    *,
+    pruning_ratio: float = 0.2,
+) -> list[float]:
+    """SlimLLM's layer-based ratio shape from per-layer redundancy scores (maximum 1).
+
+    ``scores[l]``: mean cosine similarity between block ``l``'s input and output hidden states on the
+    dense model (high = the block changes the residual stream little = redundant). The ``num_pruned``
+    highest-scoring layers (``None``: :func:`default_importance_layers`) get ``softmax(α·s)`` over
+    that set, normalised to a maximum of 1, i.e. ``exp(α (s_l − max s))``; the other layers get 0 (not
+    pruned). The official code uses ``r_l = ratio · K · softmax_l`` unclamped; here the scale is solved
+    by :func:`solve_schedule` (capped at ``max_layer_ratio``) so that the removed parameters hit the
+    requested ratio. Ties are broken by the lower layer index.
+    """
+    s = [float(x) for x in scores]
+    L = len(s)
+    if L < 1:
+        raise ValueError("the model has no decoder layers")
+    if not all(math.isfinite(x) for x in s):
+        raise ValueError(f"layer importance scores must be finite, got {s}")
+    k = default_importance_layers(L, pruning_ratio) if num_pruned is None else int(num_pruned)
+    if not 1 <= k <= L:
+        raise ValueError(f"importance_layers={k} must be between 1 and the number of decoder layers ({L})")
+    top = sorted(range(L), key=lambda i: (-s[i], i))[:k]
+    smax = max(s[i] for i in top)
+    shape = [0.0] * L
+    for i in top:
+        shape[i] = math.exp(alpha * (s[i] - smax))
+    return shape
 
 
 def plan_layer(
@@ -167,13 +210,16 @@ def solve_schedule(
     min_channels: int = 1,
     channel_multiple: int = 1,
     iterations: int = 60,
+    shape: Sequence[float] | None = None,
 ) -> PruningPlan:
     """Find the per-layer ratios and whole-structure plan that remove ``pruning_ratio`` of the block
     parameters as closely as the rounding allows.
 
     With a named schedule, ``r_i = min(s · shape_i, max_layer_ratio)`` and ``s`` is found by bisection
     on the (monotone, stepwise) count of parameters actually removed; the closest step to the target
-    is returned. With an explicit list, the ratios are used as given.
+    is returned. With an explicit list, the ratios are used as given. ``shape``: an explicit shape
+    (non-negative, maximum > 0; layers at 0 are not pruned) used instead of the named one, e.g.
+    :func:`layer_importance_shape` for ``schedule="layer_importance"``.
     """
     L = len(geoms)
     total = sum(g.total_params for g in geoms)
@@ -186,7 +232,19 @@ def solve_schedule(
         plans, after = _evaluate(geoms, ratios, kw)
         return PruningPlan(plans, 1.0, pruning_ratio, 1 - after / total, total, after)
 
-    shape = schedule_shape(schedule, L, spread)
+    if shape is not None:
+        shape = [float(x) for x in shape]
+        if len(shape) != L:
+            raise ValueError(f"the schedule shape has {len(shape)} values but the model has {L} decoder layers")
+        if not all(math.isfinite(x) and x >= 0 for x in shape) or max(shape) <= 0:
+            raise ValueError(f"a schedule shape must be finite, non-negative and not all zero, got {shape}")
+    elif schedule == "layer_importance":
+        raise ValueError(
+            "schedule='layer_importance' needs per-layer scores from a dense calibration pass: pass "
+            "shape=layer_importance_shape(scores, ...) (the pruner does this in prune_model)"
+        )
+    else:
+        shape = schedule_shape(schedule, L, spread)
     target_after = total * (1 - pruning_ratio)
 
     def at(s, s_ffn=None):
@@ -199,7 +257,7 @@ def solve_schedule(
     if pruning_ratio == 0:
         plans, after = at(0.0)
         return PruningPlan(plans, 0.0, 0.0, 1 - after / total, total, after)
-    hi0 = max_layer_ratio / min(shape)
+    hi0 = max_layer_ratio / min(x for x in shape if x > 0)
     plans_hi, after_hi = at(hi0)
     if after_hi > target_after:
         raise ValueError(

@@ -1,0 +1,120 @@
+"""SlimGPT x SlimLLM on SmolLM2-135M: method (head/channel selection + repair) and layer schedule, crossed.
+
+``method`` (``slimgpt``: OBS selection and compensation; ``slimllm``: holistic Pearson/PCA importance and
+regression recovery) and ``schedule`` (``log_increase``: SlimGPT's incremental ratios;
+``layer_importance``: SlimLLM's cosine-ranked softmax ratios) are independent arguments; this script
+measures the four combinations at 20% and 50%, plus SlimLLM ablations (official "keep the lowest 1% of
+FFN channels" rule, no regression recovery, no swap search).
+
+Protocol: calibration = 32 windows x 256 tokens of WikiText-2 *validation* (``wiki.valid.tokens`` rows as
+documents, seed 0); perplexity on the first 16 x 512 tokens of the WikiText-2 raw *test* text (rows of
+``wiki.test.raw.nonempty-crlf.txt`` split on CRLF, joined with blank lines, tokenised without special
+tokens).
+
+    python benchmarks/slimllm_combos.py --out bench_out/slimllm_combos.jsonl [--settings dense gpt-log-20 ...]
+
+Writes one JSON line per setting (appending, so an interrupted run can be resumed with --settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from optimum_slimgpt import SlimGPTConfig, SlimGPTPruner
+
+SHARED = Path(os.environ.get("SLIMGPT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+MODEL_DIR = SHARED / "models" / "smollm2-135m-instruct-q4_1"
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+WIKI = SHARED / "data" / "wikitext-2"
+
+SETTINGS: dict[str, dict | None] = {"dense": None}
+for _r in (20, 50):
+    for _m, _mn in (("gpt", "slimgpt"), ("llm", "slimllm")):
+        for _s, _sn in (("log", "log_increase"), ("imp", "layer_importance")):
+            SETTINGS[f"{_m}-{_s}-{_r}"] = dict(method=_mn, schedule=_sn, pruning_ratio=_r / 100)
+    SETTINGS[f"llm-log-{_r}-keep1"] = dict(method="slimllm", schedule="log_increase", pruning_ratio=_r / 100,
+                                           slimllm_keep_lowest=0.01)
+    SETTINGS[f"llm-log-{_r}-norec"] = dict(method="slimllm", schedule="log_increase", pruning_ratio=_r / 100,
+                                           slimllm_recovery=False)
+    SETTINGS[f"llm-log-{_r}-noswap"] = dict(method="slimllm", schedule="log_increase", pruning_ratio=_r / 100,
+                                            slimllm_swap_search=False)
+DEFAULT = ["dense"] + [f"{m}-{s}-{r}" for r in (20, 50) for m in ("gpt", "llm") for s in ("log", "imp")]
+
+
+@torch.no_grad()
+def perplexity(model, ids: torch.Tensor, seqlen: int = 512, batch: int = 4) -> float:
+    n = ids.numel() // seqlen
+    x = ids[: n * seqlen].view(n, seqlen)
+    nll, count = 0.0, 0
+    for i in range(0, n, batch):
+        xb = x[i : i + batch]
+        logits = model(xb).logits.float()
+        nll += float(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                       xb[:, 1:].reshape(-1), reduction="sum"))
+        count += xb[:, 1:].numel()
+    return math.exp(nll / count)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--settings", nargs="*", default=DEFAULT, help=f"any of {list(SETTINGS)}")
+    ap.add_argument("--out", default="bench_out/slimllm_combos.jsonl")
+    ap.add_argument("--num-samples", type=int, default=32)
+    ap.add_argument("--seqlen", type=int, default=256)
+    ap.add_argument("--eval-windows", type=int, default=16)
+    ap.add_argument("--eval-seqlen", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    unknown = [s for s in args.settings if s not in SETTINGS]
+    if unknown:
+        ap.error(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    hf_logging.disable_progress_bar()
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR, gguf_file=GGUF)
+    dense = AutoModelForCausalLM.from_pretrained(MODEL_DIR, gguf_file=GGUF, dtype=torch.float32).eval()
+    rows = (WIKI / "wiki.test.raw.nonempty-crlf.txt").read_text(encoding="utf-8").split("\r\n")
+    need = args.eval_windows * args.eval_seqlen
+    ids = tok("\n\n".join(rows), add_special_tokens=False, return_tensors="pt").input_ids[0][:need]
+    calib_rows = (WIKI / "wiki.valid.tokens").read_text(encoding="utf-8").splitlines()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+
+    for name in args.settings:
+        kw = SETTINGS[name]
+        row: dict = {"setting": name}
+        if kw is None:
+            model = dense
+            row.update(removed=0.0, prune_seconds=0.0)
+        else:
+            model = copy.deepcopy(dense)
+            cfg = SlimGPTConfig(dataset=calib_rows, num_samples=args.num_samples, seqlen=args.seqlen, seed=0, **kw)
+            pruner = SlimGPTPruner(cfg)
+            pruner.prune_model(model, tok)
+            s = pruner.summary
+            row.update(config=kw, removed=round(s.achieved_ratio, 4), prune_seconds=round(s.seconds, 1),
+                       layer_ratios=[round(lp.ratio, 3) for lp in pruner.plan.layers],
+                       heads=[r.heads[1] for r in s.layers], channels=[r.channels[1] for r in s.layers])
+            if pruner.layer_scores is not None:
+                row["layer_scores"] = [round(x, 4) for x in pruner.layer_scores]
+        t1 = time.perf_counter()
+        row["ppl"] = round(perplexity(model, ids, args.eval_seqlen), 3)
+        row["eval_seconds"] = round(time.perf_counter() - t1, 1)
+        print(json.dumps(row), flush=True)
+        with open(args.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        del model
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,896 @@
+"""Evaluation of (pruned) causal language models: perplexity and zero-shot multiple choice.
+
+Everything here is plain ``torch`` + ``transformers`` and works on any ``*ForCausalLM`` whose forward
+returns ``.logits`` (dense, pruned, quantised on load, ``device_map``-dispatched).
+
+Perplexity (:func:`perplexity`, :func:`perplexity_details`)
+    The protocol of the pruning papers (GPTQ / SparseGPT / SlimGPT / LLM-Pruner): the whole evaluation
+    text is tokenised **once, without special tokens**; the token stream is cut into non-overlapping
+    windows of ``seqlen`` tokens (the remainder is dropped); each window is one forward pass whose labels
+    are the window itself, so positions ``1..seqlen-1`` are scored; ``PPL = exp(sum NLL / n scored)``.
+    Because every window scores the same number of tokens this equals the papers'
+    ``exp(mean over windows of the mean window loss)``. ``stride`` switches to the sliding-window protocol
+    of the Hugging Face perplexity guide.
+
+Evaluation texts
+    :func:`wikitext2_test_text` rebuilds the Hugging Face ``wikitext-2-raw-v1`` test split from the files
+    in ``shared/data/wikitext-2`` (see :func:`wikitext2_rows` for the layout); :func:`wikitext2_validation_text`
+    gives the tokenised validation split (for calibration); :func:`ptb_text` joins PTB sentences.
+
+Zero-shot multiple choice (:func:`zero_shot`, :func:`evaluate_zero_shot`)
+    lm-evaluation-harness's ``multiple_choice`` scoring re-implemented: every choice is scored by the summed
+    log-likelihood of its tokens given the context; ``acc`` takes the argmax of that sum and ``acc_norm``
+    the argmax of the sum divided by the choice's length in characters. Tasks live in
+    :data:`ZERO_SHOT_TASKS`; a task is a loader ``(path) -> list[MCItem]`` plus a default path relative
+    to the data directory (:func:`default_data_dir`); add one with :func:`register_task`.
+
+lm-evaluation-harness (:func:`lm_eval_bridge`)
+    Runs the real harness on an in-memory model, when ``lm_eval`` is installed
+    (``pip install optimum-slimgpt[eval]``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from transformers.utils import logging as hf_logging
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    # texts
+    "default_data_dir",
+    "wikitext2_rows",
+    "wikitext2_test_text",
+    "wikitext2_validation_rows",
+    "wikitext2_validation_text",
+    "ptb_text",
+    # perplexity
+    "PerplexityResult",
+    "perplexity",
+    "perplexity_details",
+    # zero-shot
+    "MCItem",
+    "TaskSpec",
+    "ZERO_SHOT_TASKS",
+    "register_task",
+    "load_task",
+    "load_piqa",
+    "load_hellaswag_text",
+    "load_mosaicml_jsonl",
+    "loglikelihoods",
+    "score_items",
+    "zero_shot",
+    "evaluate_zero_shot",
+    # lm-eval
+    "lm_eval_bridge",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# --------------------------------------------------------------------------------------------------
+# data directory
+# --------------------------------------------------------------------------------------------------
+
+
+def default_data_dir() -> Path:
+    """Directory holding the evaluation data (``wikitext-2/``, ``piqa/``, ``hellaswag/``, ``mosaicml-eval/``).
+
+    In order: ``$SLIMGPT_DATA_DIR``; ``$SLIMGPT_SHARED_DIR/data``; ``<repository root>/../shared/data``
+    (the layout of a source checkout next to ``shared/``); ``./shared/data``. The directory is not
+    required to exist; loaders raise ``FileNotFoundError`` naming the file they looked for.
+    """
+    env = os.environ.get("SLIMGPT_DATA_DIR")
+    if env:
+        return Path(env)
+    env = os.environ.get("SLIMGPT_SHARED_DIR")
+    if env:
+        return Path(env) / "data"
+    candidate = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if candidate.is_dir():
+        return candidate
+    return Path.cwd() / "shared" / "data"
+
+
+def _resolve(path: Optional[PathLike], default_rel: Optional[str], data_dir: Optional[PathLike]) -> Path:
+    if path is not None:
+        return Path(path)
+    if default_rel is None:
+        raise ValueError("no path given and the task has no default path")
+    return Path(data_dir if data_dir is not None else default_data_dir()) / default_rel
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation texts
+# --------------------------------------------------------------------------------------------------
+
+_WIKITEXT_TOKENS_TEST = "wiki.test.tokens"
+_WIKITEXT_TOKENS_VALID = "wiki.valid.tokens"
+_WIKITEXT_RAW_TEST = "wiki.test.raw.nonempty-crlf.txt"
+
+
+def _wikitext_dir(path_dir: Optional[PathLike]) -> Path:
+    return Path(path_dir) if path_dir is not None else default_data_dir() / "wikitext-2"
+
+
+def _read_lines_keepends(path: Path) -> list[str]:
+    # split on "\n" only: str.splitlines() would also split on \x85, \u2028, ... inside the text
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line + "\n" for line in lines]
+
+
+def wikitext2_rows(path_dir: Optional[PathLike] = None) -> list[str]:
+    """The rows of the Hugging Face ``Salesforce/wikitext`` ``wikitext-2-raw-v1`` **test** split (4,358 rows).
+
+    Layout of the HF split: one row per line of the original ``wiki.test.raw``; a blank line (only
+    whitespace) becomes ``""``; any other line is kept verbatim *including its trailing* ``"\\n"``
+    (e.g. row 1 is ``" = Robert Boulter = \\n"``).
+
+    ``path_dir`` (default ``<data dir>/wikitext-2``) must hold ``wiki.test.tokens`` (the tokenised test
+    split, same 4,358-line layout) and ``wiki.test.raw.nonempty-crlf.txt`` (the raw text of the 2,891
+    non-empty rows, without their ``"\\n"``, joined with CRLF). The layout is rebuilt by walking
+    ``wiki.test.tokens`` line by line: a blank tokens line gives ``""``, any other gives the next raw row
+    plus ``"\\n"``. With the Llama-2 tokenizer ``"\\n\\n".join(rows)`` is 341,469 tokens including BOS, the
+    count every GPTQ-style evaluation reports, which checks the layout byte for byte.
+    """
+    d = _wikitext_dir(path_dir)
+    raw_text = (d / _WIKITEXT_RAW_TEST).read_bytes().decode("utf-8")
+    raw_rows = raw_text.split("\r\n")
+    if raw_rows and raw_rows[-1] == "":
+        raw_rows.pop()
+    token_lines = _read_lines_keepends(d / _WIKITEXT_TOKENS_TEST)
+    rows: list[str] = []
+    it = iter(raw_rows)
+    for line in token_lines:
+        if not line.strip():
+            rows.append("")
+            continue
+        try:
+            rows.append(next(it) + "\n")
+        except StopIteration:
+            raise ValueError(f"{d / _WIKITEXT_RAW_TEST} has fewer non-empty rows than {d / _WIKITEXT_TOKENS_TEST}") from None
+    leftover = sum(1 for _ in it)
+    if leftover:
+        raise ValueError(f"{d / _WIKITEXT_RAW_TEST} has {leftover} more non-empty rows than {d / _WIKITEXT_TOKENS_TEST}")
+    return rows
+
+
+def wikitext2_test_text(path_dir: Optional[PathLike] = None) -> str:
+    """The standard WikiText-2 (raw) evaluation text: ``"\\n\\n".join(wikitext2_rows(path_dir))``."""
+    return "\n\n".join(wikitext2_rows(path_dir))
+
+
+def wikitext2_validation_rows(path_dir: Optional[PathLike] = None) -> list[str]:
+    """Rows of the WikiText-2 **validation** split from ``wiki.valid.tokens`` (3,760 rows).
+
+    Only the tokenised release exists here (the HF ``wikitext-2-v1`` layout: ``<unk>`` for rare words,
+    ``@-@`` etc.): blank lines become ``""``, other lines are kept with their ``"\\n"``. Use it as
+    calibration text; never evaluate on it.
+    """
+    lines = _read_lines_keepends(_wikitext_dir(path_dir) / _WIKITEXT_TOKENS_VALID)
+    return ["" if not line.strip() else line for line in lines]
+
+
+def wikitext2_validation_text(path_dir: Optional[PathLike] = None) -> str:
+    """``"\\n\\n".join(wikitext2_validation_rows(path_dir))`` (tokenised WikiText-2 validation, for calibration)."""
+    return "\n\n".join(wikitext2_validation_rows(path_dir))
+
+
+def ptb_text(rows: Iterable[str]) -> str:
+    """Penn Treebank evaluation text in the GPTQ layout: the sentences joined with a single space.
+
+    ``rows`` are the ``sentence`` column of ``ptb_text_only`` (``penn_treebank``) or the lines of
+    ``ptb.test.txt``; GPTQ/SparseGPT/SlimGPT evaluate on ``" ".join(test["sentence"])``.
+    """
+    return " ".join(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# model helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _input_device(model: torch.nn.Module, device: Optional[Union[str, torch.device]]) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    try:
+        emb = model.get_input_embeddings()
+        if emb is not None and getattr(emb, "weight", None) is not None:
+            return emb.weight.device
+    except (AttributeError, NotImplementedError):
+        pass
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+class _EvalMode:
+    """``model.eval()`` + ``torch.no_grad()`` for the block; restores training mode afterwards."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.was_training = model.training
+        self._no_grad = torch.no_grad()
+
+    def __enter__(self):
+        self.model.eval()
+        self._no_grad.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._no_grad.__exit__(*exc)
+        if self.was_training:
+            self.model.train()
+        return False
+
+
+def _forward_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": False}
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    out = model(**kwargs)
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    return logits
+
+
+def _bos_id(tokenizer: Any, model: torch.nn.Module) -> int:
+    for src in (tokenizer, getattr(model, "config", None), getattr(model, "generation_config", None)):
+        bos = getattr(src, "bos_token_id", None) if src is not None else None
+        if isinstance(bos, (list, tuple)):
+            bos = bos[0] if bos else None
+        if bos is not None:
+            return int(bos)
+    raise ValueError("add_bos=True but neither the tokenizer nor the model config defines bos_token_id")
+
+
+def _progress(iterable=None, **kwargs):
+    # transformers' tqdm honours transformers.utils.logging.disable_progress_bar()
+    return hf_logging.tqdm(iterable, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# perplexity
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PerplexityResult:
+    """Outcome of :func:`perplexity_details`.
+
+    ``ppl = exp(nll_sum / n_tokens)``; ``n_tokens`` is the number of *scored* (predicted) tokens, i.e.
+    ``n_windows * (seqlen - 1)`` for the non-overlapping protocol; ``n_stream_tokens`` is the length of
+    the token stream after ``max_tokens`` truncation.
+    """
+
+    ppl: float
+    nll_sum: float
+    n_tokens: int
+    n_windows: int
+    seqlen: int
+    stride: Optional[int] = None
+    add_bos: bool = False
+    n_stream_tokens: int = 0
+
+    @property
+    def mean_nll(self) -> float:
+        """Mean negative log-likelihood per scored token (nats)."""
+        return self.nll_sum / self.n_tokens
+
+
+def _to_token_stream(tokenizer: Any, text_or_dataset: Any) -> torch.Tensor:
+    if isinstance(text_or_dataset, torch.Tensor):
+        ids = text_or_dataset
+        if ids.dim() == 2 and ids.shape[0] == 1:
+            ids = ids[0]
+        if ids.dim() != 1:
+            raise ValueError(f"a pre-tokenised stream must be a 1-D LongTensor, got shape {tuple(ids.shape)}")
+        if ids.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
+            raise TypeError(f"token ids must be integers, got {ids.dtype}")
+        return ids.long().cpu()
+    if isinstance(text_or_dataset, str):
+        text = text_or_dataset
+    elif hasattr(text_or_dataset, "column_names"):  # datasets.Dataset
+        cols = text_or_dataset.column_names
+        col = "text" if "text" in cols else ("sentence" if "sentence" in cols else None)
+        if col is None:
+            raise ValueError(f"dataset has no 'text' or 'sentence' column (columns: {cols})")
+        text = "\n\n".join(text_or_dataset[col])
+    elif isinstance(text_or_dataset, (list, tuple)) and all(isinstance(t, str) for t in text_or_dataset):
+        text = "\n\n".join(text_or_dataset)
+    else:
+        raise TypeError("text_or_dataset must be a str, a list of str, a datasets.Dataset or a 1-D LongTensor")
+    if tokenizer is None:
+        raise ValueError("a tokenizer is required unless text_or_dataset is a tensor of token ids")
+    enc = tokenizer(text, add_special_tokens=False, return_tensors="pt", verbose=False)
+    return enc["input_ids"][0].long()
+
+
+def _plan_windows(n: int, seqlen: int, stride: Optional[int], add_bos: bool) -> list[tuple[int, int, int]]:
+    """``(begin, end, first_target)`` per window: stream tokens ``[begin, end)`` are the model input
+    (after an optional BOS) and tokens ``[first_target, end)`` are scored."""
+    span = seqlen - 1 if add_bos else seqlen  # stream tokens per window; the model sees ``seqlen`` positions
+    first = 0 if add_bos else 1  # offset of the first scorable token inside a window
+    if span < 1 or (not add_bos and span < 2):
+        raise ValueError(f"seqlen={seqlen} is too short")
+    windows: list[tuple[int, int, int]] = []
+    if stride is None:
+        for k in range(n // span):
+            b = k * span
+            windows.append((b, b + span, b + first))
+        return windows
+    if not 0 < stride <= span:
+        raise ValueError(f"stride must be in [1, {span}] (window of {span} stream tokens), got {stride}")
+    prev_end = 0
+    for begin in range(0, n, stride):
+        end = min(begin + span, n)
+        ft = max(prev_end, begin + first)
+        if end > ft:
+            windows.append((begin, end, ft))
+        prev_end = end
+        if end == n:
+            break
+    return windows
+
+
+def perplexity_details(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    text_or_dataset: Any,
+    seqlen: int = 2048,
+    batch_size: int = 1,
+    stride: Optional[int] = None,
+    max_tokens: Optional[int] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    add_bos: bool = False,
+    show_progress: bool = True,
+) -> PerplexityResult:
+    """Perplexity of ``model`` on a text, with the counts behind it. See :func:`perplexity` for the protocol."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    ids = _to_token_stream(tokenizer, text_or_dataset)
+    if max_tokens is not None:
+        ids = ids[: int(max_tokens)]
+    n = int(ids.numel())
+    windows = _plan_windows(n, seqlen, stride, add_bos)
+    if not windows:
+        raise ValueError(f"the token stream ({n} tokens) is shorter than one window (seqlen={seqlen})")
+    max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(max_pos, int) and seqlen > max_pos:
+        logger.warning("seqlen=%d exceeds the model's max_position_embeddings=%d", seqlen, max_pos)
+    dev = _input_device(model, device)
+    prefix = torch.tensor([_bos_id(tokenizer, model)], dtype=torch.long) if add_bos else None
+    offset = 1 if add_bos else 0
+
+    # group consecutive windows of the same length into batches
+    batches: list[list[tuple[int, int, int]]] = []
+    for w in windows:
+        if batches and len(batches[-1]) < batch_size and (batches[-1][0][1] - batches[-1][0][0]) == (w[1] - w[0]):
+            batches[-1].append(w)
+        else:
+            batches.append([w])
+
+    nll_sum = 0.0
+    n_scored = 0
+    with _EvalMode(model):
+        bar = _progress(total=len(windows), desc="perplexity", unit="window", disable=not show_progress)
+        try:
+            for batch in batches:
+                rows = [ids[b:e] if prefix is None else torch.cat([prefix, ids[b:e]]) for b, e, _ in batch]
+                logits = _forward_logits(model, torch.stack(rows).to(dev))
+                for r, (b, e, ft) in enumerate(batch):
+                    lo, hi = ft - b + offset - 1, e - b + offset - 1
+                    target = ids[ft:e].to(logits.device)
+                    nll = F.cross_entropy(logits[r, lo:hi].float(), target, reduction="sum")
+                    nll_sum += float(nll.item())
+                    n_scored += e - ft
+                del logits
+                bar.update(len(batch))
+        finally:
+            bar.close()
+    return PerplexityResult(
+        ppl=math.exp(nll_sum / n_scored),
+        nll_sum=nll_sum,
+        n_tokens=n_scored,
+        n_windows=len(windows),
+        seqlen=seqlen,
+        stride=stride,
+        add_bos=add_bos,
+        n_stream_tokens=n,
+    )
+
+
+def perplexity(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    text_or_dataset: Any,
+    seqlen: int = 2048,
+    batch_size: int = 1,
+    stride: Optional[int] = None,
+    max_tokens: Optional[int] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    add_bos: bool = False,
+    show_progress: bool = True,
+) -> float:
+    """Perplexity of a causal LM on a text (the GPTQ / SlimGPT protocol by default).
+
+    Args:
+        model: a ``*ForCausalLM`` (any dtype; the NLL is computed in float32 from the logits). It is put in
+            eval mode for the call (training mode is restored afterwards) and run under ``torch.no_grad``.
+        tokenizer: used once on the whole text, with ``add_special_tokens=False``. May be ``None`` when
+            ``text_or_dataset`` is already a tensor of token ids.
+        text_or_dataset: a ``str``; a list of rows or a ``datasets.Dataset`` (column ``text``, else
+            ``sentence``), joined with ``"\\n\\n"``; or a 1-D ``LongTensor`` of token ids.
+        seqlen: model input length per window.
+        batch_size: windows per forward pass (same numbers as ``batch_size=1``; memory grows with it).
+        stride: ``None`` (default): non-overlapping windows of ``seqlen`` tokens, remainder dropped, each
+            scoring its positions ``1..seqlen-1``. An int ``<= seqlen``: the sliding-window protocol of the
+            Hugging Face perplexity guide: windows start every ``stride`` tokens, the first window scores
+            all its tokens but the first, every later window only its tokens not scored before (its last
+            ``stride``), and the last window may be shorter; nothing is dropped.
+        max_tokens: keep only the first ``max_tokens`` tokens of the stream before cutting windows
+            (e.g. ``65536``).
+        device: where inputs go (default: the device of the input embeddings). The model is not moved.
+        add_bos: feed ``[BOS] + window`` with windows of ``seqlen - 1`` stream tokens (the model still sees
+            ``seqlen`` positions) and score every stream token of the window, the first one from BOS.
+        show_progress: show a ``transformers`` progress bar (also off after
+            ``transformers.utils.logging.disable_progress_bar()``).
+
+    Returns:
+        ``exp(total NLL / number of scored tokens)`` as a Python float.
+    """
+    return perplexity_details(
+        model, tokenizer, text_or_dataset, seqlen=seqlen, batch_size=batch_size, stride=stride,
+        max_tokens=max_tokens, device=device, add_bos=add_bos, show_progress=show_progress,
+    ).ppl
+
+
+# --------------------------------------------------------------------------------------------------
+# zero-shot multiple choice: data
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MCItem:
+    """One multiple-choice question.
+
+    ``context`` is the prompt; each entry of ``choices`` is the continuation scored after it, *as
+    scored*, i.e. including its separator (usually a leading space: ``" " + answer``); ``gold`` is the
+    index of the correct choice.
+    """
+
+    context: str
+    choices: list[str]
+    gold: int
+
+    def __post_init__(self):
+        if not self.choices:
+            raise ValueError("an MCItem needs at least one choice")
+        if not 0 <= int(self.gold) < len(self.choices):
+            raise ValueError(f"gold={self.gold} out of range for {len(self.choices)} choices")
+        self.gold = int(self.gold)
+
+
+Loader = Callable[[Path], list[MCItem]]
+
+
+@dataclass
+class TaskSpec:
+    """A registered zero-shot task: ``loader(path) -> list[MCItem]`` and its default data path
+    (relative to the data directory, see :func:`default_data_dir`)."""
+
+    name: str
+    loader: Loader
+    default_path: Optional[str] = None
+    description: str = ""
+
+    def load(self, path: Optional[PathLike] = None, data_dir: Optional[PathLike] = None) -> list[MCItem]:
+        p = _resolve(path, self.default_path, data_dir)
+        if not p.exists():
+            raise FileNotFoundError(f"data for task {self.name!r} not found: {p}")
+        return self.loader(p)
+
+
+ZERO_SHOT_TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(
+    name: str,
+    loader: Loader,
+    default_path: Optional[str] = None,
+    description: str = "",
+    overwrite: bool = False,
+) -> TaskSpec:
+    """Register a zero-shot task under ``name`` in :data:`ZERO_SHOT_TASKS`.
+
+    ``loader`` is one small function ``(path: Path) -> list[MCItem]``; ``default_path`` is used, relative
+    to the data directory, when :func:`zero_shot` gets no ``path``. Re-registering an existing name
+    needs ``overwrite=True``.
+    """
+    if name in ZERO_SHOT_TASKS and not overwrite:
+        raise ValueError(f"task {name!r} is already registered (pass overwrite=True to replace it)")
+    spec = TaskSpec(name=name, loader=loader, default_path=default_path, description=description)
+    ZERO_SHOT_TASKS[name] = spec
+    return spec
+
+
+def load_task(
+    task: str,
+    path: Optional[PathLike] = None,
+    data_dir: Optional[PathLike] = None,
+    limit: Optional[int] = None,
+) -> list[MCItem]:
+    """Items of a registered task (the first ``limit`` of them, in file order)."""
+    try:
+        spec = ZERO_SHOT_TASKS[task]
+    except KeyError:
+        raise KeyError(f"unknown task {task!r}; registered: {sorted(ZERO_SHOT_TASKS)}") from None
+    items = spec.load(path, data_dir)
+    return items if limit is None else items[: int(limit)]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_piqa(path: PathLike) -> list[MCItem]:
+    """PIQA in its original release layout, as lm-evaluation-harness prompts it.
+
+    ``path`` is ``valid.jsonl`` (``{"goal", "sol1", "sol2"}`` per line) or the folder holding it; gold
+    labels are read from the sibling ``<stem>-labels.lst`` (one ``0``/``1`` per line). Context
+    ``"Question: {goal}\\nAnswer:"``, choices ``" " + sol1`` and ``" " + sol2`` (unchanged otherwise).
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "valid.jsonl"
+    labels_path = p.with_name(p.stem + "-labels.lst")
+    docs = _read_jsonl(p)
+    labels = [int(t) for t in labels_path.read_text(encoding="utf-8").split()]
+    if len(labels) != len(docs):
+        raise ValueError(f"{p} has {len(docs)} items but {labels_path} has {len(labels)} labels")
+    return [
+        MCItem(f"Question: {d['goal']}\nAnswer:", [" " + d["sol1"], " " + d["sol2"]], g)
+        for d, g in zip(docs, labels)
+    ]
+
+
+def load_hellaswag_text(path: PathLike) -> list[MCItem]:
+    """HellaSwag in llama.cpp's text layout (``hellaswag_val_full.txt``): 6 lines per item.
+
+    Line 1 is the context (``activity_label + ": " + ctx``), line 2 the gold index, lines 3-6 the four
+    endings; context = line 1, choices = ``" " + ending`` (lm-eval's ``hellaswag`` prompt, up to its
+    slightly different text preprocessing).
+    """
+    lines = Path(path).read_text(encoding="utf-8").split("\n")
+    lines = [line.rstrip("\r") for line in lines]
+    while lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) % 6:
+        raise ValueError(f"{path}: {len(lines)} lines is not a multiple of 6")
+    return [
+        MCItem(lines[i], [" " + e for e in lines[i + 2 : i + 6]], int(lines[i + 1]))
+        for i in range(0, len(lines), 6)
+    ]
+
+
+def load_mosaicml_jsonl(path: PathLike, delimiter: str = " ") -> list[MCItem]:
+    """MosaicML llm-foundry ``local_data`` multiple-choice jsonl (``{"query", "choices", "gold"}``).
+
+    As llm-foundry builds it (with ``strip_dataset``): ``query.strip() + delimiter + choice.strip()``,
+    ``delimiter`` being the task's ``continuation_delimiter`` (``" "`` by default, ``"\\nAnswer: "`` for
+    ARC, PIQA and BoolQ in llm-foundry's ``tasks_v0.3.yaml``). Trailing whitespace of the prompt then moves
+    to the choices as in lm-eval, so e.g. PIQA gives context ``"Question: ...\\nAnswer:"`` and choices
+    ``" " + answer``, the same strings as :func:`load_piqa`.
+    """
+    stripped = delimiter.rstrip()
+    sep = delimiter[len(stripped):]
+    items = []
+    for d in _read_jsonl(Path(path)):
+        items.append(MCItem(str(d["query"]).strip() + stripped, [sep + str(c).strip() for c in d["choices"]], int(d["gold"])))
+    return items
+
+
+def _register_builtin_tasks() -> None:
+    register_task("piqa", load_piqa, "piqa/valid.jsonl", "PIQA validation (1,838), original release, lm-eval prompt")
+    register_task("hellaswag", load_hellaswag_text, "hellaswag/hellaswag_val_full.txt",
+                  "HellaSwag validation (10,042), llama.cpp text layout")
+    mosaic = {
+        "arc_easy": ("\nAnswer: ", "ARC-Easy test (2,376)"),
+        "boolq": ("\nAnswer: ", "BoolQ dev (3,270)"),
+        "openbook_qa": (" ", "OpenBookQA test (500), question stem only"),
+        "piqa_mosaic": ("\nAnswer: ", "PIQA validation (1,838), MosaicML format", "piqa"),
+        "copa": (" ", "COPA (100), MosaicML subset"),
+        "siqa": (" ", "Social IQa dev (1,954)"),
+        "commonsense_qa": (" ", "CommonsenseQA dev (1,221), letter answers"),
+    }
+    for name, (delim, desc, *file_stem) in mosaic.items():
+        stem = file_stem[0] if file_stem else name
+        register_task(name, functools.partial(load_mosaicml_jsonl, delimiter=delim),
+                      f"mosaicml-eval/{stem}.jsonl", desc + f", MosaicML jsonl, delimiter {delim!r}")
+
+
+_register_builtin_tasks()
+
+
+# --------------------------------------------------------------------------------------------------
+# zero-shot multiple choice: scoring
+# --------------------------------------------------------------------------------------------------
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _prefix_token_id(tokenizer: Any) -> int:
+    for attr in ("bos_token_id", "eos_token_id"):
+        v = getattr(tokenizer, attr, None)
+        if v is not None:
+            return int(v)
+    raise ValueError("empty context but the tokenizer has neither a BOS nor an EOS token")
+
+
+def _encode_pair(tokenizer: Any, context: str, continuation: str, separate: bool) -> tuple[list[int], list[int]]:
+    """lm-evaluation-harness ``HFLM._encode_pair`` (0.4): trailing whitespace of the context moves to the
+    continuation; the continuation tokens are those of ``encode(context + continuation)`` after the first
+    ``len(encode(context))`` tokens. ``separate=True``: encode both parts independently (older lm-eval)."""
+    if context == "":
+        return [_prefix_token_id(tokenizer)], _encode(tokenizer, continuation)
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    ctx = _encode(tokenizer, context)
+    if separate:
+        return ctx, _encode(tokenizer, continuation)
+    whole = _encode(tokenizer, context + continuation)
+    return ctx, whole[len(ctx):]
+
+
+def _max_length(model: torch.nn.Module, max_length: Optional[int]) -> int:
+    if max_length is not None:
+        return int(max_length)
+    cfg = getattr(model, "config", None)
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = getattr(cfg, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return 2048
+
+
+def loglikelihoods(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    requests: Sequence[tuple[str, str]],
+    batch_size: int = 16,
+    device: Optional[Union[str, torch.device]] = None,
+    max_length: Optional[int] = None,
+    separate_encoding: bool = False,
+    show_progress: bool = True,
+) -> list[float]:
+    """Summed log-likelihood (nats) of each ``continuation`` given its ``context``.
+
+    ``requests`` are ``(context, continuation)`` pairs, tokenised like lm-evaluation-harness (see
+    :func:`zero_shot`); inputs longer than ``max_length`` (default: the model's
+    ``max_position_embeddings``) are truncated on the left. Requests are sorted by length and scored in
+    right-padded batches with an attention mask; padding is on the right of a causal model, so the
+    numbers equal unbatched scoring up to float rounding. Log-probabilities are computed in float32.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    maxlen = _max_length(model, max_length)
+    encoded = []
+    for ctx, cont in requests:
+        c_ids, k_ids = _encode_pair(tokenizer, ctx, cont, separate_encoding)
+        if not k_ids:
+            raise ValueError(f"continuation {cont!r} encodes to no tokens after context {ctx[-40:]!r}")
+        full = (c_ids + k_ids)[-(maxlen + 1):]
+        inp = full[:-1]
+        n_cont = min(len(k_ids), len(inp))
+        encoded.append((inp, k_ids[len(k_ids) - n_cont:]))
+    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i][0]), i))
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    if pad_id is None:
+        pad_id = getattr(tokenizer, "eos_token_id", None) or 0
+    dev = _input_device(model, device)
+    results: list[float] = [0.0] * len(encoded)
+    with _EvalMode(model):
+        bar = _progress(total=len(order), desc="loglikelihood", unit="req", disable=not show_progress)
+        try:
+            for s in range(0, len(order), batch_size):
+                idx = order[s : s + batch_size]
+                width = max(len(encoded[i][0]) for i in idx)
+                input_ids = torch.full((len(idx), width), int(pad_id), dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                for r, i in enumerate(idx):
+                    inp = encoded[i][0]
+                    input_ids[r, : len(inp)] = torch.tensor(inp, dtype=torch.long)
+                    mask[r, : len(inp)] = 1
+                logits = _forward_logits(model, input_ids.to(dev), mask.to(dev))
+                for r, i in enumerate(idx):
+                    inp, cont = encoded[i]
+                    n = len(inp)
+                    lp = torch.log_softmax(logits[r, n - len(cont) : n].float(), dim=-1)
+                    tgt = torch.tensor(cont, dtype=torch.long, device=lp.device)
+                    results[i] = float(lp.gather(-1, tgt[:, None]).sum().item())
+                del logits
+                bar.update(len(idx))
+        finally:
+            bar.close()
+    return results
+
+
+def score_items(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    items: Sequence[MCItem],
+    batch_size: int = 16,
+    device: Optional[Union[str, torch.device]] = None,
+    max_length: Optional[int] = None,
+    separate_encoding: bool = False,
+    show_progress: bool = True,
+) -> list[list[float]]:
+    """Per item, the summed log-likelihood of each choice given the item's context (see :func:`loglikelihoods`)."""
+    requests = [(it.context, ch) for it in items for ch in it.choices]
+    flat = loglikelihoods(model, tokenizer, requests, batch_size=batch_size, device=device, max_length=max_length,
+                          separate_encoding=separate_encoding, show_progress=show_progress)
+    out, k = [], 0
+    for it in items:
+        out.append(flat[k : k + len(it.choices)])
+        k += len(it.choices)
+    return out
+
+
+def _norm_length(choice: str) -> int:
+    # lm-eval divides by len(doc_to_choice(doc)), which excludes the target delimiter (" ")
+    n = len(choice) - 1 if choice.startswith(" ") else len(choice)
+    return max(n, 1)
+
+
+def _argmax(values: Sequence[float]) -> int:
+    best = 0
+    for j in range(1, len(values)):
+        if values[j] > values[best]:
+            best = j
+    return best
+
+
+def _stderr(hits: Sequence[float]) -> float:
+    n = len(hits)
+    if n < 2:
+        return float("nan")
+    mu = sum(hits) / n
+    var = sum((h - mu) ** 2 for h in hits) / (n - 1)
+    return math.sqrt(var / n)
+
+
+def zero_shot(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    task: Union[str, Sequence[MCItem]],
+    path: Optional[PathLike] = None,
+    limit: Optional[int] = None,
+    batch_size: int = 16,
+    device: Optional[Union[str, torch.device]] = None,
+    data_dir: Optional[PathLike] = None,
+    max_length: Optional[int] = None,
+    separate_encoding: bool = False,
+    return_details: bool = False,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Zero-shot multiple-choice accuracy, lm-evaluation-harness style.
+
+    Args:
+        task: a name in :data:`ZERO_SHOT_TASKS` or a list of :class:`MCItem`.
+        path: data file for the task (default: the task's default path under ``data_dir``).
+        limit: score only the first ``limit`` items (file order, no shuffling).
+        batch_size: sequences per forward pass (right padding + attention mask; same numbers as 1).
+        data_dir: root of the data (default :func:`default_data_dir`).
+        max_length: left-truncation length (default the model's ``max_position_embeddings``).
+        separate_encoding: tokenise context and continuation independently instead of lm-eval 0.4's
+            "encode the whole string, split at the context length".
+        return_details: also return ``"logliks"`` (per item, per choice) and ``"gold"``.
+
+    Scoring (as lm-eval's ``multiple_choice`` with ``HFLM``): trailing whitespace of the context moves to
+    the continuation; no special tokens are added (an empty context is replaced by BOS/EOS); the choice's
+    log-likelihood is the sum over its tokens of ``log p(token | context, previous choice tokens)``.
+    ``acc`` = mean of ``argmax(ll) == gold``; ``acc_norm`` = mean of ``argmax(ll / len(choice)) == gold``
+    with ``len`` in characters not counting the leading separator space (lm-eval's ``len(doc_to_choice)``).
+    Ties resolve to the first choice.
+
+    Returns:
+        ``{"task", "acc", "acc_norm", "acc_stderr", "acc_norm_stderr", "n"}`` (+ details).
+    """
+    if isinstance(task, str):
+        name = task
+        items = load_task(task, path=path, data_dir=data_dir, limit=limit)
+    else:
+        name = "custom"
+        items = list(task) if limit is None else list(task)[: int(limit)]
+    if not items:
+        raise ValueError(f"task {name!r} has no items")
+    lls = score_items(model, tokenizer, items, batch_size=batch_size, device=device, max_length=max_length,
+                      separate_encoding=separate_encoding, show_progress=show_progress)
+    hits, hits_norm = [], []
+    for it, ll in zip(items, lls):
+        hits.append(float(_argmax(ll) == it.gold))
+        normed = [v / _norm_length(c) for v, c in zip(ll, it.choices)]
+        hits_norm.append(float(_argmax(normed) == it.gold))
+    n = len(items)
+    out: dict[str, Any] = {
+        "task": name,
+        "acc": sum(hits) / n,
+        "acc_norm": sum(hits_norm) / n,
+        "acc_stderr": _stderr(hits),
+        "acc_norm_stderr": _stderr(hits_norm),
+        "n": n,
+    }
+    if return_details:
+        out["logliks"] = lls
+        out["gold"] = [it.gold for it in items]
+    return out
+
+
+def evaluate_zero_shot(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    tasks: Sequence[str],
+    limit: Optional[int] = None,
+    batch_size: int = 16,
+    device: Optional[Union[str, torch.device]] = None,
+    data_dir: Optional[PathLike] = None,
+    paths: Optional[dict[str, PathLike]] = None,
+    **kwargs: Any,
+) -> dict[str, dict[str, Any]]:
+    """:func:`zero_shot` on each task; ``{task: result}``. ``paths`` overrides data files per task;
+    ``limit`` applies to every task; other keyword arguments go to :func:`zero_shot`."""
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    paths = paths or {}
+    return {
+        t: zero_shot(model, tokenizer, t, path=paths.get(t), limit=limit, batch_size=batch_size, device=device,
+                     data_dir=data_dir, **kwargs)
+        for t in tasks
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# lm-evaluation-harness
+# --------------------------------------------------------------------------------------------------
+
+
+def lm_eval_bridge(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    tasks: Union[str, Sequence[str]],
+    batch_size: Union[int, str] = 1,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Run lm-evaluation-harness on an in-memory model and tokenizer.
+
+    Calls ``lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=...),
+    tasks=tasks, **kwargs)`` and returns its result dict (scores under ``["results"][task]``). Needs
+    ``lm_eval`` (``pip install optimum-slimgpt[eval]``); the harness downloads its datasets itself.
+    """
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+    except ImportError as e:
+        raise ImportError(
+            "lm_eval_bridge needs lm-evaluation-harness: pip install optimum-slimgpt[eval]"
+        ) from e
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    return lm_eval.simple_evaluate(model=lm, tasks=list(tasks), **kwargs)

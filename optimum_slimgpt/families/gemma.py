@@ -1,0 +1,51 @@
+"""Gemma 2 and Gemma 3: the Llama layout (``self_attn.{q,k,v,o}_proj``, ``mlp.{gate,up,down}_proj``).
+
+Nothing to override - what the attention forward reads was checked against transformers 5.x:
+
+* ``scaling = query_pre_attn_scalar ** -0.5`` is computed from the config at construction and stored on
+  the module; ``head_dim`` never changes, so it stays as it is after pruning.
+* attention logit softcapping (Gemma 2; ``attn_logit_softcapping``) is applied per score, independent of
+  the number of heads (only the eager attention honours it: use ``attn_implementation="eager"``).
+* ``sliding_window`` is a per-module attribute set from ``config.layer_types``; the masks and the
+  per-layer-type rotary embeddings (Gemma 3) are computed by the model and passed to each block, and the
+  pruner records every block's own keyword arguments.
+* Gemma 3's ``q_norm``/``k_norm`` act on one ``head_dim`` vector and are shared by all heads: kept as is.
+* the sandwich norms (``pre/post_feedforward_layernorm``, ``post_attention_layernorm``) act on the hidden
+  size, which is not pruned.
+* heads are read from ``self.head_dim``/tensor shapes; ``num_key_value_groups`` is updated by
+  :meth:`~optimum_slimgpt.families.base.FamilyAdapter.set_attention_sizes`.
+
+``gemma3`` (``Gemma3ForConditionalGeneration``, image + text) is served too: only its language model's
+decoder blocks (``model.language_model.layers``) are pruned; the vision tower and the projector are left
+untouched, and calibration is text only.
+"""
+
+from __future__ import annotations
+
+from .base import FamilyAdapter
+from .registry import register_family
+
+__all__ = ["Gemma2Adapter", "Gemma3TextAdapter", "Gemma3Adapter"]
+
+
+@register_family
+class Gemma2Adapter(FamilyAdapter):
+    name = "gemma2"
+    model_types = ("gemma2",)
+
+
+@register_family
+class Gemma3TextAdapter(FamilyAdapter):
+    """``Gemma3ForCausalLM`` (``Gemma3TextConfig``, ``model_type="gemma3_text"``)."""
+
+    name = "gemma3_text"
+    model_types = ("gemma3_text",)
+
+
+@register_family
+class Gemma3Adapter(FamilyAdapter):
+    """``Gemma3ForConditionalGeneration``: the text decoder's blocks only."""
+
+    name = "gemma3"
+    model_types = ("gemma3",)
+    blocks_path = "model.language_model.layers"

@@ -1,0 +1,147 @@
+# Copyright 2026 The optimum-slimgpt developers. Licensed under the Apache License, Version 2.0.
+"""Shared modeling logic of SlimGPT per-layer pruned models (remote code: stdlib, torch, transformers only).
+
+A family's pruned classes are thin subclasses of the family's own classes::
+
+    class SlimGPTLlamaModel(SlimGPTBaseModelMixin, LlamaModel):
+        config_class = SlimGPTLlamaConfig
+        _slimgpt_decoder_layer_class = LlamaDecoderLayer
+
+    class SlimGPTLlamaForCausalLM(SlimGPTCausalLMMixin, LlamaForCausalLM):
+        config_class = SlimGPTLlamaConfig
+        _slimgpt_base_model_class = SlimGPTLlamaModel
+
+How a model is built: the family's ``__init__`` runs with ``num_hidden_layers`` temporarily set to 0
+(so nothing reads the ambiguous per-layer globals and no full-size layer is allocated), then each decoder
+layer is built from its own layer config (``config.layer_config(i)``) with the family's unchanged
+``<Family>DecoderLayer``. The sub-modules of a layer are then re-pointed at the *global* config so that
+``set_attn_implementation`` still reaches them (the same trick as transformers' Step3p7); nothing in the
+attention/MLP forward reads a per-layer size from the config (head counts come from tensor shapes,
+``num_key_value_groups`` and ``head_dim`` are attributes set at construction).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+
+def _get_submodule(root: nn.Module, path: str) -> nn.Module:
+    mod = root
+    for part in path.split("."):
+        if part:
+            mod = getattr(mod, part)
+    return mod
+
+
+def _set_submodule(root: nn.Module, path: str, value: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(_get_submodule(root, parent) if parent else root, name, value)
+
+
+@contextlib.contextmanager
+def _without_decoder_layers(config):
+    """Build the family skeleton with zero decoder layers (restored afterwards, even on error)."""
+    getter = getattr(config, "_getattr_without_heterogeneous_validation", None)
+    n = getter("num_hidden_layers") if getter is not None else config.num_hidden_layers
+    config.num_hidden_layers = 0
+    try:
+        yield n
+    finally:
+        config.num_hidden_layers = n
+
+
+def _add_zero_bias(linear: nn.Linear) -> None:
+    if linear.bias is None:
+        w = linear.weight
+        linear.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device), requires_grad=w.requires_grad)
+
+
+def adopt_class(module: nn.Module, cls: type) -> None:
+    """Turn ``module`` (an instance of a base class of ``cls``) into a ``cls`` instance, in place.
+
+    transformers keys some per-class state by the class of the instance at ``__init__`` time (the
+    ``_can_record_outputs`` registry behind ``output_hidden_states``/``output_attentions``); it is
+    re-registered for the new class.
+    """
+    module.__class__ = cls
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:  # pragma: no cover - other transformers versions
+        return
+    _CAN_RECORD_REGISTRY[module] = getattr(module, "_can_record_outputs", None)
+
+
+def _init_new_weights(model: nn.Module) -> None:
+    """Initialise the freshly built layers (already-initialised modules are skipped by transformers)."""
+    try:
+        from transformers.modeling_utils import get_torch_context_manager_or_global_device
+
+        on_meta = get_torch_context_manager_or_global_device() == torch.device("meta")
+    except ImportError:  # pragma: no cover - other transformers versions
+        on_meta = False
+    if not on_meta and hasattr(model, "initialize_weights"):
+        model.initialize_weights()
+
+
+class SlimGPTBaseModelMixin:
+    """Mixed in before the family base model (``LlamaModel``...).
+
+    Class attributes:
+        _slimgpt_decoder_layer_class: the family decoder layer, built as ``cls(layer_config, layer_idx)``.
+        _slimgpt_layers_path: dotted path of the decoder-layer ``ModuleList`` inside the base model.
+        _slimgpt_out_bias_modules: dotted paths (inside a decoder layer) of the linears that get a bias
+            when ``config.pruned_out_bias`` is set.
+    """
+
+    _slimgpt_decoder_layer_class = None
+    _slimgpt_layers_path = "layers"
+    _slimgpt_out_bias_modules = ("self_attn.o_proj", "mlp.down_proj")
+
+    def __init__(self, config, *args, **kwargs):
+        with _without_decoder_layers(config):
+            super().__init__(config, *args, **kwargs)
+        self._slimgpt_build_layers(config)
+        _init_new_weights(self)
+
+    def _slimgpt_build_layers(self, config) -> None:
+        layer_cls = self._slimgpt_decoder_layer_class
+        if layer_cls is None:
+            raise TypeError(f"{type(self).__name__} does not set _slimgpt_decoder_layer_class")
+        n = config._raw_get("num_hidden_layers")
+        layers = nn.ModuleList()
+        for i in range(n):
+            layer_config = config.layer_config(i)
+            layer = layer_cls(layer_config, i)
+            if getattr(config, "pruned_out_bias", False):
+                for path in self._slimgpt_out_bias_modules:
+                    _add_zero_bias(_get_submodule(layer, path))
+            for module in layer.modules():
+                if module.__dict__.get("config") is layer_config:
+                    module.config = config
+            layers.append(layer)
+        _set_submodule(self, self._slimgpt_layers_path, layers)
+
+
+class SlimGPTCausalLMMixin:
+    """Mixed in before the family ``*ForCausalLM``.
+
+    Class attributes:
+        _slimgpt_base_model_class: the pruned base model class; the family ``__init__`` builds its own base
+            model (e.g. ``LlamaModel``) without layers, which is then turned into this class.
+    """
+
+    _slimgpt_base_model_class = None
+
+    def __init__(self, config, *args, **kwargs):
+        with _without_decoder_layers(config):
+            super().__init__(config, *args, **kwargs)
+        base_cls = self._slimgpt_base_model_class
+        base = getattr(self, self.base_model_prefix)
+        if base_cls is None or not issubclass(base_cls, type(base)):
+            raise TypeError(f"{type(self).__name__}._slimgpt_base_model_class must subclass {type(base).__name__}")
+        adopt_class(base, base_cls)
+        base._slimgpt_build_layers(config)
+        _init_new_weights(self)
