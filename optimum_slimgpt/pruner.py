@@ -436,6 +436,8 @@ class SlimGPTPruner:
                 self._write_back(adapter, o, res)
                 report.attn_error, report.head_option = res.error, res.option
                 kept_heads, kept_kv = res.kept, res.kept_kv
+                report.heads = (lay.num_heads, len(kept_heads))
+                report.kv_heads = (lay.num_kv_heads, len(kept_kv))
                 timings["head_solve"] += time.perf_counter() - t
                 t = time.perf_counter()
                 if self.mask_only:
@@ -457,7 +459,7 @@ class SlimGPTPruner:
                 res = method.prune_ffn(FFNTask(
                     layer=i, W=down.weight.detach().float(), bias=None if down.bias is None else down.bias.detach().float(),
                     stats=stats, num_remove=geom.channels - lp.channels, config=c,
-                    in_weights=[lin.weight.detach().float() for lin in adapter.channel_in_linears(block)],
+                    in_weights=[w.detach().float() for w in adapter.channel_in_weights(block)],
                     mlp_input_sq=in_sq, name=f"layer {i} {adapter.channel_out_name}",
                 ))
                 del stats
