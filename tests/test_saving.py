@@ -1,0 +1,467 @@
+"""Save, load and share pruned models: per-layer (slimgpt_<family>), uniform and padded checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from optimum_slimgpt import SlimGPTConfig, SlimGPTPruner, get_adapter, save_pruned_model, to_pruned_model
+from optimum_slimgpt.saving import ExportError
+
+VOCAB = 128
+CALIB = torch.randint(0, VOCAB, (8, 32), generator=torch.Generator().manual_seed(0))
+PROMPT = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+def _tiny(family: str, **overrides):
+    import transformers
+
+    cfg_cls, lm_cls, extra = {
+        "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+        "mistral": ("MistralConfig", "MistralForCausalLM", {}),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"tie_word_embeddings": True}),
+        "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
+    }[family]
+    kw = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=8,
+              num_key_value_heads=4, max_position_embeddings=128, **extra)
+    kw.update(overrides)
+    torch.manual_seed(0)
+    return getattr(transformers, lm_cls)(getattr(transformers, cfg_cls)(**kw)).eval()
+
+
+def _pruned(family: str = "llama", ratio: float = 0.3, schedule: str = "log_increase", **overrides):
+    model = _tiny(family, **overrides)
+    cfg = SlimGPTConfig(pruning_ratio=ratio, schedule=schedule, dataset=None, num_samples=8, seqlen=32, batch_size=4)
+    SlimGPTPruner(cfg).prune_model(model, calibration=CALIB)
+    return model
+
+
+@torch.no_grad()
+def _logits(model, ids=PROMPT):
+    return model(ids).logits
+
+
+@torch.no_grad()
+def _greedy(model, cache=None, ids=PROMPT, n=8):
+    kw = {"cache_implementation": cache} if cache else {}
+    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                          pad_token_id=0, **kw)
+
+
+def _sizes(model):
+    adapter = get_adapter(model)
+    out = []
+    for b in adapter.get_blocks(model):
+        lay = adapter.head_layout(b, model.config)
+        out.append((lay.num_heads, lay.num_kv_heads, adapter.num_channels(b)))
+    return out
+
+
+def _load(path, **kw):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, **kw).eval()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_progress():
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    yield
+    hf_logging.enable_progress_bar()
+
+
+# ------------------------------------------------------------------------------------------ per-layer format
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
+def test_per_layer_round_trip(family, tmp_path):
+    model = _pruned(family)
+    sizes = _sizes(model)
+    assert len(set(sizes)) > 1, f"the log_increase schedule should give different layers, got {sizes}"
+    assert type(model).__name__ == f"SlimGPT{model.config.pruning_config['base_architectures'][0]}"
+    ref, ref_greedy = _logits(model), _greedy(model)
+    assert torch.equal(_greedy(model, "static"), ref_greedy)  # the in-memory model works with StaticCache too
+
+    res = save_pruned_model(model, tmp_path / "ckpt")
+    assert res.format == "per_layer" and "different sizes" in res.reason
+    cfg = json.loads((res.path / "config.json").read_text())
+    assert cfg["model_type"] == f"slimgpt_{family}"
+    assert set(cfg["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
+    for f in (f"configuration_slimgpt_{family}.py", f"modeling_slimgpt_{family}.py",
+              "configuration_slimgpt_common.py", "modeling_slimgpt_common.py"):
+        assert (res.path / f).is_file(), f
+    # global sizes stay at the original values; head_dim explicit; every layer and every key explicit
+    assert (cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"]) == (8, 4, 128)
+    assert cfg["head_dim"] == (16 if family == "qwen3" else 8)
+    plc = cfg["per_layer_config"]
+    assert len(plc) == 3
+    assert [(v["num_attention_heads"], v["num_key_value_heads"], v["intermediate_size"])
+            for _, v in sorted(plc.items(), key=lambda kv: int(kv[0]))] == sizes
+    pc = cfg["pruning_config"]
+    assert pc["pruning_method"] == "slimgpt" and pc["pruning_ratio"] == 0.3 and pc["export_format"] == "per_layer"
+    assert pc["base_model_type"] == family and len(pc["layer_ratios"]) == 3
+    assert pc["calibration"]["num_samples"] == 8 and "optimum_slimgpt" in pc["meta"]["pruner"][0]
+    assert "export_format" not in model.config.pruning_config  # the in-memory record is not modified
+
+    loaded = _load(res.path)
+    assert type(loaded) is type(model) and _sizes(loaded) == sizes
+    torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
+    assert torch.equal(_greedy(loaded), ref_greedy)
+    assert torch.equal(_greedy(loaded, "static"), ref_greedy)
+
+
+def test_in_memory_model_behaves_like_the_family(tmp_path):
+    """save_pretrained works directly; hidden states, attention switch and AutoModel (vLLM's entry) work."""
+    from transformers import AutoConfig, AutoModel
+    from transformers.integrations.heterogeneity.configuration_utils import AmbiguousGlobalPerLayerAttributeError
+
+    model = _pruned("qwen2")
+    ref = _logits(model)
+    out = model(PROMPT, output_hidden_states=True)
+    assert len(out.hidden_states) == 4
+    model.save_pretrained(tmp_path / "direct")
+    loaded = _load(tmp_path / "direct")
+    torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
+    loaded.set_attn_implementation("eager")
+    assert all(layer.self_attn.config._attn_implementation == "eager" for layer in loaded.model.layers)
+    torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
+
+    base = AutoModel.from_pretrained(tmp_path / "direct")
+    assert type(base).__name__ == "SlimGPTQwen2Model"
+    config = AutoConfig.from_pretrained(tmp_path / "direct")
+    assert [tuple(s.values()) for s in config.layer_sizes()] == _sizes(model)
+    assert config.layer_config(2).num_attention_heads == _sizes(model)[2][0]
+    with pytest.raises(AmbiguousGlobalPerLayerAttributeError):
+        config.num_attention_heads  # noqa: B018 - per-layer attributes are ambiguous on the global config
+
+
+def test_config_validation():
+    from optimum_slimgpt.modeling.configuration_slimgpt_llama import SlimGPTLlamaConfig
+
+    base = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
+                num_key_value_heads=4, head_dim=8)
+    ok = SlimGPTLlamaConfig(**base, per_layer_config={
+        0: {"num_attention_heads": 6, "num_key_value_heads": 2, "intermediate_size": 100},
+        1: {"num_attention_heads": 8, "num_key_value_heads": 4, "intermediate_size": 128}})
+    ok.validate()  # 64 % 6 != 0 is fine: head_dim is explicit
+    assert ok.layer_config(0).num_attention_heads == 6 and ok.layer_config(1).intermediate_size == 128
+    with pytest.raises(ValueError, match="multiple of num_key_value_heads"):
+        SlimGPTLlamaConfig(**base, per_layer_config={0: {"num_attention_heads": 6, "num_key_value_heads": 4}})
+    with pytest.raises(ValueError, match="positive integer"):
+        SlimGPTLlamaConfig(**base, per_layer_config={1: {"intermediate_size": 0}})
+    with pytest.raises(ValueError, match="outside|range"):
+        SlimGPTLlamaConfig(**base, per_layer_config={5: {"intermediate_size": 10}})
+
+
+# ------------------------------------------------------------------------------------------ remote code
+_REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    class _Block:
+        def find_spec(self, name, path=None, target=None):
+            if name == "optimum_slimgpt" or name.startswith("optimum_slimgpt."):
+                raise ImportError("optimum_slimgpt is blocked in this test")
+            return None
+    sys.meta_path.insert(0, _Block())
+    try:
+        import optimum_slimgpt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("optimum_slimgpt is importable: the test would prove nothing")
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+    logging.disable_progress_bar()
+    ids = torch.load(sys.argv[1])
+    out = {}
+    for path in sys.argv[3:]:
+        try:
+            AutoModelForCausalLM.from_pretrained(path)
+            no_flag = "loaded without trust_remote_code"
+        except Exception as e:  # noqa: BLE001
+            no_flag = f"{type(e).__name__}: {e}"
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()
+        with torch.no_grad():
+            logits = model(ids).logits
+            greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                                    pad_token_id=0)
+            static = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                                    pad_token_id=0, cache_implementation="static")
+        out[path] = {"module": type(model).__module__, "cls": type(model).__name__, "no_flag": no_flag,
+                     "logits": logits, "greedy": greedy, "static": static}
+    torch.save(out, sys.argv[2])
+    """
+)
+
+
+def test_remote_code_without_the_package(tmp_path):
+    families = ("llama", "qwen3")
+    refs, paths = {}, []
+    for fam in families:
+        model = _pruned(fam)
+        p = save_pruned_model(model, tmp_path / f"{fam}-slim").path
+        refs[str(p)] = (_logits(model), _greedy(model))
+        paths.append(str(p))
+    torch.save(PROMPT, tmp_path / "ids.pt")
+    script = tmp_path / "remote_load.py"
+    script.write_text(_REMOTE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt"), *paths],
+        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = torch.load(tmp_path / "out.pt")
+    for p in paths:
+        r = out[p]
+        assert r["module"].startswith("transformers_modules") and r["module"].endswith(
+            "modeling_slimgpt_" + Path(p).name.split("-")[0])
+        assert "trust_remote_code" in r["no_flag"], r["no_flag"]
+        ref_logits, ref_greedy = refs[p]
+        torch.testing.assert_close(r["logits"], ref_logits, atol=1e-5, rtol=0)
+        assert torch.equal(r["greedy"], ref_greedy) and torch.equal(r["static"], ref_greedy)
+
+
+# ------------------------------------------------------------------------------------------ uniform / padded
+def test_uniform_loads_as_the_plain_architecture(tmp_path):
+    from transformers import LlamaForCausalLM
+
+    model = _pruned("llama", 0.3, "uniform")
+    sizes = _sizes(model)
+    assert len(set(sizes)) == 1 and 64 % sizes[0][0] == 0, sizes
+    ref = _logits(model)
+    res = save_pruned_model(model, tmp_path / "uniform")
+    assert res.format == "uniform"
+    assert not list(res.path.glob("*.py"))
+    cfg = json.loads((res.path / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and "per_layer_config" not in cfg and "auto_map" not in cfg
+    assert cfg["head_dim"] == 8 and cfg["pruning_config"]["export_format"] == "uniform"
+    loaded = _load(res.path)
+    assert type(loaded) is LlamaForCausalLM and loaded.config.model_type == "llama"
+    assert (loaded.config.num_attention_heads, loaded.config.num_key_value_heads,
+            loaded.config.intermediate_size) == sizes[0]
+    torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
+    assert torch.equal(_greedy(loaded), _greedy(model))
+    # the same model through the pruner's save
+    res2 = SlimGPTPruner(SlimGPTConfig(dataset=None)).save(model, tmp_path / "via-pruner", export_format="uniform")
+    assert res2.format == "uniform"
+
+
+def test_uniform_rejected_by_llama_config_falls_back(tmp_path):
+    model = _pruned("llama", 0.25, "uniform")  # 6 heads: 64 % 6 != 0, rejected by LlamaConfig (transformers >= 5.4)
+    sizes = _sizes(model)
+    assert len(set(sizes)) == 1 and 64 % sizes[0][0] != 0, sizes
+    ref = _logits(model)
+    res = save_pruned_model(model, tmp_path / "auto")
+    assert res.format == "per_layer" and "rejects" in res.reason
+    torch.testing.assert_close(_logits(_load(res.path)), ref, atol=1e-5, rtol=0)
+    with pytest.raises(ExportError, match="rejects a plain 'llama' config"):
+        save_pruned_model(model, tmp_path / "uniform", export_format="uniform")
+    assert not (tmp_path / "uniform").exists()
+    # padded: the head count is rounded up to one that divides hidden_size (6/3 -> 8/4)
+    res = save_pruned_model(model, tmp_path / "padded", export_format="padded")
+    loaded = _load(res.path)
+    assert type(loaded).__name__ == "LlamaForCausalLM"
+    assert (loaded.config.num_attention_heads, loaded.config.num_key_value_heads) == (8, 4)
+    torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
+
+
+def test_uniform_refuses_different_layers(tmp_path):
+    model = _pruned("llama")
+    with pytest.raises(ExportError, match="same sizes in every layer"):
+        save_pruned_model(model, tmp_path / "u", export_format="uniform")
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_padded_export_is_exact(family, tmp_path):
+    model = _pruned(family)
+    sizes = _sizes(model)
+    ref = _logits(model)
+    res = save_pruned_model(model, tmp_path / "padded", export_format="padded")
+    assert res.format == "padded" and not list(res.path.glob("*.py"))
+    loaded = _load(res.path)
+    assert type(loaded).__name__ == model.config.pruning_config["base_architectures"][0]
+    assert loaded.config.model_type == family
+    c = loaded.config
+    max_heads, max_kv, max_ch = (max(s[i] for s in sizes) for i in range(3))
+    max_rep = max(h // kv for h, kv, _ in sizes)
+    assert c.intermediate_size == max_ch and c.num_key_value_heads == max_kv
+    assert c.num_attention_heads == max_kv * max_rep == max_heads
+    assert all(s == (max_heads, max_kv, max_ch) for s in _sizes(loaded))
+    assert res.layers[0] == {"num_attention_heads": max_heads, "num_key_value_heads": max_kv,
+                             "intermediate_size": max_ch}
+    torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
+    assert torch.equal(_greedy(loaded), _greedy(model))
+    assert json.loads((res.path / "config.json").read_text())["pruning_config"]["layers"][2]["intermediate_size"] \
+        == sizes[2][2]
+
+
+# ------------------------------------------------------------------------------------------ sizes
+def test_checkpoint_size_follows_the_parameters_removed(tmp_path):
+    dense = _tiny("llama")
+    dense_params = sum(p.numel() for p in dense.parameters())
+    dense.save_pretrained(tmp_path / "dense")
+    dense_bytes = sum(p.stat().st_size for p in (tmp_path / "dense").glob("*.safetensors"))
+    model = _pruned("llama", 0.5)
+    res = save_pruned_model(model, tmp_path / "pruned")
+    pruned_params = sum(p.numel() for p in model.parameters())
+    assert res.num_parameters == pruned_params < dense_params
+    assert res.weights_bytes < dense_bytes
+    # fp32: 4 bytes a parameter, plus a small safetensors header
+    assert res.weights_bytes / dense_bytes == pytest.approx(pruned_params / dense_params, abs=0.01)
+    assert 4 * pruned_params <= res.weights_bytes < 4 * pruned_params + 16_384
+
+
+# ------------------------------------------------------------------------------------------ atomic writes
+def _leftovers(parent: Path, name: str) -> list[str]:
+    return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+
+
+def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    model = _pruned("llama")
+    target = tmp_path / "ckpt"
+    save_pruned_model(model, target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_pruned_model(model, target)
+    assert _leftovers(tmp_path, "ckpt") == []
+
+    original = type(model).save_pretrained
+
+    def broken_save(self, save_directory, **kw):
+        original(self, save_directory, **kw)  # writes config, code and weights into the temporary folder...
+        assert Path(save_directory).parent == target.parent and Path(save_directory) != target
+        raise OSError("disk full (injected)")  # ...and then fails
+
+    monkeypatch.setattr(type(model), "save_pretrained", broken_save)
+    with pytest.raises(OSError, match="injected"):
+        save_pruned_model(model, target, overwrite=True)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert _leftovers(tmp_path, "ckpt") == []
+    with pytest.raises(OSError, match="injected"):
+        save_pruned_model(model, tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists() and _leftovers(tmp_path, "fresh") == []
+    monkeypatch.undo()
+
+    # overwrite=True replaces the content (here with another format) and cleans up
+    res = save_pruned_model(model, target, overwrite=True, export_format="padded")
+    assert res.format == "padded" and not list(target.glob("*.py"))
+    assert _leftovers(tmp_path, "ckpt") == []
+    # an existing empty folder is fine without overwrite
+    (tmp_path / "empty").mkdir()
+    assert save_pruned_model(model, tmp_path / "empty").path == (tmp_path / "empty").absolute()
+
+
+def test_unpruned_model_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="pruning record"):
+        save_pruned_model(_tiny("llama"), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------------------------ biases
+def test_output_biases_are_carried_by_the_per_layer_format(tmp_path):
+    """SlimLLM-style bias compensation: o_proj/down_proj biases on some layers -> pruned_out_bias."""
+    model = _pruned("llama", 0.3, "uniform")  # uniform sizes: only the biases stop a plain export
+    blocks = model.model.layers
+    g = torch.Generator().manual_seed(3)
+    blocks[1].self_attn.o_proj.bias = torch.nn.Parameter(torch.randn(64, generator=g) * 0.1)
+    blocks[2].mlp.down_proj.bias = torch.nn.Parameter(torch.randn(64, generator=g) * 0.1)
+    ref = _logits(model)
+    to_pruned_model(model, get_adapter(model), model.config.pruning_config)  # re-record the layout
+    assert model.config.pruned_out_bias is True
+    assert all(b.self_attn.o_proj.bias is not None and b.mlp.down_proj.bias is not None for b in blocks)
+    torch.testing.assert_close(_logits(model), ref, atol=0, rtol=0)  # zeros were added elsewhere
+
+    res = save_pruned_model(model, tmp_path / "bias")
+    assert res.format == "per_layer" and "bias" in res.reason
+    assert json.loads((res.path / "config.json").read_text())["pruned_out_bias"] is True
+    loaded = _load(res.path)
+    assert loaded.model.layers[0].self_attn.o_proj.bias is not None
+    torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
+    for fmt in ("uniform", "padded"):
+        with pytest.raises(ExportError, match="bias"):
+            save_pruned_model(model, tmp_path / fmt, export_format=fmt)
+
+
+# ------------------------------------------------------------------------------------------ card and hub
+def test_model_card(tmp_path):
+    from huggingface_hub import ModelCard
+
+    model = _pruned("llama")
+    sizes = _sizes(model)
+    res = save_pruned_model(model, tmp_path / "card", base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+                            eval_results={"wikitext2_ppl": 12.3456, "arc_easy": 0.61})
+    card = ModelCard.load(res.path / "README.md")
+    meta = card.data.to_dict()
+    assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert {"pruned", "slimgpt", "structured-pruning"} <= set(meta["tags"])
+    assert meta["library_name"] == "transformers"
+    text = card.text
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in text and "log_increase" in text
+    for i, (h, kv, ch) in enumerate(sizes):
+        assert f"| {i} | {h} | {kv} | {ch} |" in text
+    assert "wikitext2_ppl" in text and "12.35" in text and "num_samples" in text
+    # without a Hub id the local name is only mentioned in the text, not in the metadata
+    model.config._name_or_path = str(tmp_path / "some-local-dir")
+    res = save_pruned_model(model, tmp_path / "card2")
+    card = ModelCard.load(res.path / "README.md")
+    assert "base_model" not in card.data.to_dict() and "some-local-dir" in card.text
+    assert not (save_pruned_model(model, tmp_path / "nocard", model_card=False).path / "README.md").exists()
+
+
+def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoUrl
+
+    calls = {}
+
+    def fake_create_repo(self, repo_id, **kw):
+        calls["create"] = (repo_id, kw)
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def fake_upload_folder(self, *, repo_id, folder_path, **kw):
+        calls["upload"] = (repo_id, folder_path, sorted(os.listdir(folder_path)), kw)
+        return None
+
+    monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
+    res = save_pruned_model(_pruned("llama"), tmp_path / "hub", push_to_hub=True, repo_id="me/tiny-slim",
+                            private=True, token="hf_fake")
+    assert calls["create"][0] == "me/tiny-slim" and calls["create"][1]["private"] is True
+    repo_id, folder, files, kw = calls["upload"]
+    assert repo_id == "me/tiny-slim" and Path(folder) == res.path
+    assert {"config.json", "model.safetensors", "README.md", "modeling_slimgpt_llama.py"} <= set(files)
+    assert res.repo_id == "me/tiny-slim"
+
+
+# ------------------------------------------------------------------------------------------ real model
+def test_smollm2_20_percent_round_trip(smollm2_copy, tmp_path):
+    model, tok = smollm2_copy
+    calib = torch.randint(0, model.config.vocab_size, (4, 64), generator=torch.Generator().manual_seed(0))
+    # magnitude selection without OBS compensation: the same surgery and per-layer layout as the OBS solver, in
+    # seconds instead of minutes on 2 CPU cores (this test is about the checkpoint, not the pruning quality)
+    cfg = SlimGPTConfig(pruning_ratio=0.2, dataset=None, num_samples=4, seqlen=64, batch_size=4,
+                        head_selection="magnitude", channel_selection="magnitude", compensate=False)
+    SlimGPTPruner(cfg).prune_model(model, calibration=calib)
+    assert type(model).__name__ == "SlimGPTLlamaForCausalLM"
+    assert len({tuple(s.values()) for s in model.config.layer_sizes()}) > 1
+    assert getattr(model, "hf_quantizer", None) is None  # the (dequantized) GGUF quantizer was dropped
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    ref = _logits(model, ids)
+    ref_greedy = _greedy(model, ids=ids, n=8)
+    res = save_pruned_model(model, tmp_path / "smollm2-slim", tokenizer=tok)
+    assert res.format == "per_layer"
+    assert any(n.startswith("tokenizer") for n in res.files)
+    loaded = _load(res.path)
+    torch.testing.assert_close(_logits(loaded, ids), ref, atol=1e-5, rtol=0)
+    assert torch.equal(_greedy(loaded, ids=ids, n=8), ref_greedy)
