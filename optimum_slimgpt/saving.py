@@ -51,7 +51,7 @@ from .modeling import base_config_dict, get_pruned_family
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EXPORT_FORMATS", "SaveResult", "save_pruned_model", "plan_export"]
+__all__ = ["EXPORT_FORMATS", "ExportError", "ExportPlan", "SaveResult", "plan_export", "save_pruned_model"]
 
 EXPORT_FORMATS = ("auto", "per_layer", "uniform", "padded")
 _SIZE_KEYS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
@@ -89,7 +89,9 @@ class SaveResult:
 
 # ============================================================================================ planning
 @dataclass
-class _Plan:
+class ExportPlan:
+    """How a model will be saved (see :func:`plan_export`)."""
+
     format: str
     reason: str
     layers: list[dict]  # saved sizes per layer
@@ -138,8 +140,9 @@ def _plain_config(model, sizes: dict, head_dim: int, pruning_extra: dict):
     return cfg
 
 
-def _extra_out_bias(model, adapter, blocks) -> list[str]:
-    """Names of output projections that carry a bias the plain architecture cannot hold."""
+def _extra_out_bias(model) -> list[str]:
+    """Output projections that carry a bias the plain architecture cannot hold (``pruned_out_bias``). Families
+    without a pruned class are checked later, when the tensors are matched against the plain model."""
     if getattr(model.config, "pruned_out_bias", False):
         return ["o_proj/down_proj (pruned_out_bias)"]
     return []
@@ -164,7 +167,7 @@ def _padded_head_layout(model, K: int, R: int, channels: int, head_dim: int, ext
     raise ExportError(f"no padded head count >= {K * R} is accepted by the base config ({last_err})")
 
 
-def plan_export(model: nn.Module, export_format: str = "auto") -> _Plan:
+def plan_export(model: nn.Module, export_format: str = "auto") -> ExportPlan:
     """Decide how ``model`` would be saved (no writing). See :func:`save_pruned_model`."""
     if export_format not in EXPORT_FORMATS:
         raise ValueError(f"export_format must be one of {EXPORT_FORMATS}, got {export_format!r}")
@@ -184,9 +187,9 @@ def plan_export(model: nn.Module, export_format: str = "auto") -> _Plan:
     fam = get_pruned_family(_base_model_type(model))
     per_layer_ok = fam is not None and isinstance(model, fam.causal_lm_class)
     uniform = all(s == sizes[0] for s in sizes)
-    extra_bias = _extra_out_bias(model, adapter, blocks)
+    extra_bias = _extra_out_bias(model)
 
-    def uniform_plan() -> _Plan:
+    def uniform_plan() -> ExportPlan:
         if not uniform:
             distinct = sorted({tuple(s[k] for k in _SIZE_KEYS) for s in sizes})
             raise ExportError(
@@ -205,9 +208,9 @@ def plan_export(model: nn.Module, export_format: str = "auto") -> _Plan:
                 f"the installed transformers rejects a plain '{_base_model_type(model)}' config with "
                 f"{sizes[0]} and head_dim={head_dim}: {e}; use 'per_layer' or 'padded'"
             ) from e
-        return _Plan("uniform", "every layer has the same sizes and the plain config is valid", sizes, cfg)
+        return ExportPlan("uniform", "every layer has the same sizes and the plain config is valid", sizes, cfg)
 
-    def padded_plan() -> _Plan:
+    def padded_plan() -> ExportPlan:
         if extra_bias:
             raise ExportError(
                 f"export_format='padded' cannot hold the extra output biases ({', '.join(extra_bias)}) of this "
@@ -222,15 +225,15 @@ def plan_export(model: nn.Module, export_format: str = "auto") -> _Plan:
         why = f"zero-padded every layer to heads={H}, kv_heads={Kp}, channels={I}"
         if H != K * R or Kp != K:
             why += f" (rounded up from {K * R}/{K} so that the base config accepts it)"
-        return _Plan("padded", why, saved, cfg, {"kv": Kp, "rep": H // Kp, "channels": I})
+        return ExportPlan("padded", why, saved, cfg, {"kv": Kp, "rep": H // Kp, "channels": I})
 
-    def per_layer_plan(reason: str) -> _Plan:
+    def per_layer_plan(reason: str) -> ExportPlan:
         if not per_layer_ok:
             raise ExportError(
                 f"export_format='per_layer' needs a pruned class for model_type {_base_model_type(model)!r}, "
                 "registered with optimum_slimgpt.modeling.register_pruned_family; use 'uniform' or 'padded'"
             )
-        return _Plan("per_layer", reason, sizes)
+        return ExportPlan("per_layer", reason, sizes)
 
     if export_format == "uniform":
         return uniform_plan()
@@ -316,7 +319,7 @@ def _padded_state_dict(model, adapter: FamilyAdapter, blocks, kv: int, rep: int,
     return sd
 
 
-def _plain_model(model, plan: _Plan, adapter, blocks) -> nn.Module:
+def _plain_model(model, plan: ExportPlan, adapter, blocks) -> nn.Module:
     """A plain base-architecture model sharing (uniform) or padding (padded) the pruned model's tensors."""
     import transformers
     from accelerate import init_empty_weights
@@ -333,8 +336,7 @@ def _plain_model(model, plan: _Plan, adapter, blocks) -> nn.Module:
     with init_empty_weights(include_buffers=False):
         plain = cls(cfg) if cls is not None else AutoModelForCausalLM.from_config(cfg)
     if plan.format == "padded":
-        sd = _padded_state_dict(model, adapter, blocks, **{"kv": plan.padded["kv"], "rep": plan.padded["rep"],
-                                                            "channels": plan.padded["channels"]})
+        sd = _padded_state_dict(model, adapter, blocks, **plan.padded)
     else:
         sd = dict(model.state_dict())
     want = plain.state_dict()
@@ -372,7 +374,7 @@ def _base_model_id(model, base_model: Optional[str]) -> tuple[Optional[str], str
     return None, name or "unknown"
 
 
-def _model_card(model, plan: _Plan, true_sizes: list[dict], num_params: int, eval_results: Optional[dict],
+def _model_card(model, plan: ExportPlan, true_sizes: list[dict], num_params: int, eval_results: Optional[dict],
                 base_model: Optional[str]) -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -389,10 +391,12 @@ def _model_card(model, plan: _Plan, true_sizes: list[dict], num_params: int, eva
     )
     method = pc.get("pruning_method", "slimgpt")
     base_dims = pc.get("base_dims") or {}
+    pretty = {"slimgpt": "SlimGPT", "slimllm": "SlimLLM"}.get(method, method)
+    subject = f"`{base_name}`" if base_name != "unknown" else f"a {pc.get('base_model_type', '')} model"
     lines = [
-        f"# {method.upper()} structured pruning of `{base_name}`",
+        f"# {pretty} structured pruning of {subject}",
         "",
-        f"This model is `{base_name}` with attention heads and FFN channels removed by **{method}** "
+        f"This model is {subject} with attention heads and FFN channels removed by **{pretty}** "
         f"(layer-wise optimal brain surgeon; optimum-slimgpt {__version__}).",
         "",
         f"* base model: `{base_name}` (`{pc.get('base_model_type', '?')}`, "

@@ -18,6 +18,17 @@ layer is built from its own layer config (``config.layer_config(i)``) with the f
 ``set_attn_implementation`` still reaches them (the same trick as transformers' Step3p7); nothing in the
 attention/MLP forward reads a per-layer size from the config (head counts come from tensor shapes,
 ``num_key_value_groups`` and ``head_dim`` are attributes set at construction).
+
+Global per-layer attributes: the global config keeps the original sizes, but reading
+``num_attention_heads``/``num_key_value_heads``/``intermediate_size`` on it raises transformers'
+``AmbiguousGlobalPerLayerAttributeError`` (the sizes that vary are per-layer). Nothing needs
+``allow_global_per_layer_attribute_access`` on transformers 5.23: building (skeleton without layers),
+``from_pretrained``, ``save_pretrained`` (the config's ``validate`` is overridden), forward,
+``output_hidden_states``, ``set_attn_implementation`` and ``generate`` with ``DynamicCache`` and
+``StaticCache`` (both size their per-layer caches through ``config.per_layer_config``) were checked.
+Code outside transformers that reads those globals (e.g. some serving stacks) can set
+``"allow_global_per_layer_attribute_access": true`` in ``config.json`` to get the original (maximum)
+values, which are upper bounds of every layer.
 """
 
 from __future__ import annotations
