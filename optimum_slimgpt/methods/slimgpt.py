@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..solvers import prune_channels, prune_heads, reconstruction_error
+from ..solvers import prune_channels, prune_heads
 from .base import AttentionTask, FFNTask, PruneResult, PruningMethod, register_method
 
 
@@ -22,11 +22,7 @@ class SlimGPTMethod(PruningMethod):
             options=task.options, damp_percent=c.damp_percent, mode=c.head_selection, compensate=c.compensate,
             name=task.name,
         )
-        err = 0.0
-        if H is not None:
-            e, base = reconstruction_error(task.W, res.W, H)
-            err = e / max(base, 1e-30)
-        return PruneResult(res.kept_heads, res.W, kept_kv=res.kept_kv_heads, error=err, option=res.option)
+        return PruneResult(res.kept_heads, res.W, kept_kv=res.kept_kv_heads, error=res.relative_error, option=res.option)
 
     def prune_ffn(self, task: FFNTask) -> PruneResult:
         c = task.config
@@ -35,8 +31,4 @@ class SlimGPTMethod(PruningMethod):
             task.W, H, num_remove=task.num_remove, max_group=c.ffn_max_group, min_group=c.ffn_min_group,
             damp_percent=c.damp_percent, mode=c.channel_selection, compensate=c.compensate, name=task.name,
         )
-        err = 0.0
-        if H is not None:
-            e, base = reconstruction_error(task.W, res.W, H)
-            err = e / max(base, 1e-30)
-        return PruneResult(res.kept, res.W, error=err)
+        return PruneResult(res.kept, res.W, error=res.relative_error)

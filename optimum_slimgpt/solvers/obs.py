@@ -150,6 +150,11 @@ class HeadPruneResult:
     obs_error: float
     option: tuple[int, int]
     option_errors: dict[tuple[int, int], float] = field(default_factory=dict)
+    base_error: float = 0.0  # ||W0 X||² per token (0 without a Hessian): obs_error / base_error is relative
+
+    @property
+    def relative_error(self) -> float:
+        return self.obs_error / max(self.base_error, 1e-30)
 
 
 def _head_cols(h: int, head_dim: int) -> list[int]:
@@ -253,6 +258,7 @@ def prune_heads(
         dead = H.diagonal() == 0
     best: HeadPruneResult | None = None
     errors = {}
+    base = 0.0
     n_rep = num_heads // num_kv_heads
     for kv_keep, q_keep in options:
         if not (1 <= kv_keep <= num_kv_heads and 1 <= q_keep <= n_rep):
@@ -264,11 +270,11 @@ def prune_heads(
             q_per_kv_keep=q_keep, mode=mode, compensate=compensate, dead=dead,
         )
         if H is not None:
-            err, _ = reconstruction_error(W0, Wc, H)
+            err, base = reconstruction_error(W0, Wc, H)
         errors[(kv_keep, q_keep)] = err
         if best is None or err < best.obs_error:
             kept = [h for g in kept_kv for h in range(g * n_rep, (g + 1) * n_rep) if h not in removed]
-            best = HeadPruneResult(kept, kept_kv, Wc, err, (kv_keep, q_keep))
+            best = HeadPruneResult(kept, kept_kv, Wc, err, (kv_keep, q_keep), base_error=base)
     assert best is not None
     best.option_errors = errors
     return best
@@ -302,6 +308,11 @@ class ChannelPruneResult:
     W: torch.Tensor
     obs_error: float
     groups: list[int]
+    base_error: float = 0.0  # ||W0 X||² per token (0 without a Hessian)
+
+    @property
+    def relative_error(self) -> float:
+        return self.obs_error / max(self.base_error, 1e-30)
 
 
 def prune_channels(
@@ -352,6 +363,6 @@ def prune_channels(
                 S = torch.argsort(score, stable=True)[:cnt]
                 removed[S] = True
                 group_obs_remove(Wc, Hinv, S, compensate=compensate)
-    err = reconstruction_error(W0, Wc, H)[0] if H is not None else 0.0
+    err, base = reconstruction_error(W0, Wc, H) if H is not None else (0.0, 0.0)
     kept = torch.nonzero(~removed).flatten().tolist()
-    return ChannelPruneResult(kept, Wc, err, groups)
+    return ChannelPruneResult(kept, Wc, err, groups, base_error=base)
