@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from optimum_slimgpt import SlimGPTConfig, SlimGPTPruner
+from optimum_slimgpt.evaluation import perplexity
 
 SHARED = Path(os.environ.get("SLIMGPT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 MODEL_DIR = SHARED / "models" / "smollm2-135m-instruct-q4_1"
@@ -49,20 +49,6 @@ for _r in (20, 50):
     SETTINGS[f"llm-log-{_r}-noswap"] = dict(method="slimllm", schedule="log_increase", pruning_ratio=_r / 100,
                                             slimllm_swap_search=False)
 DEFAULT = ["dense"] + [f"{m}-{s}-{r}" for r in (20, 50) for m in ("gpt", "llm") for s in ("log", "imp")]
-
-
-@torch.no_grad()
-def perplexity(model, ids: torch.Tensor, seqlen: int = 512, batch: int = 4) -> float:
-    n = ids.numel() // seqlen
-    x = ids[: n * seqlen].view(n, seqlen)
-    nll, count = 0.0, 0
-    for i in range(0, n, batch):
-        xb = x[i : i + batch]
-        logits = model(xb).logits.float()
-        nll += float(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                                       xb[:, 1:].reshape(-1), reduction="sum"))
-        count += xb[:, 1:].numel()
-    return math.exp(nll / count)
 
 
 def main() -> None:
@@ -108,7 +94,7 @@ def main() -> None:
             if pruner.layer_scores is not None:
                 row["layer_scores"] = [round(x, 4) for x in pruner.layer_scores]
         t1 = time.perf_counter()
-        row["ppl"] = round(perplexity(model, ids, args.eval_seqlen), 3)
+        row["ppl"] = round(perplexity(model, None, ids, seqlen=args.eval_seqlen, batch_size=4, show_progress=False), 3)
         row["eval_seconds"] = round(time.perf_counter() - t1, 1)
         print(json.dumps(row), flush=True)
         with open(args.out, "a") as f:

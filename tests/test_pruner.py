@@ -10,6 +10,7 @@ import torch
 
 from helpers import WIKITEXT_DIR, have_shared
 from optimum_slimgpt import SlimGPTConfig, SlimGPTPruner, get_adapter
+from optimum_slimgpt.evaluation import perplexity
 from optimum_slimgpt.solvers import prune_channels, prune_heads
 
 
@@ -191,15 +192,7 @@ def _wikitext_rows(name):
 
 
 def _ppl(model, ids, seqlen=512):
-    n = ids.numel() // seqlen
-    x = ids[: n * seqlen].view(n, seqlen)
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, n, 4):
-            logits = model(x[i : i + 4]).logits.float()
-            nll += float(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[i : i + 4, 1:].reshape(-1), reduction="sum"))
-            count += x[i : i + 4, 1:].numel()
-    return math.exp(nll / count)
+    return perplexity(model, None, ids, seqlen=seqlen, batch_size=4, show_progress=False)
 
 
 @pytest.mark.skipif(not have_shared(WIKITEXT_DIR / "wiki.valid.tokens"), reason="../shared WikiText-2 missing")
