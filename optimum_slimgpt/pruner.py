@@ -427,10 +427,12 @@ class SlimGPTPruner:
                 stats = self._stats_pass(block, o, inps, kw, device)[0] if method.needs_stats(c, "attention") else None
                 timings["hessian_attn"] += time.perf_counter() - t
                 t = time.perf_counter()
+                q_w, kv_w = adapter.head_in_weights(block) if method.needs_head_weights(c) else ([], [])
                 res = method.prune_attention(AttentionTask(
                     layer=i, W=o.weight.detach().float(), bias=None if o.bias is None else o.bias.detach().float(),
                     stats=stats, num_heads=lay.num_heads, num_kv_heads=lay.num_kv_heads, head_dim=lay.head_dim,
                     options=lp.head_options, config=c, name=f"layer {i} {adapter.o_name}",
+                    q_weights=[w.detach().float() for w in q_w], kv_weights=[w.detach().float() for w in kv_w],
                 ))
                 del stats
                 self._write_back(adapter, o, res)

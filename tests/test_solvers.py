@@ -180,6 +180,42 @@ def test_tied_structures_choose_lowest_error():
     assert res.option == min(res.option_errors, key=res.option_errors.get)
 
 
+def test_magnitude_baseline_ranks_the_whole_structure():
+    """The magnitude baseline ranks heads/channels by the L2 norm of all their weights, not the output
+    projection alone: a head/channel with tiny o/down weights but large q or gate/up rows is kept."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(6, 4 * 2, generator=g)
+    W[:, 0:2] *= 1e-3  # head 0: smallest o_proj columns
+    q = torch.randn(4 * 2, 5, generator=g)
+    q[0:2] *= 100.0  # ... but by far the largest q rows
+    kw = dict(num_heads=4, num_kv_heads=4, head_dim=2, options=[(3, 1)], mode="magnitude", compensate=False)
+    assert 0 not in prune_heads(W, None, **kw).kept_kv_heads
+    res = prune_heads(W, None, q_weights=[q], **kw)
+    assert 0 in res.kept_kv_heads
+    o_only = (W * W).view(6, 4, 2).sum((0, 2))
+    total = o_only + (q * q).sum(1).view(4, 2).sum(1)
+    assert sorted(res.kept_kv_heads) == sorted(torch.argsort(total)[1:].tolist())
+    # a KV group's score includes its k/v rows: make group 1 (heads 2, 3) the cheapest by o and q, then
+    # give it huge k/v rows so group 0 (heads 0, 1) goes instead
+    W2 = torch.randn(6, 4 * 2, generator=g)
+    W2[:, 4:] *= 1e-3
+    q2 = torch.ones(8, 5)
+    kv = torch.ones(2 * 2, 5)
+    kw2 = dict(num_heads=4, num_kv_heads=2, head_dim=2, options=[(1, 2)], mode="magnitude", compensate=False)
+    assert prune_heads(W2, None, q_weights=[q2], kv_weights=[kv, kv], **kw2).kept_kv_heads == [0]
+    kv[2:] *= 1e3
+    assert prune_heads(W2, None, q_weights=[q2], kv_weights=[kv, kv], **kw2).kept_kv_heads == [1]
+    # channels: the down column plus the gate/up rows
+    D = torch.randn(6, 10, generator=g)
+    D[:, 3] *= 1e-3
+    gate = torch.randn(10, 5, generator=g)
+    gate[3] *= 100.0
+    assert 3 not in prune_channels(D, None, num_remove=2, mode="magnitude", compensate=False).kept
+    assert 3 in prune_channels(D, None, num_remove=2, mode="magnitude", compensate=False, in_weights=[gate]).kept
+    with pytest.raises(ValueError, match="rows"):
+        prune_channels(D, None, num_remove=2, mode="magnitude", in_weights=[gate[:5]])
+
+
 def test_dgs_matches_official_recurrence():
     # worked examples of the official schedule for LLaMA-7B (docs/algorithms.md)
     assert dgs_group_sizes(688) == [88] + [64] * 9 + [24]

@@ -185,6 +185,11 @@ class FamilyAdapter:
         attn = self.attention(block)
         return [getattr(attn, n) for n in self.kv_names]
 
+    def head_in_weights(self, block: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``(query-side, kv-side)`` weights whose rows are head dimensions, in head order: by default
+        the ``q_linears`` and ``kv_linears`` weights; a fused layout returns views of its parts."""
+        return [lin.weight for lin in self.q_linears(block)], [lin.weight for lin in self.kv_linears(block)]
+
     def channel_in_linears(self, block: nn.Module) -> list[nn.Linear]:
         mlp = self.mlp(block)
         return [getattr(mlp, n) for n in self.channel_in_names]

@@ -67,6 +67,12 @@ class Phi3Adapter(FamilyAdapter):
                              f"[q | k | v] layout with head_dim {hd}")
         return HeadLayout(q_rows // hd, kv_rows // (2 * hd), hd)
 
+    def head_in_weights(self, block: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        w = self.qkv_proj(block).weight
+        q_rows = self.attn_out_proj(block).in_features
+        kv_rows = (w.shape[0] - q_rows) // 2
+        return [w[:q_rows]], [w[q_rows:q_rows + kv_rows], w[q_rows + kv_rows:]]
+
     def num_channels(self, block: nn.Module) -> int:
         return self.mlp_out_proj(block).in_features
 

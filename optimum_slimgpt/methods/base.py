@@ -23,7 +23,9 @@ __all__ = ["AttentionTask", "FFNTask", "PruneResult", "PruningMethod", "register
 class AttentionTask:
     """Prune heads of one block. ``W``: ``o_proj`` weight in float32 (hidden x heads·head_dim);
     ``bias``: its current bias or None; ``stats``: moments of the ``o_proj`` input; ``options``: the
-    allowed ``(kv_heads, query_heads_per_kv)`` structures (equal parameter count)."""
+    allowed ``(kv_heads, query_heads_per_kv)`` structures (equal parameter count); ``q_weights`` /
+    ``kv_weights``: the weights whose rows are query-head / KV-head dimensions (``q_proj``; ``k_proj``,
+    ``v_proj``), for methods that rank whole heads by their weights."""
 
     layer: int
     W: torch.Tensor
@@ -35,6 +37,8 @@ class AttentionTask:
     options: list[tuple[int, int]]
     config: SlimGPTConfig
     name: str = "o_proj"
+    q_weights: list[torch.Tensor] = field(default_factory=list)
+    kv_weights: list[torch.Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -79,6 +83,10 @@ class PruningMethod:
     def needs_stats(self, config: SlimGPTConfig, part: str) -> bool:
         """Whether the pruner must run a calibration pass to collect input moments for ``part``."""
         return True
+
+    def needs_head_weights(self, config: SlimGPTConfig) -> bool:
+        """Whether :class:`AttentionTask` must carry ``q_weights``/``kv_weights`` (copies cost memory)."""
+        return False
 
     def prune_attention(self, task: AttentionTask) -> PruneResult:  # pragma: no cover - abstract
         raise NotImplementedError

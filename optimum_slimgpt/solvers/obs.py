@@ -28,6 +28,7 @@ Pure torch: nothing here knows about Hugging Face.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 
@@ -101,18 +102,24 @@ def unit_scores(
     units: torch.Tensor,
     mode: str = "obs",
     dead: torch.Tensor | None = None,
+    col_extra: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Score candidate units (rows of ``units``: column indices of equal count) for removal.
 
     ``mode``: ``"obs"`` exact group OBS error ``||L⁻¹ W_Sᵀ||²`` (batched Cholesky of the diagonal
     blocks of ``Hinv``, the paper's *grouped Cholesky*); ``"obs_official"`` the official estimate
-    ``Σ W² / diag(L)²``; ``"magnitude"`` the squared Frobenius norm ``||W_S||²`` (no Hessian).
+    ``Σ W² / diag(L)²``; ``"magnitude"`` the squared Frobenius norm ``||W_S||²`` (no Hessian) plus,
+    when given, ``col_extra[S].sum()``: the squared norms of the coupled input weights of those columns
+    (q rows of a head, gate/up rows of a channel), so the whole structure's L2 is ranked.
     """
     Ws = W[:, units]  # rows x U x s
     if dead is not None:
         Ws = Ws * (~dead[units]).to(Ws.dtype)
     if mode == "magnitude":
-        return (Ws * Ws).sum(dim=(0, 2))
+        score = (Ws * Ws).sum(dim=(0, 2))
+        if col_extra is not None:
+            score = score + col_extra.to(score)[units].sum(-1)
+        return score
     assert Hinv is not None
     blocks = Hinv[units.unsqueeze(-1), units.unsqueeze(-2)]  # U x s x s
     L = _chol_lower(blocks)
@@ -157,6 +164,18 @@ class HeadPruneResult:
         return self.obs_error / max(self.base_error, 1e-30)
 
 
+def _row_sq(weights: Sequence[torch.Tensor], rows: int, device, name: str) -> torch.Tensor | None:
+    """Sum over ``weights`` of the squared L2 norm of each row (``None`` when there are none)."""
+    if not weights:
+        return None
+    out = torch.zeros(rows, dtype=torch.float32, device=device)
+    for w in weights:
+        if w.shape[0] != rows:
+            raise ValueError(f"{name}: coupled weight has {w.shape[0]} rows, expected {rows}")
+        out += w.detach().to(device=device, dtype=torch.float32).pow(2).sum(1)
+    return out
+
+
 def _head_cols(h: int, head_dim: int) -> list[int]:
     return list(range(h * head_dim, (h + 1) * head_dim))
 
@@ -173,6 +192,8 @@ def _greedy_heads(
     mode: str,
     compensate: bool,
     dead: torch.Tensor | None,
+    col_extra: torch.Tensor | None = None,
+    kv_extra: torch.Tensor | None = None,
 ) -> tuple[list[int], set[int], float]:
     """Batched greedy removal under the GQA constraint, one unit per iteration.
 
@@ -199,7 +220,9 @@ def _greedy_heads(
         units = torch.tensor(
             [sum((_head_cols(g * n_rep + j, head_dim) for j in range(n_rep)), []) for g in cand], device=W.device
         )
-        s = unit_scores(W, Hinv, units, mode, dead)
+        s = unit_scores(W, Hinv, units, mode, dead, col_extra=col_extra)
+        if mode == "magnitude" and kv_extra is not None:
+            s = s + kv_extra.to(s)[torch.tensor(cand, device=kv_extra.device)]
         g = cand[int(torch.argmin(s))]
         removed_groups.add(g)
         removed_heads.update(g * n_rep + j for j in range(n_rep))
@@ -209,7 +232,7 @@ def _greedy_heads(
     for _ in range(sum(quota.values())):
         cand = [h for h in range(num_heads) if h not in removed_heads and quota.get(h // n_rep, 0) > 0]
         units = torch.tensor([_head_cols(h, head_dim) for h in cand], device=W.device)
-        s = unit_scores(W, Hinv, units, mode, dead)
+        s = unit_scores(W, Hinv, units, mode, dead, col_extra=col_extra)
         h = cand[int(torch.argmin(s))]
         removed_heads.add(h)
         quota[h // n_rep] -= 1
@@ -231,6 +254,8 @@ def prune_heads(
     mode: str = "obs",
     compensate: bool = True,
     name: str = "o_proj",
+    q_weights: Sequence[torch.Tensor] = (),
+    kv_weights: Sequence[torch.Tensor] = (),
 ) -> HeadPruneResult:
     """Remove whole attention heads from an ``o_proj`` weight (columns grouped by query head).
 
@@ -244,14 +269,22 @@ def prune_heads(
             one with the lowest OBS error wins.
         mode: ``"obs"``, ``"obs_official"`` or ``"magnitude"`` (see :func:`unit_scores`).
         compensate: Apply the OBS update to the kept columns.
+        q_weights, kv_weights: Only for ``mode="magnitude"``: the weights whose rows belong to query
+            heads (``q_proj``, ``num_heads·head_dim`` rows) and to KV heads (``k_proj``, ``v_proj``), so
+            the baseline ranks a head by the L2 norm of all its weights (q rows + o columns, plus the k/v
+            rows when a whole KV group goes), not of ``o_proj`` alone.
     """
     if num_heads % num_kv_heads:
         raise ValueError(f"{name}: {num_heads} query heads are not a multiple of {num_kv_heads} KV heads")
     if W.shape[1] != num_heads * head_dim:
         raise ValueError(f"{name}: expected {num_heads * head_dim} input columns, got {W.shape[1]}")
     W0 = W.detach().to(torch.float32)
-    Hinv0 = dead = None
-    if mode != "magnitude":
+    Hinv0 = dead = col_extra = kv_extra = None
+    if mode == "magnitude":
+        col_extra = _row_sq(q_weights, num_heads * head_dim, W0.device, name)
+        kv_sq = _row_sq(kv_weights, num_kv_heads * head_dim, W0.device, name)
+        kv_extra = None if kv_sq is None else kv_sq.view(num_kv_heads, head_dim).sum(1)
+    else:
         if H is None:
             raise ValueError(f"{name}: mode {mode!r} needs a Hessian")
         Hinv0, _ = damped_inverse(H, damp_percent, name=name)
@@ -267,7 +300,8 @@ def prune_heads(
         Hinv = Hinv0.clone() if Hinv0 is not None else None
         kept_kv, removed, err = _greedy_heads(
             Wc, Hinv, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, kv_keep=kv_keep,
-            q_per_kv_keep=q_keep, mode=mode, compensate=compensate, dead=dead,
+            q_per_kv_keep=q_keep, mode=mode, compensate=compensate, dead=dead, col_extra=col_extra,
+            kv_extra=kv_extra,
         )
         if H is not None:
             err, base = reconstruction_error(W0, Wc, H)
@@ -326,13 +360,15 @@ def prune_channels(
     mode: str = "obs",
     compensate: bool = True,
     name: str = "down_proj",
+    in_weights: Sequence[torch.Tensor] = (),
 ) -> ChannelPruneResult:
     """Remove ``num_remove`` FFN channels (input columns of ``down_proj``) by Dynamic Group Size OBS.
 
     Each step scores every remaining column by the OBS saliency ``Σ_r W[r, j]² / Hinv_jj`` of the
     current (already compensated) weights, removes the ``cnt`` cheapest as one group with the exact
     group OBS update, and down-dates ``Hinv``; group sizes follow :func:`dgs_group_sizes`.
-    ``mode="magnitude"`` ranks columns by their L2 norm once (a baseline, no Hessian needed).
+    ``mode="magnitude"`` ranks channels once by the L2 norm of all their weights (a baseline, no Hessian
+    needed): the ``down_proj`` column plus the channel's rows of ``in_weights`` (gate/up or fc1).
     """
     cols = W.shape[1]
     if not 0 <= num_remove < cols:
@@ -342,7 +378,11 @@ def prune_channels(
     removed = torch.zeros(cols, dtype=torch.bool, device=W.device)
     groups = dgs_group_sizes(num_remove, max_group, min_group) if num_remove else []
     if mode == "magnitude":
-        order = torch.argsort((Wc * Wc).sum(0), stable=True)
+        score = (Wc * Wc).sum(0)
+        extra = _row_sq(in_weights, cols, Wc.device, name)
+        if extra is not None:
+            score = score + extra
+        order = torch.argsort(score, stable=True)
         S = order[:num_remove]
         removed[S] = True
         Wc[:, S] = 0

@@ -1,0 +1,175 @@
+"""Quality benchmark on SmolLM2-135M: SlimGPT, SlimLLM and the baselines, same protocol for all.
+
+Protocol (the core issue's benchmark protocol, shared by every row):
+
+- **Model:** SmolLM2-135M-Instruct from ``../shared/models`` (GGUF Q4_1, dequantised to float32).
+- **Calibration:** 64 windows x 512 tokens from WikiText-2 *validation* (``wiki.valid.tokens`` rows as
+  documents, seed 0), or text sampled from the model itself (``dataset="self"``) for the ``self-*`` rows.
+- **Perplexity:** the first 65,536 tokens of the WikiText-2 raw *test* text (rows joined with blank lines,
+  :func:`optimum_slimgpt.evaluation.wikitext2_test_text`), non-overlapping windows of 2048.
+- **Zero-shot** (rows in ``ZERO_SHOT_SETTINGS``): the first 200 PIQA validation items, 100 HellaSwag
+  validation items and 200 ARC-Easy test items (MosaicML jsonl), ``acc`` and ``acc_norm``.
+
+Rows (``--settings``, default all, in this order):
+
+- ``dense``
+- ``slimgpt-{20,50}``: SlimGPT (OBS selection + compensation, log_increase schedule)
+- ``uniform-{20,50}``: the same with a uniform schedule (baseline)
+- ``nocomp-{20,50}``: the same OBS selection without compensation (baseline)
+- ``magnitude-{20,50}``: structured magnitude, L2 of heads/channels, no compensation, log_increase (baseline)
+- ``slimllm-{20,50}``: SlimLLM (Pearson/PCA importance + regression recovery, log_increase)
+- ``slimgpt-imp-{20,50}``: SlimGPT's solver with SlimLLM's layer-importance ratios
+- ``slimgpt-18.5``, ``slimgpt-47.3``: the removed fractions of the official code's two settings
+- ``self-20``: SlimGPT 20% calibrated on 64 x 512 tokens sampled from the model itself
+
+    python benchmarks/quality.py --out bench_out/quality.jsonl [--settings dense slimgpt-20 ...]
+    python benchmarks/quality.py --table bench_out/quality.jsonl     # print the markdown tables
+
+Appends one JSON line per setting, so an interrupted run resumes with ``--settings``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from optimum_slimgpt import SlimGPTConfig, SlimGPTPruner
+from optimum_slimgpt.evaluation import perplexity, wikitext2_test_text, wikitext2_validation_rows, zero_shot
+
+SHARED = Path(os.environ.get("SLIMGPT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+MODEL_DIR = SHARED / "models" / "smollm2-135m-instruct-q4_1"
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+WIKI = SHARED / "data" / "wikitext-2"
+
+ZERO_SHOT = {"piqa": 200, "hellaswag": 100, "arc_easy": 200}
+
+_MAG = dict(head_selection="magnitude", channel_selection="magnitude", compensate=False)
+SETTINGS: dict[str, dict | None] = {"dense": None}
+for _r in (20, 50):
+    _p = dict(pruning_ratio=_r / 100)
+    SETTINGS[f"slimgpt-{_r}"] = dict(_p)
+for _r in (20, 50):
+    _p = dict(pruning_ratio=_r / 100)
+    SETTINGS[f"magnitude-{_r}"] = dict(_p, **_MAG)
+    SETTINGS[f"nocomp-{_r}"] = dict(_p, compensate=False)
+    SETTINGS[f"uniform-{_r}"] = dict(_p, schedule="uniform")
+    SETTINGS[f"slimllm-{_r}"] = dict(_p, method="slimllm")
+SETTINGS["slimgpt-18.5"] = dict(pruning_ratio=0.185)
+SETTINGS["slimgpt-47.3"] = dict(pruning_ratio=0.473)
+SETTINGS["self-20"] = dict(pruning_ratio=0.20, dataset="self")
+for _r in (20, 50):
+    SETTINGS[f"slimgpt-imp-{_r}"] = dict(pruning_ratio=_r / 100, schedule="layer_importance")
+
+ZERO_SHOT_SETTINGS = {"dense"} | {f"{k}-{r}" for k in ("slimgpt", "magnitude", "nocomp", "uniform", "slimllm")
+                                  for r in (20, 50)}
+
+LABELS = {
+    "dense": "dense",
+    "slimgpt": "SlimGPT (OBS + compensation, log_increase)",
+    "uniform": "SlimGPT, uniform schedule",
+    "nocomp": "OBS selection, no compensation",
+    "magnitude": "structured magnitude (L2), no compensation",
+    "slimllm": "SlimLLM (log_increase)",
+    "slimgpt-imp": "SlimGPT + layer_importance schedule",
+    "self": "SlimGPT, self-generated calibration",
+}
+
+
+def run(args) -> None:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    hf_logging.disable_progress_bar()
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR, gguf_file=GGUF)
+    dense = AutoModelForCausalLM.from_pretrained(MODEL_DIR, gguf_file=GGUF, dtype=torch.float32).eval()
+    test_text = wikitext2_test_text(WIKI)
+    calib_rows = wikitext2_validation_rows(WIKI)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+
+    for name in args.settings:
+        kw = SETTINGS[name]
+        row: dict = {"setting": name}
+        if kw is None:
+            model = dense
+            row.update(removed=0.0, prune_seconds=0.0)
+        else:
+            model = copy.deepcopy(dense)
+            kw = dict(kw)
+            dataset = kw.pop("dataset", calib_rows)
+            cfg = SlimGPTConfig(dataset=dataset, num_samples=args.num_samples, seqlen=args.seqlen, seed=0, **kw)
+            pruner = SlimGPTPruner(cfg)
+            pruner.prune_model(model, tok)
+            s = pruner.summary
+            row.update(config=SETTINGS[name], removed=round(s.achieved_ratio, 4), prune_seconds=round(s.seconds, 1),
+                       heads=[r.heads[1] for r in s.layers], kv_heads=[r.kv_heads[1] for r in s.layers],
+                       channels=[r.channels[1] for r in s.layers],
+                       timings={k: round(v, 1) for k, v in s.timings.items()})
+        t1 = time.perf_counter()
+        row["ppl"] = round(perplexity(model, tok, test_text, seqlen=args.eval_seqlen, max_tokens=args.eval_tokens,
+                                      show_progress=False), 3)
+        row["ppl_seconds"] = round(time.perf_counter() - t1, 1)
+        if name in ZERO_SHOT_SETTINGS and not args.no_zero_shot:
+            t2 = time.perf_counter()
+            row["zero_shot"] = {}
+            for task, limit in ZERO_SHOT.items():
+                r = zero_shot(model, tok, task, data_dir=SHARED / "data", limit=args.zs_limit or limit, batch_size=8,
+                              show_progress=False)
+                row["zero_shot"][task] = {k: round(r[k], 4) for k in ("acc", "acc_norm", "n")}
+            row["zero_shot_seconds"] = round(time.perf_counter() - t2, 1)
+        print(json.dumps(row), flush=True)
+        with open(args.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        del model
+
+
+def table(path: str) -> str:
+    rows = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            rows[r["setting"]] = r  # the last run of a setting wins
+    out = ["| setting | ratio | block params removed | WikiText-2 PPL | PIQA acc / acc_norm | HellaSwag acc / acc_norm"
+           " | ARC-Easy acc / acc_norm | prune s |", "|---|---|---|---|---|---|---|---|"]
+    for name in SETTINGS:
+        if name not in rows:
+            continue
+        r = rows[name]
+        kind, _, ratio = name.rpartition("-") if name != "dense" else ("dense", "", "0")
+        zs = r.get("zero_shot", {})
+        cells = [f"{zs[t]['acc']:.3f} / {zs[t]['acc_norm']:.3f}" if t in zs else "" for t in ZERO_SHOT]
+        out.append(f"| {LABELS.get(kind, kind)} | {ratio}% | {100 * r['removed']:.1f}% | {r['ppl']:.2f} | "
+                   + " | ".join(cells) + f" | {r.get('prune_seconds', 0):.0f} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--settings", nargs="*", default=list(SETTINGS), help=f"any of {list(SETTINGS)}")
+    ap.add_argument("--out", default="bench_out/quality.jsonl")
+    ap.add_argument("--table", default=None, help="print the markdown table of a results file and exit")
+    ap.add_argument("--num-samples", type=int, default=64)
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--eval-tokens", type=int, default=65_536)
+    ap.add_argument("--eval-seqlen", type=int, default=2048)
+    ap.add_argument("--no-zero-shot", action="store_true")
+    ap.add_argument("--zs-limit", type=int, default=None, help="override the item counts (smoke runs)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
+    unknown = [s for s in args.settings if s not in SETTINGS]
+    if unknown:
+        ap.error(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
