@@ -160,6 +160,7 @@ def _padded_head_layout(model, K: int, R: int, channels: int, head_dim: int, ext
         sizes = {"num_attention_heads": H, "num_key_value_heads": Kp, "intermediate_size": channels}
         try:
             cfg = _plain_config(model, sizes, head_dim, extra)
+            _plain_skeleton(model, cfg)  # some families only reject sizes in their constructors (OPT)
         except Exception as e:  # noqa: BLE001 - any validator error means "try the next head count"
             last_err = e
             continue
@@ -203,6 +204,7 @@ def plan_export(model: nn.Module, export_format: str = "auto") -> ExportPlan:
             )
         try:
             cfg = _plain_config(model, sizes[0], head_dim, {"export_format": "uniform"})
+            _check_uniform_shapes(model, cfg)
         except Exception as e:  # noqa: BLE001
             raise ExportError(
                 f"the installed transformers rejects a plain '{_base_model_type(model)}' config with "
@@ -319,13 +321,12 @@ def _padded_state_dict(model, adapter: FamilyAdapter, blocks, kv: int, rep: int,
     return sd
 
 
-def _plain_model(model, plan: ExportPlan, adapter, blocks) -> nn.Module:
-    """A plain base-architecture model sharing (uniform) or padding (padded) the pruned model's tensors."""
+def _plain_skeleton(model, cfg) -> nn.Module:
+    """The plain base-architecture causal LM of ``cfg`` with empty (meta) weights."""
     import transformers
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    cfg = plan.plain_config
     pc = getattr(model.config, "pruning_config", None) or {}
     cls = None
     for name in pc.get("base_architectures") or []:
@@ -334,7 +335,27 @@ def _plain_model(model, plan: ExportPlan, adapter, blocks) -> nn.Module:
             cls = cand
             break
     with init_empty_weights(include_buffers=False):
-        plain = cls(cfg) if cls is not None else AutoModelForCausalLM.from_config(cfg)
+        return cls(cfg) if cls is not None else AutoModelForCausalLM.from_config(cfg)
+
+
+def _check_uniform_shapes(model, cfg) -> None:
+    """Raise unless the plain model of ``cfg`` has exactly the pruned model's parameter names and shapes
+    (e.g. OPT derives ``head_dim`` from ``hidden_size // num_attention_heads``, so fewer heads do not fit)."""
+    try:
+        plain = _plain_skeleton(model, cfg)
+    except Exception as e:  # noqa: BLE001 - the family's constructor rejects the sizes
+        raise ExportError(f"the plain model cannot be built with these sizes: {e}") from e
+    want = {k: tuple(v.shape) for k, v in plain.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    bad = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+    if bad:
+        raise ExportError(f"the plain model's parameters differ from the pruned ones: "
+                          f"{[(k, have.get(k), want.get(k)) for k in bad[:4]]}")
+
+
+def _plain_model(model, plan: ExportPlan, adapter, blocks) -> nn.Module:
+    """A plain base-architecture model sharing (uniform) or padding (padded) the pruned model's tensors."""
+    plain = _plain_skeleton(model, plan.plain_config)
     if plan.format == "padded":
         sd = _padded_state_dict(model, adapter, blocks, **plan.padded)
     else:

@@ -303,6 +303,72 @@ def test_slimllm_masked_model_equals_sliced_model(family):
     torch.testing.assert_close(logits(sliced, ids), logits(masked, ids), atol=1e-5, rtol=1e-5)
 
 
+# ------------------------------------------------------------------------------------------ save / load
+def _greedy(model, ids) -> torch.Tensor:
+    return model.generate(ids[:, :8], max_new_tokens=6, do_sample=False, pad_token_id=0)
+
+
+def _load(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_per_layer_checkpoint_round_trip(family, tmp_path):
+    """prune 30 % (log_increase: layers differ) -> save -> AutoModelForCausalLM -> same logits and tokens."""
+    from optimum_slimgpt.saving import save_pruned_model
+
+    model, _ = pruned(family)
+    ids = eval_ids()
+    ref, ref_tokens = logits(model, ids), _greedy(model, ids)
+    res = save_pruned_model(model, tmp_path / "ckpt")
+    assert res.format == "per_layer" and "different sizes" in res.reason
+    loaded = _load(res.path)
+    assert type(loaded) is type(model) and loaded.config.model_type == f"slimgpt_{family}"
+    adapter = get_adapter(model)
+    sizes = [module_sizes(family, b) for b in adapter.get_blocks(model)]
+    assert len(set(sizes)) > 1
+    assert [module_sizes(family, b) for b in get_adapter(loaded).get_blocks(loaded)] == sizes
+    torch.testing.assert_close(logits(loaded, ids), ref, atol=1e-5, rtol=0)
+    assert torch.equal(_greedy(loaded, ids), ref_tokens)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_uniform_checkpoint_round_trip(family, tmp_path):
+    """A uniform schedule saves as the plain family architecture where the family can express it; OPT (whose
+    attention derives head_dim from hidden_size / heads) falls back to the per-layer format with the reason."""
+    from optimum_slimgpt.saving import save_pruned_model
+
+    model = dense(family)
+    SlimGPTPruner(slim_config(schedule="uniform")).prune_model(model, calibration=calibration())
+    ids = eval_ids()
+    ref = logits(model, ids)
+    res = save_pruned_model(model, tmp_path / "ckpt")
+    loaded = _load(res.path)
+    if family == "opt":
+        assert res.format == "per_layer" and "embed_dim must be divisible" in res.reason
+        assert loaded.config.model_type == "slimgpt_opt"
+    else:
+        assert res.format == "uniform"
+        base_cls = type(_dense_cached(family))
+        assert type(loaded) is base_cls and loaded.config.model_type == _dense_cached(family).config.model_type
+    torch.testing.assert_close(logits(loaded, ids), ref, atol=1e-5, rtol=0)
+    assert torch.equal(_greedy(loaded, ids), _greedy(model, ids))
+
+
+def test_opt_with_all_heads_kept_saves_as_plain_opt(tmp_path):
+    from optimum_slimgpt.saving import save_pruned_model
+
+    model = dense("opt")
+    SlimGPTPruner(slim_config(schedule="uniform", prune_heads=False)).prune_model(model, calibration=calibration())
+    res = save_pruned_model(model, tmp_path / "ckpt")
+    assert res.format == "uniform"
+    loaded = _load(res.path)
+    assert type(loaded) is transformers.OPTForCausalLM and loaded.config.ffn_dim < 128
+    torch.testing.assert_close(logits(loaded, eval_ids()), logits(model, eval_ids()), atol=1e-5, rtol=0)
+
+
 def test_opt_keeps_multi_head_attention_and_its_biases():
     model, pruner = pruned("opt")
     adapter = get_adapter(model)
@@ -322,7 +388,8 @@ def test_phi3_attention_gets_a_per_layer_config_view():
     view = attn.config
     assert isinstance(view, LayerConfigView) and view.base_config is model.config
     assert view.num_attention_heads == adapter.head_layout(adapter.get_blocks(model)[-1], model.config).num_heads
-    assert model.config.num_attention_heads == 8  # the shared config is untouched
+    # the shared config keeps the original global size (read without the per-layer ambiguity guard)
+    assert model.config._raw_get("num_attention_heads") == 8
     assert view.sliding_window == model.config.sliding_window
     model.set_attn_implementation("eager")
     assert view._attn_implementation == "eager"  # read live from the shared config

@@ -28,9 +28,14 @@ def _tiny(family: str, **overrides):
         "mistral": ("MistralConfig", "MistralForCausalLM", {}),
         "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"tie_word_embeddings": True}),
         "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
+        "phi3": ("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}),
+        "opt": ("OPTConfig", "OPTForCausalLM", {"ffn_dim": 128, "word_embed_proj_dim": 64, "pad_token_id": 0,
+                                                "bos_token_id": 1, "eos_token_id": 2}),
     }[family]
     kw = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=8,
               num_key_value_heads=4, max_position_embeddings=128, **extra)
+    if family == "opt":  # multi-head attention, FFN width called ffn_dim
+        del kw["intermediate_size"], kw["num_key_value_heads"]
     kw.update(overrides)
     torch.manual_seed(0)
     return getattr(transformers, lm_cls)(getattr(transformers, cfg_cls)(**kw)).eval()
@@ -203,7 +208,7 @@ _REMOTE_SCRIPT = textwrap.dedent(
 
 
 def test_remote_code_without_the_package(tmp_path):
-    families = ("llama", "qwen3")
+    families = ("llama", "qwen3", "phi3", "opt")  # phi3: per-layer config view; opt: its own attention class
     refs, paths = {}, []
     for fam in families:
         model = _pruned(fam)

@@ -21,6 +21,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..modeling.modeling_slimgpt_common import LayerConfigView
 from ..solvers.schedule import LayerGeometry
 
 __all__ = ["FamilyAdapter", "HeadLayout", "LayerConfigView", "slice_linear", "get_submodule"]
@@ -44,60 +45,6 @@ def get_submodule(root: nn.Module, path: str) -> nn.Module:
             continue
         mod = getattr(mod, part)
     return mod
-
-
-class LayerConfigView:
-    """A per-layer view of a shared model config: ``overrides`` are answered locally, every other
-    attribute is read from the shared config *at access time* (so ``_attn_implementation``,
-    ``sliding_window``... follow ``model.set_attn_implementation`` and later edits).
-
-    Used for the few modules whose forward reads a per-layer size from ``self.config`` (Phi-3's
-    attention reads ``config.num_attention_heads`` to split the fused ``qkv_proj`` output). Writes go to
-    the overrides, never to the shared config. ``copy.deepcopy`` of a model keeps the view pointing at
-    the copied model's config (same memo).
-    """
-
-    def __init__(self, base, **overrides) -> None:
-        if isinstance(base, LayerConfigView):
-            overrides = {**base.__dict__["_overrides"], **overrides}
-            base = base.__dict__["_base"]
-        self.__dict__["_base"] = base
-        self.__dict__["_overrides"] = dict(overrides)
-
-    @property
-    def base_config(self):
-        """The shared config this view reads through to."""
-        return self.__dict__["_base"]
-
-    @property
-    def overrides(self) -> dict:
-        return dict(self.__dict__["_overrides"])
-
-    def rebind(self, base) -> "LayerConfigView":
-        """Point the view at another shared config (e.g. after the model's config object is replaced)."""
-        self.__dict__["_base"] = base
-        return self
-
-    def __getattr__(self, name: str):
-        d = self.__dict__
-        if "_base" not in d or (name.startswith("__") and name.endswith("__")):
-            raise AttributeError(name)
-        ov = d["_overrides"]
-        if name in ov:
-            return ov[name]
-        return getattr(d["_base"], name)
-
-    def __setattr__(self, name: str, value) -> None:
-        self.__dict__["_overrides"][name] = value
-
-    def __delattr__(self, name: str) -> None:
-        try:
-            del self.__dict__["_overrides"][name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __repr__(self) -> str:
-        return f"LayerConfigView({type(self.__dict__['_base']).__name__}, overrides={self.__dict__['_overrides']})"
 
 
 def _numel(t: torch.Tensor | None) -> int:

@@ -4,14 +4,10 @@ After pruning, every decoder layer may have its own number of query heads, KV he
 The family classes cannot express that, so :func:`to_pruned_model` turns the in-memory model into the
 family's *pruned* class:
 
-=============  ==========================  ========================  ================================
-base family    config                      base model                causal LM
-=============  ==========================  ========================  ================================
-``llama``      ``SlimGPTLlamaConfig``      ``SlimGPTLlamaModel``     ``SlimGPTLlamaForCausalLM``
-``mistral``    ``SlimGPTMistralConfig``    ``SlimGPTMistralModel``   ``SlimGPTMistralForCausalLM``
-``qwen2``      ``SlimGPTQwen2Config``      ``SlimGPTQwen2Model``     ``SlimGPTQwen2ForCausalLM``
-``qwen3``      ``SlimGPTQwen3Config``      ``SlimGPTQwen3Model``     ``SlimGPTQwen3ForCausalLM``
-=============  ==========================  ========================  ================================
+- ``llama``: ``SlimGPTLlamaConfig``, ``SlimGPTLlamaModel``, ``SlimGPTLlamaForCausalLM``
+- ``mistral``, ``qwen2``, ``qwen3``, ``phi3``, ``gemma2``: likewise (``SlimGPTMistral*``, ``SlimGPTQwen2*``, ...)
+- ``gemma3_text``: ``SlimGPTGemma3TextConfig``, ``SlimGPTGemma3TextModel``, ``SlimGPTGemma3TextForCausalLM``
+- ``opt``: ``SlimGPTOPTConfig``, ``SlimGPTOPTModel``, ``SlimGPTOPTForCausalLM`` (with ``SlimGPTOPTAttention``)
 
 Each config is ``model_type="slimgpt_<family>"``, a subclass of the family config with the *original*
 global sizes, an explicit global ``head_dim``, transformers' ``per_layer_config`` (every layer, every
@@ -108,7 +104,7 @@ class PrunedFamily:
 
 
 _PRUNED_FAMILIES: dict[str, PrunedFamily] = {}
-_BUILTIN_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+_BUILTIN_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "opt")
 
 
 def register_pruned_family(config_class, model_class, causal_lm_class, *, override: bool = False,
@@ -302,6 +298,8 @@ def to_pruned_model(model: nn.Module, adapter, pruning_config: dict) -> nn.Modul
 
     adopt_class(model, fam.causal_lm_class)
     adopt_class(inner, fam.model_class)
+    for i, b in enumerate(blocks):
+        fam.model_class.slimgpt_point_layer_configs(b, new, i, old=old)
     for module in model.modules():
         if module.__dict__.get("config") is not None and (module.__dict__["config"] is old or module is model
                                                           or module is inner):

@@ -97,6 +97,60 @@ def _init_new_weights(model: nn.Module) -> None:
         model.initialize_weights()
 
 
+class LayerConfigView:
+    """A per-layer view of a shared model config: ``overrides`` are answered locally, every other
+    attribute is read from the shared config *at access time* (so ``_attn_implementation``,
+    ``sliding_window``... follow ``model.set_attn_implementation`` and later edits).
+
+    Used for the few modules whose forward reads a per-layer size from ``self.config`` (Phi-3's
+    attention reads ``config.num_attention_heads`` to split the fused ``qkv_proj`` output). Writes go to
+    the overrides, never to the shared config. ``copy.deepcopy`` of a model keeps the view pointing at
+    the copied model's config (same memo).
+    """
+
+    def __init__(self, base, **overrides) -> None:
+        if isinstance(base, LayerConfigView):
+            overrides = {**base.__dict__["_overrides"], **overrides}
+            base = base.__dict__["_base"]
+        self.__dict__["_base"] = base
+        self.__dict__["_overrides"] = dict(overrides)
+
+    @property
+    def base_config(self):
+        """The shared config this view reads through to."""
+        return self.__dict__["_base"]
+
+    @property
+    def overrides(self) -> dict:
+        return dict(self.__dict__["_overrides"])
+
+    def rebind(self, base) -> "LayerConfigView":
+        """Point the view at another shared config (e.g. after the model's config object is replaced)."""
+        self.__dict__["_base"] = base
+        return self
+
+    def __getattr__(self, name: str):
+        d = self.__dict__
+        if "_base" not in d or (name.startswith("__") and name.endswith("__")):
+            raise AttributeError(name)
+        ov = d["_overrides"]
+        if name in ov:
+            return ov[name]
+        return getattr(d["_base"], name)
+
+    def __setattr__(self, name: str, value) -> None:
+        self.__dict__["_overrides"][name] = value
+
+    def __delattr__(self, name: str) -> None:
+        try:
+            del self.__dict__["_overrides"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __repr__(self) -> str:
+        return f"LayerConfigView({type(self.__dict__['_base']).__name__}, overrides={self.__dict__['_overrides']})"
+
+
 class SlimGPTBaseModelMixin:
     """Mixed in before the family base model (``LlamaModel``...).
 
@@ -105,11 +159,35 @@ class SlimGPTBaseModelMixin:
         _slimgpt_layers_path: dotted path of the decoder-layer ``ModuleList`` inside the base model.
         _slimgpt_out_bias_modules: dotted paths (inside a decoder layer) of the linears that get a bias
             when ``config.pruned_out_bias`` is set.
+        _slimgpt_layer_view_modules: dotted paths (inside a decoder layer) of the modules whose forward
+            reads a per-layer size from ``self.config`` (Phi-3's attention); they get a
+            :class:`LayerConfigView` of the global config with that layer's sizes instead of the global one.
     """
 
     _slimgpt_decoder_layer_class = None
     _slimgpt_layers_path = "layers"
     _slimgpt_out_bias_modules = ("self_attn.o_proj", "mlp.down_proj")
+    _slimgpt_layer_view_modules: tuple = ()
+
+    @classmethod
+    def slimgpt_point_layer_configs(cls, layer: nn.Module, config, layer_idx: int, old=None) -> None:
+        """Point the sub-modules of a decoder layer at the global ``config``: those that hold ``old`` (the
+        layer config they were built with, or the model's previous config) get ``config``, those listed in
+        ``_slimgpt_layer_view_modules`` a view of it with the layer's per-layer sizes."""
+        for module in layer.modules():
+            cur = module.__dict__.get("config")
+            if cur is None:
+                continue
+            if isinstance(cur, LayerConfigView) and cur.base_config is old:
+                cur.rebind(config)
+            elif cur is old:
+                module.config = config
+        if not cls._slimgpt_layer_view_modules:
+            return
+        layer_config = config.layer_config(layer_idx)
+        overrides = {a: getattr(layer_config, a) for a in config.slimgpt_per_layer_keys.values() if a}
+        for path in cls._slimgpt_layer_view_modules:
+            _get_submodule(layer, path).config = LayerConfigView(config, **overrides)
 
     def __init__(self, config, *args, **kwargs):
         with _without_decoder_layers(config):
@@ -129,9 +207,7 @@ class SlimGPTBaseModelMixin:
             if getattr(config, "pruned_out_bias", False):
                 for path in self._slimgpt_out_bias_modules:
                     _add_zero_bias(_get_submodule(layer, path))
-            for module in layer.modules():
-                if module.__dict__.get("config") is layer_config:
-                    module.config = config
+            self.slimgpt_point_layer_configs(layer, config, i, old=layer_config)
             layers.append(layer)
         _set_submodule(self, self._slimgpt_layers_path, layers)
 
