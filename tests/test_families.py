@@ -357,6 +357,30 @@ def test_uniform_checkpoint_round_trip(family, tmp_path):
     assert torch.equal(_greedy(loaded, ids), _greedy(model, ids))
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_slimllm_recovery_biases_survive_save_and_load(family, tmp_path):
+    """SlimLLM's regression recovery adds output-projection biases (an architecture change for every family
+    but OPT): the per-layer checkpoint carries them (``pruned_out_bias``) and reloads to the same logits; the
+    plain/uniform format is refused with the reason."""
+    from optimum_slimgpt.saving import ExportError, save_pruned_model
+
+    model = dense(family)
+    SlimGPTPruner(slim_config(method="slimllm", schedule="uniform")).prune_model(model, calibration=calibration())
+    adapter = get_adapter(model)
+    out_biases = [adapter.attn_out_proj(b).bias for b in adapter.get_blocks(model)]
+    assert all(b is not None for b in out_biases)
+    ids = eval_ids()
+    res = save_pruned_model(model, tmp_path / "ckpt")
+    assert res.format == "per_layer"
+    loaded = _load(res.path)
+    assert loaded.config.model_type == f"slimgpt_{family}"
+    assert loaded.config.pruned_out_bias is (family != "opt")  # OPT has the biases natively
+    torch.testing.assert_close(logits(loaded, ids), logits(model, ids), atol=1e-5, rtol=0)
+    if family != "opt":
+        with pytest.raises(ExportError, match="bias"):
+            save_pruned_model(model, tmp_path / "plain", export_format="uniform")
+
+
 def test_opt_with_all_heads_kept_saves_as_plain_opt(tmp_path):
     from optimum_slimgpt.saving import save_pruned_model
 
