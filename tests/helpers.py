@@ -157,3 +157,30 @@ def encode_tok512(text: str) -> list[int]:
             toks[best_i : best_i + 2] = [best_id]
         out.extend(toks)
     return out
+
+
+def tok512_tokenizer():
+    """A ``PreTrainedTokenizerFast`` for stories260K's 512-token vocabulary (ids identical to ``tok512.bin``).
+
+    A Unigram model over the same pieces with equal scores (Viterbi = fewest pieces), ``▁`` for the space,
+    byte fallback through the ``<0xNN>`` pieces. Not token-for-token identical to llama2.c's BPE, but a
+    valid tokenizer that ``save_pretrained``/``AutoTokenizer`` round-trip, for CLI tests.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab, _ = _tok512()
+    pieces = [("<unk>", 0.0), ("<s>", 0.0), ("</s>", 0.0)]
+    seen = {p for p, _ in pieces}
+    for i, p in enumerate(vocab[3:], start=3):
+        p = p.replace(" ", "\u2581")
+        if p in seen:  # keep ids aligned: a duplicate piece can never be chosen
+            p = f"<dup{i}>"
+        seen.add(p)
+        pieces.append((p, -1.0))
+    tk = Tokenizer(models.Unigram(pieces, unk_id=0, byte_fallback=True))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tk.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(replacement="\u2581",
+                                                                                  prepend_scheme="first")])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=512)

@@ -1,0 +1,146 @@
+"""The ``optimum-slimgpt`` command line, driven like a user does: subprocesses on a real (tiny) model.
+
+stories260K (llama2.c weights, ``../shared``) is converted once into a Hugging Face folder with a tokenizer
+for its 512-token vocabulary; ``prune`` must write a model that ``AutoModelForCausalLM`` loads, ``eval``
+must print the perplexity the package computes in-process, ``info`` the per-layer layout, and bad input
+must end with exit status 2 and a one-line ``error:`` message.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import optimum_slimgpt  # noqa: F401  (registers the pruned classes with the Auto* factories)
+from helpers import TINYSTORIES_TXT, have_shared, load_stories260k, STORIES_BIN, tok512_tokenizer
+
+pytestmark = pytest.mark.skipif(not have_shared(STORIES_BIN, TINYSTORIES_TXT), reason="../shared stories260K missing")
+
+
+def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "optimum_slimgpt.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def stories_dir(tmp_path_factory) -> Path:
+    """stories260K saved as a plain Hugging Face Llama folder with its tokenizer."""
+    d = tmp_path_factory.mktemp("stories260k-hf")
+    load_stories260k().save_pretrained(d)
+    tok512_tokenizer().save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory) -> tuple[Path, Path]:
+    """(calibration text, evaluation text): disjoint slices of the TinyStories file."""
+    d = tmp_path_factory.mktemp("texts")
+    text = TINYSTORIES_TXT.read_text(encoding="utf-8")
+    calib, held = d / "calib.txt", d / "eval.txt"
+    calib.write_text(text[:60_000], encoding="utf-8")
+    held.write_text(text[-30_000:], encoding="utf-8")
+    return calib, held
+
+
+@pytest.fixture(scope="module")
+def pruned_dir(stories_dir, texts, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("cli") / "stories-slim"
+    proc = run_cli("prune", "--model", str(stories_dir), "--ratio", "0.3", "--dataset", str(texts[0]),
+                   "--samples", "16", "--seqlen", "128", "--batch-size", "8", "--output", str(out))
+    return out, proc
+
+
+def test_prune_writes_a_loadable_smaller_model(stories_dir, pruned_dir):
+    from transformers import AutoModelForCausalLM
+
+    out, proc = pruned_dir
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the summary table (one row per block) and the save line
+    assert re.search(r"saved to .*stories-slim \((per_layer|uniform)", proc.stdout), proc.stdout[-2000:]
+    assert len(re.findall(r"^\s*\d+\s", proc.stdout, flags=re.M)) >= 5
+    # a progress bar per block went to stderr
+    assert "SlimGPT blocks" in proc.stderr
+    cfg = json.loads((out / "config.json").read_text())
+    assert abs(cfg["pruning_config"]["achieved_ratio"] - 0.3) < 0.05
+    dense = AutoModelForCausalLM.from_pretrained(stories_dir)
+    slim = AutoModelForCausalLM.from_pretrained(out)  # no flag: the package is imported
+    n_dense = sum(p.numel() for p in dense.model.layers.parameters())
+    n_slim = sum(p.numel() for p in slim.model.layers.parameters())
+    assert abs(1 - n_slim / n_dense - 0.3) < 0.05
+    ids = torch.randint(3, 512, (1, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.isfinite(slim(ids).logits).all()
+    assert (out / "tokenizer.json").is_file() and (out / "README.md").is_file()
+
+
+def test_eval_prints_the_package_perplexity(pruned_dir, texts):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from optimum_slimgpt.evaluation import perplexity
+
+    out, prune_proc = pruned_dir
+    assert prune_proc.returncode == 0, prune_proc.stderr[-3000:]
+    proc = run_cli("eval", "--model", str(out), "--text-file", str(texts[1]), "--seqlen", "256",
+                   "--max-tokens", "4096", "--json", str(out.parent / "eval.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = re.search(r"perplexity: ([0-9.]+)", proc.stdout)
+    assert m, proc.stdout
+    printed = float(m.group(1))
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    ref = perplexity(model, tok, texts[1].read_text(encoding="utf-8"), seqlen=256, max_tokens=4096,
+                     show_progress=False)
+    assert math.isfinite(printed) and abs(printed - ref) < 1e-3 * ref
+    assert 1.0 < printed < 512  # better than uniform over the vocabulary
+    saved = json.loads((out.parent / "eval.json").read_text())
+    assert abs(saved["perplexity"] - ref) < 1e-6 * ref
+
+
+def test_info_prints_the_layout(pruned_dir):
+    out, prune_proc = pruned_dir
+    assert prune_proc.returncode == 0, prune_proc.stderr[-3000:]
+    proc = run_cli("info", "--model", str(out))
+    assert proc.returncode == 0, proc.stderr
+    cfg = json.loads((out / "config.json").read_text())
+    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$", proc.stdout, flags=re.M)
+    assert len(rows) == 5
+    want = [(lay["num_attention_heads"], lay["num_key_value_heads"], lay["intermediate_size"])
+            for lay in cfg["pruning_config"]["layers"]]
+    assert [tuple(int(x) for x in r[1:]) for r in rows] == want
+    assert "method: slimgpt" in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["prune", "--model", "{model}", "--ratio", "1.5", "--output", "{tmp}/o"], "pruning_ratio"),
+    (["prune", "--model", "{model}", "--schedule", "zigzag", "--output", "{tmp}/o"], "schedule"),
+    (["prune", "--model", "./no/such/model", "--output", "{tmp}/o"], "does not exist"),
+    (["prune", "--model", "{model}", "--dataset", "{tmp}/tiny.txt", "--seqlen", "128", "--output", "{tmp}/o"],
+     "too short"),
+    (["eval", "--model", "{model}"], "nothing to evaluate"),
+    (["info", "--model", "{tmp}"], "config.json"),
+    (["eval", "--model", "{model}", "--dtype", "float7", "--text-file", "{tmp}/tiny.txt"], "unknown dtype"),
+])
+def test_bad_arguments_exit_non_zero_with_one_line(args, message, stories_dir, tmp_path):
+    (tmp_path / "tiny.txt").write_text("Once upon a time.", encoding="utf-8")
+    argv = [a.format(model=stories_dir, tmp=tmp_path) for a in args]
+    proc = run_cli(*argv)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    err_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(err_lines) == 1 and message in err_lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_argparse_errors_exit_non_zero():
+    proc = run_cli("prune", "--ratio", "0.2")  # --model and --output missing
+    assert proc.returncode == 2 and "required" in proc.stderr
+    proc = run_cli("frobnicate")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
