@@ -1,0 +1,153 @@
+"""Speed and memory of ``prune_model`` on random-weight models of real shapes (issue: speed and scale).
+
+Builds a Llama model of a named shape with random weights (no download), prunes it with random calibration
+tokens, and prints/appends one JSON line per run with the total time, the per-phase times
+(``PruningSummary.timings``: calibration data, capture, Hessians, head solve, FFN solve, surgery, block
+outputs), the peak GPU memory, and optionally the decode throughput of the dense and the pruned model
+(HF ``generate``, greedy, ``--decode-batch`` sizes, ``--new-tokens`` new tokens after a 128-token prompt).
+
+    # on one GPU (the model on the GPU)
+    python benchmarks/speed.py --shape llama-7b --ratio 0.2 --dtype bfloat16 --device cuda
+    python benchmarks/speed.py --shape llama3-8b --ratio 0.2 0.5 --decode
+    # model kept on the CPU, one block at a time on the GPU
+    python benchmarks/speed.py --shape llama-13b --model-device cpu --device cuda
+    # CPU smoke run (what the test suite does)
+    python benchmarks/speed.py --shape tiny --device cpu --samples 4 --seqlen 64 --dtype float32
+
+Per-phase times are wall-clock around each phase; on a GPU each phase ends with a host sync (a ``.item()`` or
+a copy), so they add up to the total within a few percent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.utils import logging as hf_logging
+
+from optimum_slimgpt import SlimGPTConfig, SlimGPTPruner
+
+SHAPES = {
+    # name: hidden, intermediate, layers, heads, kv heads, vocab
+    "llama-7b": (4096, 11008, 32, 32, 32, 32000),
+    "llama3-8b": (4096, 14336, 32, 32, 8, 128256),
+    "llama-13b": (5120, 13824, 40, 40, 40, 32000),
+    "smollm2-135m": (576, 1536, 30, 9, 3, 49152),
+    "tiny": (128, 344, 4, 8, 4, 512),
+}
+
+
+def build(shape: str, dtype: torch.dtype, device: str, seed: int = 0) -> LlamaForCausalLM:
+    hidden, inter, layers, heads, kv, vocab = SHAPES[shape]
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=kv, vocab_size=vocab, max_position_embeddings=4096, rms_norm_eps=1e-5,
+                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg)  # transformers initialises N(0, 0.02): random but well-scaled
+    return model.to(dtype).eval()
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def decode_throughput(model, batch: int, new_tokens: int, vocab: int, device: str, prompt: int = 128) -> dict:
+    ids = torch.randint(3, vocab, (batch, prompt), generator=torch.Generator().manual_seed(1)).to(device)
+    kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0, eos_token_id=None)
+    model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kw)  # warm-up
+    _sync(device)
+    t = time.perf_counter()
+    out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw)
+    _sync(device)
+    dt = time.perf_counter() - t
+    n = (out.shape[1] - prompt) * batch
+    return {"batch": batch, "new_tokens": new_tokens, "seconds": round(dt, 3), "tokens_per_s": round(n / dt, 1),
+            "ms_per_step": round(1000 * dt / new_tokens, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=list(SHAPES), default="llama-7b")
+    ap.add_argument("--ratio", type=float, nargs="+", default=[0.2])
+    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="where each block is pruned")
+    ap.add_argument("--model-device", default=None, help="where the model lives (default: --device)")
+    ap.add_argument("--samples", type=int, default=128)
+    ap.add_argument("--seqlen", type=int, default=2048)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--channel-multiple", type=int, default=1)
+    ap.add_argument("--offload-activations", action="store_true")
+    ap.add_argument("--compare-masked", action="store_true", help="also time mask_only=True (no surgery)")
+    ap.add_argument("--decode", action="store_true", help="measure dense vs pruned decode throughput")
+    ap.add_argument("--decode-batch", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--out", default="bench_out/speed.jsonl")
+    args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
+    model_device = args.model_device or args.device
+    hf_logging.disable_progress_bar()
+    vocab = SHAPES[args.shape][-1]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    cuda = args.device.startswith("cuda")
+
+    t = time.perf_counter()
+    base = build(args.shape, dtype, model_device)
+    build_s = time.perf_counter() - t
+    dense_decode = []
+    if args.decode:
+        dense_decode = [decode_throughput(base, b, args.new_tokens, vocab, model_device) for b in args.decode_batch]
+    calib = torch.randint(3, vocab, (args.samples, args.seqlen), generator=torch.Generator().manual_seed(0))
+    runs = [(r, False) for r in args.ratio] + ([(r, True) for r in args.ratio] if args.compare_masked else [])
+    for ratio, masked in runs:
+        model = copy.deepcopy(base) if len(runs) > 1 else base
+        cfg = SlimGPTConfig(pruning_ratio=ratio, dataset=None, num_samples=args.samples, seqlen=args.seqlen,
+                            batch_size=args.batch_size, device=args.device, channel_multiple=args.channel_multiple,
+                            offload_activations=args.offload_activations)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        _sync(args.device)
+        t = time.perf_counter()
+        pruner = SlimGPTPruner(cfg, mask_only=masked)
+        pruner.prune_model(model, calibration=calib)
+        _sync(args.device)
+        total = time.perf_counter() - t
+        s = pruner.summary
+        row = {
+            "shape": args.shape, "ratio": ratio, "mask_only": masked, "dtype": args.dtype, "device": args.device,
+            "model_device": model_device, "samples": args.samples, "seqlen": args.seqlen,
+            "batch_size": args.batch_size, "channel_multiple": args.channel_multiple,
+            "offload_activations": args.offload_activations, "build_seconds": round(build_s, 1),
+            "prune_seconds": round(total, 2), "removed": round(s.achieved_ratio, 4),
+            "timings": {k: round(v, 2) for k, v in s.timings.items()},
+            "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+            "gpu": torch.cuda.get_device_name() if cuda else None, "torch": torch.__version__,
+        }
+        if args.decode and not masked:
+            row["decode_dense"] = dense_decode
+            row["decode_pruned"] = [decode_throughput(model, b, args.new_tokens, vocab, model_device)
+                                    for b in args.decode_batch]
+            row["decode_speedup"] = [round(p["tokens_per_s"] / d["tokens_per_s"], 3)
+                                     for p, d in zip(row["decode_pruned"], dense_decode)]
+        print(json.dumps(row), flush=True)
+        with open(args.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if model is not base:
+            del model
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""The benchmark scripts run (tiny settings): a CPU smoke run of ``benchmarks/speed.py``, and the same on a GPU
+where one exists (marked ``gpu``: skipped without CUDA). Timings are never asserted, only that the script
+prunes to the requested ratio and reports every phase."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PHASES = {"calibration_data", "capture", "hessian_attn", "head_solve", "hessian_ffn", "ffn_solve", "surgery",
+          "forward_out"}
+
+
+def _speed(tmp_path: Path, *extra: str) -> list[dict]:
+    out = tmp_path / "speed.jsonl"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--shape", "tiny", "--samples", "4", "--seqlen",
+         "64", "--ratio", "0.2", "0.5", "--decode", "--decode-batch", "1", "2", "--new-tokens", "4", "--out", str(out),
+         *extra],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_speed_script_cpu_smoke(tmp_path):
+    rows = _speed(tmp_path, "--device", "cpu", "--dtype", "float32")
+    assert [r["ratio"] for r in rows] == [0.2, 0.5]
+    for r in rows:
+        assert abs(r["removed"] - r["ratio"]) < 0.01
+        assert set(r["timings"]) >= PHASES and r["prune_seconds"] > 0
+        assert [d["batch"] for d in r["decode_pruned"]] == [1, 2] and len(r["decode_speedup"]) == 2
+
+
+@pytest.mark.gpu
+def test_speed_script_gpu_smoke(tmp_path):
+    rows = _speed(tmp_path, "--device", "cuda", "--dtype", "bfloat16")
+    for r in rows:
+        assert abs(r["removed"] - r["ratio"]) < 0.01 and r["peak_gpu_gib"] > 0
+    # model on the CPU, blocks pruned on the GPU
+    rows = _speed(tmp_path, "--device", "cuda", "--model-device", "cpu", "--dtype", "bfloat16",
+                  "--offload-activations")
+    assert all(abs(r["removed"] - r["ratio"]) < 0.01 for r in rows)
