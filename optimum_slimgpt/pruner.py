@@ -461,7 +461,8 @@ class SlimGPTPruner:
                 res = method.prune_ffn(FFNTask(
                     layer=i, W=down.weight.detach().float(), bias=None if down.bias is None else down.bias.detach().float(),
                     stats=stats, num_remove=geom.channels - lp.channels, config=c,
-                    in_weights=[w.detach().float() for w in adapter.channel_in_weights(block)],
+                    in_weights=([w.detach().float() for w in adapter.channel_in_weights(block)]
+                                if method.needs_channel_in_weights(c) else []),
                     mlp_input_sq=in_sq, name=f"layer {i} {adapter.channel_out_name}",
                 ))
                 del stats

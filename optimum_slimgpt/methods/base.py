@@ -88,6 +88,10 @@ class PruningMethod:
         """Whether :class:`AttentionTask` must carry ``q_weights``/``kv_weights`` (copies cost memory)."""
         return False
 
+    def needs_channel_in_weights(self, config: SlimGPTConfig) -> bool:
+        """Whether :class:`FFNTask` must carry ``in_weights`` (float32 copies of gate/up or fc1)."""
+        return True
+
     def prune_attention(self, task: AttentionTask) -> PruneResult:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -17,6 +17,9 @@ class SlimGPTMethod(PruningMethod):
     def needs_head_weights(self, config):
         return config.head_selection == "magnitude"
 
+    def needs_channel_in_weights(self, config):
+        return config.channel_selection == "magnitude"
+
     def prune_attention(self, task: AttentionTask) -> PruneResult:
         c = task.config
         H = task.stats.hessian() if task.stats is not None else None
