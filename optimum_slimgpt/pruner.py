@@ -40,7 +40,7 @@ __all__ = ["SlimGPTPruner", "PruningSummary", "LayerReport"]
 
 
 class _StopForward(Exception):
-    """Raised by the capture hook of the last block to end the calibration forward early."""
+    """Raised by a hook to end a calibration forward early (input capture, statistics passes)."""
 
 
 @dataclass
@@ -344,9 +344,17 @@ class SlimGPTPruner:
 
     def _stats_pass(self, block, linear: nn.Linear, inps, kwargs_list, device, norm_target: Optional[nn.Linear] = None):
         """One calibration pass of ``block`` accumulating the input moments of ``linear`` (and, when
-        ``norm_target`` is given, the per-feature sums of squares of its input too)."""
+        ``norm_target`` is given, the per-feature sums of squares of its input too).
+
+        The forward of each batch stops once ``linear``'s input is seen (``norm_target`` must come before
+        it): the rest of the block (for ``o_proj``, the whole MLP) would compute outputs nobody reads."""
         acc = HessianAccumulator(linear.in_features, device=device)
-        handles = [linear.register_forward_pre_hook(lambda m, args: acc.add(args[0]))]
+
+        def add(m, args):
+            acc.add(args[0])
+            raise _StopForward
+
+        handles = [linear.register_forward_pre_hook(add)]
         sq = None
         if norm_target is not None:
             sq = torch.zeros(norm_target.in_features, dtype=torch.float32, device=device)
@@ -357,7 +365,12 @@ class SlimGPTPruner:
 
             handles.append(norm_target.register_forward_pre_hook(add_sq))
         try:
-            self._run_block(block, inps, kwargs_list, device, False, None)
+            for x, kw in zip(inps, kwargs_list):
+                try:
+                    block(x.to(device), **_nested_to(kw, device))
+                except _StopForward:
+                    continue
+                raise RuntimeError(f"the block never called {type(linear).__name__} {linear}: cannot collect its inputs")
         finally:
             for h in handles:
                 h.remove()
