@@ -31,7 +31,7 @@ from .calibration import get_calibration_data
 from .config import SlimGPTConfig
 from .families import FamilyAdapter, get_adapter
 from .methods import AttentionTask, FFNTask, get_method
-from .solvers import HessianAccumulator, solve_schedule
+from .solvers import HessianAccumulator, full_precision_matmul, solve_schedule
 from .solvers.schedule import LayerPlan, PruningPlan, layer_importance_shape
 
 logger = logging.getLogger(__name__)
@@ -210,7 +210,14 @@ class SlimGPTPruner:
             model: A Hugging Face ``*ForCausalLM`` of a registered family.
             tokenizer: Needed unless the calibration data are token ids.
             calibration: Optional ``(samples, seqlen)`` token ids overriding ``config.dataset``.
+
+        Float32 matmuls run in full precision while pruning (TF32 off, restored afterwards): see
+        :func:`~optimum_slimgpt.solvers.full_precision_matmul`.
         """
+        with full_precision_matmul():
+            return self._prune_model(model, tokenizer, calibration)
+
+    def _prune_model(self, model: nn.Module, tokenizer, calibration: Optional[torch.Tensor]) -> nn.Module:
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
         c = self.config

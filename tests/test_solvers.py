@@ -316,3 +316,20 @@ def test_plan_layer_rounding_and_floors():
     assert p.heads >= 4 and p.channels >= 100
     p = plan_layer(g, 0.3, prune_heads=False)
     assert (p.heads, p.kv_heads) == (8, 4) and p.channels == 172 - round(0.3 * 172)
+
+
+def test_full_precision_matmul_turns_tf32_off_and_restores():
+    from optimum_slimgpt.solvers import full_precision_matmul
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        with full_precision_matmul():
+            assert torch.get_float32_matmul_precision() == "highest"
+        assert torch.get_float32_matmul_precision() == "high"
+        with pytest.raises(RuntimeError):
+            with full_precision_matmul():
+                raise RuntimeError
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)

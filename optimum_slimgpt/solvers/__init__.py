@@ -1,6 +1,6 @@
 """The math of structured pruning: Hessians, OBS solvers and schedules (pure torch, no transformers)."""
 
-from .hessian import HessianAccumulator, NotPositiveDefiniteError, damped_inverse
+from .hessian import HessianAccumulator, NotPositiveDefiniteError, damped_inverse, full_precision_matmul
 from .obs import (
     ChannelPruneResult,
     HeadPruneResult,
@@ -18,6 +18,7 @@ __all__ = [
     "HessianAccumulator",
     "NotPositiveDefiniteError",
     "damped_inverse",
+    "full_precision_matmul",
     "ChannelPruneResult",
     "HeadPruneResult",
     "closed_form_group_obs",

@@ -11,6 +11,7 @@ Pure torch: nothing here knows about Hugging Face.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 
@@ -64,6 +65,22 @@ class HessianAccumulator:
         """Covariance of the inputs over tokens, ``E[x xᵀ] − μ μᵀ``."""
         mu = self.mean()
         return self.sum / self.tokens - torch.outer(mu, mu)
+
+
+@contextlib.contextmanager
+def full_precision_matmul():
+    """Float32 matmuls in full IEEE precision inside the block (TF32 off), restored afterwards.
+
+    With TF32 (``torch.set_float32_matmul_precision("high")``, a common speed setting on Ampere+ GPUs) the
+    Hessian products and OBS solves keep a 10-bit mantissa, which changes which heads and channels win and
+    the compensated weights. Models in bf16/fp16 are unaffected (their matmuls never use TF32).
+    """
+    prev = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(prev)
 
 
 def damped_inverse(
