@@ -31,23 +31,16 @@ Appends one JSON line per setting, so an interrupted run resumes with ``--settin
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import os
+import sys
 import time
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.utils import logging as hf_logging
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from optimum_slimgpt import SlimGPTConfig, SlimGPTPruner
-from optimum_slimgpt.evaluation import perplexity, wikitext2_test_text, wikitext2_validation_rows, zero_shot
+from _common import SHARED, WIKI, load_smollm2, prune_copy  # noqa: E402
 
-SHARED = Path(os.environ.get("SLIMGPT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
-MODEL_DIR = SHARED / "models" / "smollm2-135m-instruct-q4_1"
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-WIKI = SHARED / "data" / "wikitext-2"
+from optimum_slimgpt.evaluation import perplexity, wikitext2_test_text, wikitext2_validation_rows, zero_shot  # noqa: E402
 
 ZERO_SHOT = {"piqa": 200, "hellaswag": 100, "arc_easy": 200}
 
@@ -84,33 +77,19 @@ LABELS = {
 
 
 def run(args) -> None:
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    hf_logging.disable_progress_bar()
-    tok = AutoTokenizer.from_pretrained(MODEL_DIR, gguf_file=GGUF)
-    dense = AutoModelForCausalLM.from_pretrained(MODEL_DIR, gguf_file=GGUF, dtype=torch.float32).eval()
+    dense, tok = load_smollm2(args.threads)
     test_text = wikitext2_test_text(WIKI)
     calib_rows = wikitext2_validation_rows(WIKI)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 
     for name in args.settings:
-        kw = SETTINGS[name]
         row: dict = {"setting": name}
-        if kw is None:
+        if SETTINGS[name] is None:
             model = dense
             row.update(removed=0.0, prune_seconds=0.0)
         else:
-            model = copy.deepcopy(dense)
-            kw = dict(kw)
-            dataset = kw.pop("dataset", calib_rows)
-            cfg = SlimGPTConfig(dataset=dataset, num_samples=args.num_samples, seqlen=args.seqlen, seed=0, **kw)
-            pruner = SlimGPTPruner(cfg)
-            pruner.prune_model(model, tok)
-            s = pruner.summary
-            row.update(config=SETTINGS[name], removed=round(s.achieved_ratio, 4), prune_seconds=round(s.seconds, 1),
-                       heads=[r.heads[1] for r in s.layers], kv_heads=[r.kv_heads[1] for r in s.layers],
-                       channels=[r.channels[1] for r in s.layers],
-                       timings={k: round(v, 1) for k, v in s.timings.items()})
+            model, _, info = prune_copy(dense, tok, SETTINGS[name], calib_rows, args.num_samples, args.seqlen)
+            row.update(info)
         t1 = time.perf_counter()
         row["ppl"] = round(perplexity(model, tok, test_text, seqlen=args.eval_seqlen, max_tokens=args.eval_tokens,
                                       show_progress=False), 3)

@@ -19,23 +19,16 @@ Writes one JSON line per setting (appending, so an interrupted run can be resume
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import os
+import sys
 import time
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.utils import logging as hf_logging
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from optimum_slimgpt import SlimGPTConfig, SlimGPTPruner
-from optimum_slimgpt.evaluation import perplexity
+from _common import WIKI, load_smollm2, prune_copy  # noqa: E402
 
-SHARED = Path(os.environ.get("SLIMGPT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
-MODEL_DIR = SHARED / "models" / "smollm2-135m-instruct-q4_1"
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-WIKI = SHARED / "data" / "wikitext-2"
+from optimum_slimgpt.evaluation import perplexity  # noqa: E402
 
 SETTINGS: dict[str, dict | None] = {"dense": None}
 for _r in (20, 50):
@@ -65,11 +58,7 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    hf_logging.disable_progress_bar()
-    tok = AutoTokenizer.from_pretrained(MODEL_DIR, gguf_file=GGUF)
-    dense = AutoModelForCausalLM.from_pretrained(MODEL_DIR, gguf_file=GGUF, dtype=torch.float32).eval()
+    dense, tok = load_smollm2(args.threads)
     rows = (WIKI / "wiki.test.raw.nonempty-crlf.txt").read_text(encoding="utf-8").split("\r\n")
     need = args.eval_windows * args.eval_seqlen
     ids = tok("\n\n".join(rows), add_special_tokens=False, return_tensors="pt").input_ids[0][:need]
@@ -77,22 +66,13 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 
     for name in args.settings:
-        kw = SETTINGS[name]
         row: dict = {"setting": name}
-        if kw is None:
+        if SETTINGS[name] is None:
             model = dense
             row.update(removed=0.0, prune_seconds=0.0)
         else:
-            model = copy.deepcopy(dense)
-            cfg = SlimGPTConfig(dataset=calib_rows, num_samples=args.num_samples, seqlen=args.seqlen, seed=0, **kw)
-            pruner = SlimGPTPruner(cfg)
-            pruner.prune_model(model, tok)
-            s = pruner.summary
-            row.update(config=kw, removed=round(s.achieved_ratio, 4), prune_seconds=round(s.seconds, 1),
-                       layer_ratios=[round(lp.ratio, 3) for lp in pruner.plan.layers],
-                       heads=[r.heads[1] for r in s.layers], channels=[r.channels[1] for r in s.layers])
-            if pruner.layer_scores is not None:
-                row["layer_scores"] = [round(x, 4) for x in pruner.layer_scores]
+            model, _, info = prune_copy(dense, tok, SETTINGS[name], calib_rows, args.num_samples, args.seqlen)
+            row.update(info)
         t1 = time.perf_counter()
         row["ppl"] = round(perplexity(model, None, ids, seqlen=args.eval_seqlen, batch_size=4, show_progress=False), 3)
         row["eval_seconds"] = round(time.perf_counter() - t1, 1)
