@@ -64,9 +64,12 @@ class SlimGPTConfig:
         ffn_min_group: Smallest group of FFN channels removed in one OBS step.
         compensate: Apply the OBS update to the kept weights (``False`` = plain removal, a baseline).
         head_selection: ``"obs"`` (exact grouped OBS error, default), ``"obs_official"`` (the official
-            code's diagonal-of-Cholesky estimate) or ``"magnitude"`` (L2 norm of the head's
-            ``o_proj`` columns, a baseline).
-        channel_selection: ``"obs"`` (default) or ``"magnitude"`` (baseline).
+            code's diagonal-of-Cholesky estimate) or ``"magnitude"`` (a baseline: L2 norm of all the
+            head's weights, its ``q_proj`` rows and ``o_proj`` columns, plus the ``k/v_proj`` rows when
+            a whole KV group goes). With ``compensate=True`` the magnitude choice is still made on the
+            unpruned weights and the kept weights get the OBS update.
+        channel_selection: ``"obs"`` (default) or ``"magnitude"`` (a baseline: L2 norm of the
+            channel's ``gate/up_proj`` rows and ``down_proj`` column).
         method: ``"slimgpt"`` or ``"slimllm"``.
         importance_layers: ``schedule="layer_importance"``: how many layers (the most redundant) are
             pruned. ``None`` (default): ``round(L · (35 + 20·pruning_ratio)/48)``, capped to ``[1, L]``,

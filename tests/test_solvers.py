@@ -333,3 +333,15 @@ def test_full_precision_matmul_turns_tf32_off_and_restores():
         assert torch.get_float32_matmul_precision() == "high"
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_magnitude_selection_with_compensation_compensates_heads_too():
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(400, 32, generator=g) @ torch.randn(32, 32, generator=g)
+    H = 2 * X.T @ X / len(X)
+    W = torch.randn(12, 32, generator=g)
+    kw = dict(num_heads=8, num_kv_heads=4, head_dim=4, options=[(4, 1)], mode="magnitude")
+    plain = prune_heads(W, H, compensate=False, **kw)
+    comp = prune_heads(W, H, compensate=True, **kw)
+    assert plain.kept_heads == comp.kept_heads  # same selection
+    assert comp.obs_error < 0.9 * plain.obs_error
