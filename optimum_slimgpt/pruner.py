@@ -9,8 +9,10 @@ Flow of :meth:`SlimGPTPruner.prune_model` (optimum GPTQ's layer loop, without it
    last block's hook raises a private exception (never a swallowed ``ValueError``).
 3. For each block, on ``config.device``: accumulate the ``o_proj`` input Hessian -> remove heads (OBS)
    -> re-run the block -> accumulate the ``down_proj`` input Hessian -> remove FFN channels (OBS) ->
-   slice the block physically -> run it once more to produce the next block's inputs (so block ``i+1``
-   is calibrated on the outputs of the already-pruned blocks ``0..i``).
+   slice the block physically -> produce the next block's inputs (so block ``i+1`` is calibrated on the
+   outputs of the already-pruned blocks ``0..i``). Each statistics pass stops at the hooked linear; the
+   FFN pass also keeps the residual stream entering the MLP, so the outputs need only the MLP tail
+   (``FamilyAdapter.mlp_tail``), not a third run of the attention.
 4. Record the per-layer sizes on ``model.config`` and turn the model into the family's per-layer
    pruned class (see :mod:`optimum_slimgpt.modeling`).
 """
@@ -37,6 +39,9 @@ from .solvers.schedule import LayerPlan, PruningPlan, layer_importance_shape
 logger = logging.getLogger(__name__)
 
 __all__ = ["SlimGPTPruner", "PruningSummary", "LayerReport"]
+
+
+_METHOD_LABELS = {"slimgpt": "SlimGPT", "slimllm": "SlimLLM"}  # for progress bars and logs
 
 
 class _StopForward(Exception):
@@ -147,6 +152,16 @@ def _move_all_but(module: nn.Module, skip: nn.Module, device) -> Callable[[], No
     return lambda: [f() for f in reversed(undo)]
 
 
+def _to_act(t: torch.Tensor, act_device: torch.device) -> torch.Tensor:
+    """Move an activation to where activations are kept: page-locked (pinned) CPU memory when they are
+    offloaded from a GPU, so the copies back to the GPU are fast."""
+    if act_device.type == "cpu" and t.device.type == "cuda":
+        out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        out.copy_(t)
+        return out
+    return t.to(act_device)
+
+
 def _output_tensor(y):
     return y[0] if isinstance(y, (tuple, list)) else y
 
@@ -167,6 +182,11 @@ class SlimGPTPruner:
             blocks (the *masked* model, for checks; it is not made smaller and cannot be saved as
             pruned).
     """
+
+    #: Produce a block's outputs from the residual stream kept by its FFN statistics pass
+    #: (``adapter.mlp_tail``) instead of running its attention a third time; the result is checked once
+    #: per run to be bit-identical to the block's forward. ``False`` always runs whole blocks.
+    reuse_attention_output: bool = True
 
     def __init__(self, config: Optional[SlimGPTConfig] = None, *, mask_only: bool = False, **kwargs: Any) -> None:
         if config is None:
@@ -267,7 +287,7 @@ class SlimGPTPruner:
         )
         if not self.mask_only:
             self._record_layout(model, adapter, blocks)
-        logger.info("SlimGPT pruning done:\n%s", self.summary.table())
+        logger.info("%s pruning done:\n%s", _METHOD_LABELS.get(c.method, c.method), self.summary.table())
         return model
 
     def save(self, model: nn.Module, save_dir, **kwargs: Any):
@@ -307,7 +327,7 @@ class SlimGPTPruner:
                 if i == 0:
                     if not bool(torch.isfinite(hs).all()):
                         raise ValueError("the inputs of the first decoder block contain NaN/Inf (broken embeddings?)")
-                    inps.append(hs.detach().to(act_device))
+                    inps.append(_to_act(hs.detach(), act_device))
                 if i == n - 1:
                     raise _StopForward
 
@@ -337,8 +357,8 @@ class SlimGPTPruner:
                 else:
                     b.forward = f
             restore()
-        if act_device.type == "cpu" and device.type == "cuda":
-            inps = [x.pin_memory() for x in inps]
+        if act_device.type == "cpu" and device.type == "cuda":  # embeddings on the CPU: pin them too
+            inps = [x if x.is_pinned() else x.pin_memory() for x in inps]
         return inps, layer_kwargs
 
     def _run_block(self, block, inps, kwargs_list, device, collect: bool, act_device):
@@ -346,16 +366,20 @@ class SlimGPTPruner:
         for x, kw in zip(inps, kwargs_list):
             y = _output_tensor(block(x.to(device), **_nested_to(kw, device)))
             if collect:
-                outs.append(y.to(act_device))
+                outs.append(_to_act(y, act_device))
         return outs
 
-    def _stats_pass(self, block, linear: nn.Linear, inps, kwargs_list, device, norm_target: Optional[nn.Linear] = None):
+    def _stats_pass(self, block, linear: nn.Linear, inps, kwargs_list, device, norm_target: Optional[nn.Linear] = None,
+                    keep_input_of: Optional[nn.Module] = None, act_device=None):
         """One calibration pass of ``block`` accumulating the input moments of ``linear`` (and, when
-        ``norm_target`` is given, the per-feature sums of squares of its input too).
+        ``norm_target`` is given, the per-feature sums of squares of its input too). When
+        ``keep_input_of`` is given, the input of that module (it must run before ``linear``) is kept
+        for every batch, on ``act_device``, and returned third (else ``None``).
 
         The forward of each batch stops once ``linear``'s input is seen (``norm_target`` must come before
         it): the rest of the block (for ``o_proj``, the whole MLP) would compute outputs nobody reads."""
         acc = HessianAccumulator(linear.in_features, device=device)
+        kept: Optional[list[torch.Tensor]] = None
 
         def add(m, args):
             acc.add(args[0])
@@ -371,6 +395,13 @@ class SlimGPTPruner:
                 sq.add_((x * x).sum(0))
 
             handles.append(norm_target.register_forward_pre_hook(add_sq))
+        if keep_input_of is not None:
+            kept = []
+
+            def keep(m, args):
+                kept.append(_to_act(args[0].detach(), act_device))
+
+            handles.append(keep_input_of.register_forward_pre_hook(keep))
         try:
             for x, kw in zip(inps, kwargs_list):
                 try:
@@ -381,7 +412,32 @@ class SlimGPTPruner:
         finally:
             for h in handles:
                 h.remove()
-        return acc, sq
+        if kept is not None and len(kept) != len(inps):
+            kept = None  # the module did not run exactly once per batch before ``linear``: not a usable tail
+        return acc, sq, kept
+
+    def _tail_outputs(self, adapter: FamilyAdapter, block, residual: list[torch.Tensor], inps, kw, device,
+                      act_device) -> Optional[list[torch.Tensor]]:
+        """The block's outputs from the residual stream after attention (``adapter.mlp_tail``), without
+        running the attention again; ``None`` when the tail is not bit-identical to the block's forward
+        (checked once per run, on the first batch), so the caller runs the whole block."""
+        if self._tail_ok is None:
+            full = _output_tensor(block(inps[0].to(device), **_nested_to(kw[0], device)))
+            try:
+                tail = adapter.mlp_tail(block, residual[0].to(device))
+                self._tail_ok = tail.shape == full.shape and tail.dtype == full.dtype and bool(torch.equal(tail, full))
+            except Exception as e:  # a custom block whose tail is not h + post(mlp(norm(h)))
+                logger.debug("mlp_tail of %s failed (%s): running whole blocks", type(adapter).__name__, e)
+                self._tail_ok = False
+            if not self._tail_ok:
+                logger.info("%s: the MLP tail does not reproduce the block's forward; block outputs use whole "
+                            "forwards", type(adapter).__name__)
+                return None
+        if not self._tail_ok:
+            return None
+        for b in range(len(residual)):  # in place: no more activation memory than a full pass
+            residual[b] = _to_act(adapter.mlp_tail(block, residual[b].to(device)), act_device)
+        return residual
 
     @torch.no_grad()
     def _layer_cosines(self, blocks, inps, layer_kwargs, device, act_device) -> list[float]:
@@ -400,7 +456,7 @@ class SlimGPTPruner:
                 cos = torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=-1)
                 total += float(cos.sum())
                 count += cos.numel()
-                cur[b] = y.to(act_device) if i < len(blocks) - 1 else None
+                cur[b] = _to_act(y, act_device) if i < len(blocks) - 1 else None
             if home != device:
                 block.to(home)
             scores.append(total / max(count, 1))
@@ -421,9 +477,10 @@ class SlimGPTPruner:
         method = get_method(c.method)
         reports: list[LayerReport] = []
         self.kept = []
+        self._tail_ok: Optional[bool] = None  # mlp_tail == block forward, checked once per run
         for k in ("hessian_attn", "head_solve", "hessian_ffn", "ffn_solve", "surgery", "forward_out"):
             timings.setdefault(k, 0.0)
-        bar = tqdm(range(len(blocks)), desc="SlimGPT blocks", unit="block")
+        bar = tqdm(range(len(blocks)), desc=f"{_METHOD_LABELS.get(c.method, c.method)} blocks", unit="block")
         for i in bar:
             t_block = time.perf_counter()
             block = blocks[i]
@@ -469,13 +526,18 @@ class SlimGPTPruner:
                 timings["surgery"] += time.perf_counter() - t
             # ---- FFN channels
             kept_channels = list(range(geom.channels))
+            residual = None  # the residual stream entering the MLP, kept by the FFN statistics pass
             if lp.channels < geom.channels:
                 down = adapter.mlp_out_proj(block)
                 t = time.perf_counter()
                 stats, in_sq = None, None
                 if method.needs_stats(c, "ffn"):
                     norm_target = adapter.channel_in_linears(block)[0] if method.needs_mlp_input_norms else None
-                    stats, in_sq = self._stats_pass(block, down, inps, kw, device, norm_target=norm_target)
+                    entry = (adapter.mlp_tail_entry(block)
+                             if self.reuse_attention_output and self._tail_ok is not False and i < len(blocks) - 1
+                             else None)
+                    stats, in_sq, residual = self._stats_pass(block, down, inps, kw, device, norm_target=norm_target,
+                                                              keep_input_of=entry, act_device=act_device)
                 timings["hessian_ffn"] += time.perf_counter() - t
                 t = time.perf_counter()
                 res = method.prune_ffn(FFNTask(
@@ -500,7 +562,11 @@ class SlimGPTPruner:
             # ---- outputs feed the next block
             t = time.perf_counter()
             if i < len(blocks) - 1:
-                inps = self._run_block(block, inps, kw, device, True, act_device)
+                outs = None
+                if residual is not None:  # the attention output is reused: only the MLP tail runs
+                    outs = self._tail_outputs(adapter, block, residual, inps, kw, device, act_device)
+                inps = outs if outs is not None else self._run_block(block, inps, kw, device, True, act_device)
+                residual = outs = None
             timings["forward_out"] += time.perf_counter() - t
             if home != device:
                 block.to(home)

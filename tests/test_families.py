@@ -508,3 +508,35 @@ def test_user_registered_adapter():
         _REGISTRY.pop("my_llama_type", None)
     with pytest.raises(ValueError, match="no model_types"):
         register_family(type("Empty", (FamilyAdapter,), {}))
+
+
+# ------------------------------------------------------------------------------------------ attention reuse
+def _prune_state(family: str, reuse: bool, **kw) -> tuple[dict, SlimGPTPruner]:
+    model = dense(family)
+    pruner = SlimGPTPruner(slim_config(**kw))
+    pruner.reuse_attention_output = reuse
+    pruner.prune_model(model, calibration=calibration())
+    return model.state_dict(), pruner
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_outputs_from_the_mlp_tail_are_bit_identical(family):
+    """The block outputs built from the kept residual stream (no third attention run) give exactly the
+    weights of whole-block forwards, for every layer; OPT has no tail and always runs whole blocks."""
+    ref, p_ref = _prune_state(family, reuse=False)
+    got, p_got = _prune_state(family, reuse=True)
+    assert p_ref._tail_ok is None
+    assert p_got._tail_ok is (None if family == "opt" else True)
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+
+
+def test_a_wrong_mlp_tail_is_detected_and_whole_blocks_run(monkeypatch):
+    ref, _ = _prune_state("llama", reuse=False)
+    adapter_cls = type(get_adapter(dense("llama")))
+    monkeypatch.setattr(adapter_cls, "mlp_tail", lambda self, block, h: h)  # drops the MLP
+    got, pruner = _prune_state("llama", reuse=True)
+    assert pruner._tail_ok is False
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k

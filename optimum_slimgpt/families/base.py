@@ -84,6 +84,10 @@ class FamilyAdapter:
             and the linear whose input columns are grouped by query head.
         channel_in_names / channel_out_name: FFN linears whose rows are channels, and the one whose
             input columns are channels.
+        mlp_norm_name / mlp_post_norm_name: The norm that opens the block's MLP branch (its input is the
+            residual stream after attention) and an optional norm on the MLP output (Gemma's
+            ``post_feedforward_layernorm``), for :meth:`mlp_tail`; ``mlp_norm_name = None`` when the
+            block does not end in ``h + post(mlp(norm(h)))``.
     """
 
     name: str = "base"
@@ -96,6 +100,8 @@ class FamilyAdapter:
     o_name: str = "o_proj"
     channel_in_names: tuple[str, ...] = ("gate_proj", "up_proj")
     channel_out_name: str = "down_proj"
+    mlp_norm_name: str | None = "post_attention_layernorm"
+    mlp_post_norm_name: str | None = None
 
     # ------------------------------------------------------------------ structure
     def get_blocks(self, model: nn.Module) -> nn.ModuleList:
@@ -147,6 +153,27 @@ class FamilyAdapter:
         Equal to ``[lin.weight for lin in channel_in_linears(block)]`` for unfused layouts; a fused
         layout (Phi-3's ``gate_up_proj``) returns one view per half."""
         return [lin.weight for lin in self.channel_in_linears(block)]
+
+    def mlp_tail_entry(self, block: nn.Module) -> nn.Module | None:
+        """The module whose input is the residual stream ``h`` entering the block's MLP branch (the
+        norm named ``mlp_norm_name``), or ``None`` when the family has no such tail."""
+        if self.mlp_norm_name is None:
+            return None
+        try:
+            return get_submodule(block, self.mlp_norm_name)
+        except AttributeError:
+            return None
+
+    def mlp_tail(self, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """The block's output given the residual stream ``h`` after attention: ``h + post(mlp(norm(h)))``,
+        the same operations in the same order as the family's decoder-layer forward (eval mode), so the
+        pruner can produce a block's outputs without running its attention again. The pruner checks
+        once per run that this equals the block's own forward bit for bit, and otherwise runs the
+        whole block."""
+        y = self.mlp(block)(get_submodule(block, self.mlp_norm_name)(h))
+        if self.mlp_post_norm_name is not None:
+            y = get_submodule(block, self.mlp_post_norm_name)(y)
+        return h + y
 
     def head_layout(self, block: nn.Module, config) -> HeadLayout:
         attn = self.attention(block)

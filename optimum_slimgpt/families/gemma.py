@@ -1,6 +1,8 @@
 """Gemma 2 and Gemma 3: the Llama layout (``self_attn.{q,k,v,o}_proj``, ``mlp.{gate,up,down}_proj``).
 
-Nothing to override - what the attention forward reads was checked against transformers 5.x:
+Only the norms around the MLP differ (``pre/post_feedforward_layernorm``, for
+:meth:`~optimum_slimgpt.families.base.FamilyAdapter.mlp_tail`). What the attention forward reads was
+checked against transformers 5.x:
 
 * ``scaling = query_pre_attn_scalar ** -0.5`` is computed from the config at construction and stored on
   the module; ``head_dim`` never changes, so it stays as it is after pruning.
@@ -32,6 +34,8 @@ __all__ = ["Gemma2Adapter", "Gemma3TextAdapter", "Gemma3Adapter"]
 class Gemma2Adapter(FamilyAdapter):
     name = "gemma2"
     model_types = ("gemma2",)
+    mlp_norm_name = "pre_feedforward_layernorm"
+    mlp_post_norm_name = "post_feedforward_layernorm"
 
 
 @register_family
@@ -40,6 +44,8 @@ class Gemma3TextAdapter(FamilyAdapter):
 
     name = "gemma3_text"
     model_types = ("gemma3_text",)
+    mlp_norm_name = "pre_feedforward_layernorm"
+    mlp_post_norm_name = "post_feedforward_layernorm"
 
 
 @register_family
@@ -48,4 +54,6 @@ class Gemma3Adapter(FamilyAdapter):
 
     name = "gemma3"
     model_types = ("gemma3",)
+    mlp_norm_name = "pre_feedforward_layernorm"
+    mlp_post_norm_name = "post_feedforward_layernorm"
     blocks_path = "model.language_model.layers"

@@ -31,6 +31,7 @@ class OPTAdapter(FamilyAdapter):
     o_name = "out_proj"
     channel_in_names = ("fc1",)
     channel_out_name = "fc2"
+    mlp_norm_name = None  # fc1/fc2 run on a flattened view, with the norm before or after: full forwards
 
     def prune_heads(self, block, config, kept_heads: list[int], kept_kv_heads: list[int]) -> None:
         if list(kept_heads) != list(kept_kv_heads):
