@@ -21,6 +21,7 @@ Rows (``--settings``, default all, in this order):
 - ``slimgpt-imp-{20,50}``: SlimGPT's solver with SlimLLM's layer-importance ratios
 - ``slimgpt-18.5``, ``slimgpt-47.3``: the removed fractions of the official code's two settings
 - ``self-20``: SlimGPT 20% calibrated on 64 x 512 tokens sampled from the model itself
+- ``slimgpt-m64-{20,50}``: SlimGPT with every layer's kept FFN channels rounded to a multiple of 64
 
     python benchmarks/quality.py --out bench_out/quality.jsonl [--settings dense slimgpt-20 ...]
     python benchmarks/quality.py --table bench_out/quality.jsonl     # print the markdown tables
@@ -60,6 +61,8 @@ SETTINGS["slimgpt-47.3"] = dict(pruning_ratio=0.473)
 SETTINGS["self-20"] = dict(pruning_ratio=0.20, dataset="self")
 for _r in (20, 50):
     SETTINGS[f"slimgpt-imp-{_r}"] = dict(pruning_ratio=_r / 100, schedule="layer_importance")
+for _r in (20, 50):
+    SETTINGS[f"slimgpt-m64-{_r}"] = dict(pruning_ratio=_r / 100, channel_multiple=64)
 
 ZERO_SHOT_SETTINGS = {"dense"} | {f"{k}-{r}" for k in ("slimgpt", "magnitude", "nocomp", "uniform", "slimllm")
                                   for r in (20, 50)}
@@ -73,6 +76,7 @@ LABELS = {
     "slimllm": "SlimLLM (log_increase)",
     "slimgpt-imp": "SlimGPT + layer_importance schedule",
     "self": "SlimGPT, self-generated calibration",
+    "slimgpt-m64": "SlimGPT, FFN channels kept in multiples of 64",
 }
 
 
