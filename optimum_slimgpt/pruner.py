@@ -533,9 +533,12 @@ class SlimGPTPruner:
                 stats, in_sq = None, None
                 if method.needs_stats(c, "ffn"):
                     norm_target = adapter.channel_in_linears(block)[0] if method.needs_mlp_input_norms else None
+                    # accelerate hooks (device_map dispatch, offload) act on the block's own forward: a
+                    # block that has them always runs whole
+                    hooked = any(hasattr(m, "_hf_hook") for m in block.modules())
                     entry = (adapter.mlp_tail_entry(block)
                              if self.reuse_attention_output and self._tail_ok is not False and i < len(blocks) - 1
-                             else None)
+                             and not hooked else None)
                     stats, in_sq, residual = self._stats_pass(block, down, inps, kw, device, norm_target=norm_target,
                                                               keep_input_of=entry, act_device=act_device)
                 timings["hessian_ffn"] += time.perf_counter() - t
