@@ -30,30 +30,31 @@ from .registry import register_family
 __all__ = ["Gemma2Adapter", "Gemma3TextAdapter", "Gemma3Adapter"]
 
 
-@register_family
-class Gemma2Adapter(FamilyAdapter):
-    name = "gemma2"
-    model_types = ("gemma2",)
+class _GemmaLayout(FamilyAdapter):
+    """The sandwich norms around Gemma's MLP (not registered: the families below are)."""
+
     mlp_norm_name = "pre_feedforward_layernorm"
     mlp_post_norm_name = "post_feedforward_layernorm"
 
 
 @register_family
-class Gemma3TextAdapter(FamilyAdapter):
+class Gemma2Adapter(_GemmaLayout):
+    name = "gemma2"
+    model_types = ("gemma2",)
+
+
+@register_family
+class Gemma3TextAdapter(_GemmaLayout):
     """``Gemma3ForCausalLM`` (``Gemma3TextConfig``, ``model_type="gemma3_text"``)."""
 
     name = "gemma3_text"
     model_types = ("gemma3_text",)
-    mlp_norm_name = "pre_feedforward_layernorm"
-    mlp_post_norm_name = "post_feedforward_layernorm"
 
 
 @register_family
-class Gemma3Adapter(FamilyAdapter):
+class Gemma3Adapter(_GemmaLayout):
     """``Gemma3ForConditionalGeneration``: the text decoder's blocks only."""
 
     name = "gemma3"
     model_types = ("gemma3",)
-    mlp_norm_name = "pre_feedforward_layernorm"
-    mlp_post_norm_name = "post_feedforward_layernorm"
     blocks_path = "model.language_model.layers"
