@@ -361,13 +361,10 @@ class SlimGPTPruner:
             inps = [x if x.is_pinned() else x.pin_memory() for x in inps]
         return inps, layer_kwargs
 
-    def _run_block(self, block, inps, kwargs_list, device, collect: bool, act_device):
-        outs = []
-        for x, kw in zip(inps, kwargs_list):
-            y = _output_tensor(block(x.to(device), **_nested_to(kw, device)))
-            if collect:
-                outs.append(_to_act(y, act_device))
-        return outs
+    def _run_block(self, block, inps, kwargs_list, device, act_device):
+        """The block's outputs for every batch (kept on ``act_device``)."""
+        return [_to_act(_output_tensor(block(x.to(device), **_nested_to(kw, device))), act_device)
+                for x, kw in zip(inps, kwargs_list)]
 
     def _stats_pass(self, block, linear: nn.Linear, inps, kwargs_list, device, norm_target: Optional[nn.Linear] = None,
                     keep_input_of: Optional[nn.Module] = None, act_device=None):
@@ -568,7 +565,7 @@ class SlimGPTPruner:
                 outs = None
                 if residual is not None:  # the attention output is reused: only the MLP tail runs
                     outs = self._tail_outputs(adapter, block, residual, inps, kw, device, act_device)
-                inps = outs if outs is not None else self._run_block(block, inps, kw, device, True, act_device)
+                inps = outs if outs is not None else self._run_block(block, inps, kw, device, act_device)
                 residual = outs = None
             timings["forward_out"] += time.perf_counter() - t
             if home != device:

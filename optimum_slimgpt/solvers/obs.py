@@ -194,21 +194,21 @@ def _greedy_heads(
     dead: torch.Tensor | None,
     col_extra: torch.Tensor | None = None,
     kv_extra: torch.Tensor | None = None,
-    score_W: torch.Tensor | None = None,
 ) -> tuple[list[int], set[int], float]:
     """Batched greedy removal under the GQA constraint, one unit per iteration.
 
     First whole KV groups (a KV head with all its query heads) are removed until ``kv_keep`` remain,
     then single query heads, each from a group that still has to lose heads, until every group keeps
     ``q_per_kv_keep``. Each iteration scores all candidate units at once and removes the cheapest
-    with the OBS update, so later choices see the compensated weights. ``score_W`` (magnitude selection)
-    scores every candidate on fixed weights instead, so compensating does not change the selection.
+    with the OBS update, so later choices see the compensated weights. Magnitude selection scores every
+    candidate on the weights as they came in, so compensating does not change the selection.
     """
     n_rep = num_heads // num_kv_heads
     removed_groups: set[int] = set()
     removed_heads: set[int] = set()
     total = 0.0
     use_hinv = Hinv is not None  # magnitude selection has one only when it compensates
+    scored = W.clone() if mode == "magnitude" else W  # W changes in place as heads go
 
     def remove(cols: list[int]) -> float:
         S = torch.tensor(cols, device=W.device)
@@ -222,7 +222,7 @@ def _greedy_heads(
         units = torch.tensor(
             [sum((_head_cols(g * n_rep + j, head_dim) for j in range(n_rep)), []) for g in cand], device=W.device
         )
-        s = unit_scores(W if score_W is None else score_W, Hinv, units, mode, dead, col_extra=col_extra)
+        s = unit_scores(scored, Hinv, units, mode, dead, col_extra=col_extra)
         if mode == "magnitude" and kv_extra is not None:
             s = s + kv_extra.to(s)[torch.tensor(cand, device=kv_extra.device)]
         g = cand[int(torch.argmin(s))]
@@ -234,7 +234,7 @@ def _greedy_heads(
     for _ in range(sum(quota.values())):
         cand = [h for h in range(num_heads) if h not in removed_heads and quota.get(h // n_rep, 0) > 0]
         units = torch.tensor([_head_cols(h, head_dim) for h in cand], device=W.device)
-        s = unit_scores(W if score_W is None else score_W, Hinv, units, mode, dead, col_extra=col_extra)
+        s = unit_scores(scored, Hinv, units, mode, dead, col_extra=col_extra)
         h = cand[int(torch.argmin(s))]
         removed_heads.add(h)
         quota[h // n_rep] -= 1
@@ -305,7 +305,7 @@ def prune_heads(
         kept_kv, removed, err = _greedy_heads(
             Wc, Hinv, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, kv_keep=kv_keep,
             q_per_kv_keep=q_keep, mode=mode, compensate=compensate, dead=dead, col_extra=col_extra,
-            kv_extra=kv_extra, score_W=W0 if mode == "magnitude" else None,
+            kv_extra=kv_extra,
         )
         if H is not None:
             err, base = reconstruction_error(W0, Wc, H)
