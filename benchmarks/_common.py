@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 
@@ -44,3 +45,19 @@ def prune_copy(dense, tok, settings: dict, calib_rows, num_samples: int, seqlen:
     if pruner.layer_scores is not None:
         row["layer_scores"] = [round(x, 4) for x in pruner.layer_scores]
     return model, pruner, row
+
+
+def setting_row(dense, tok, name: str, settings: dict | None, calib_rows, num_samples: int, seqlen: int):
+    """(model, JSON row) of one benchmark setting: ``dense`` itself when ``settings`` is None, else a pruned
+    copy (:func:`prune_copy`)."""
+    if settings is None:
+        return dense, {"setting": name, "removed": 0.0, "prune_seconds": 0.0}
+    model, _, info = prune_copy(dense, tok, settings, calib_rows, num_samples, seqlen)
+    return model, {"setting": name, **info}
+
+
+def append_row(path, row: dict) -> None:
+    """Print a result row and append it to the JSONL file ``path``."""
+    print(json.dumps(row), flush=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")

@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SHARED, WIKI, load_smollm2, prune_copy  # noqa: E402
+from _common import SHARED, WIKI, append_row, load_smollm2, setting_row  # noqa: E402
 
 from optimum_slimgpt.evaluation import perplexity, wikitext2_test_text, wikitext2_validation_rows, zero_shot  # noqa: E402
 
@@ -87,13 +87,7 @@ def run(args) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 
     for name in args.settings:
-        row: dict = {"setting": name}
-        if SETTINGS[name] is None:
-            model = dense
-            row.update(removed=0.0, prune_seconds=0.0)
-        else:
-            model, _, info = prune_copy(dense, tok, SETTINGS[name], calib_rows, args.num_samples, args.seqlen)
-            row.update(info)
+        model, row = setting_row(dense, tok, name, SETTINGS[name], calib_rows, args.num_samples, args.seqlen)
         t1 = time.perf_counter()
         row["ppl"] = round(perplexity(model, tok, test_text, seqlen=args.eval_seqlen, max_tokens=args.eval_tokens,
                                       show_progress=False), 3)
@@ -106,9 +100,7 @@ def run(args) -> None:
                               show_progress=False)
                 row["zero_shot"][task] = {k: round(r[k], 4) for k in ("acc", "acc_norm", "n")}
             row["zero_shot_seconds"] = round(time.perf_counter() - t2, 1)
-        print(json.dumps(row), flush=True)
-        with open(args.out, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(args.out, row)
         del model
 
 

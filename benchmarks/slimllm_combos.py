@@ -19,14 +19,13 @@ Writes one JSON line per setting (appending, so an interrupted run can be resume
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import WIKI, load_smollm2, prune_copy  # noqa: E402
+from _common import WIKI, append_row, load_smollm2, setting_row  # noqa: E402
 
 from optimum_slimgpt.evaluation import perplexity  # noqa: E402
 
@@ -66,19 +65,11 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 
     for name in args.settings:
-        row: dict = {"setting": name}
-        if SETTINGS[name] is None:
-            model = dense
-            row.update(removed=0.0, prune_seconds=0.0)
-        else:
-            model, _, info = prune_copy(dense, tok, SETTINGS[name], calib_rows, args.num_samples, args.seqlen)
-            row.update(info)
+        model, row = setting_row(dense, tok, name, SETTINGS[name], calib_rows, args.num_samples, args.seqlen)
         t1 = time.perf_counter()
         row["ppl"] = round(perplexity(model, None, ids, seqlen=args.eval_seqlen, batch_size=4, show_progress=False), 3)
         row["eval_seconds"] = round(time.perf_counter() - t1, 1)
-        print(json.dumps(row), flush=True)
-        with open(args.out, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(args.out, row)
         del model
 
 

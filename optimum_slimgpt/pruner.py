@@ -19,11 +19,10 @@ Flow of :meth:`SlimGPTPruner.prune_model` (optimum GPTQ's layer loop, without it
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
