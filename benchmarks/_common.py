@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from optimum_slimgpt import SlimGPTConfig, SlimGPTPruner
+from optimum_slimgpt import PruningConfig, SlimGPTPruner
 
 SHARED = Path(os.environ.get("SLIMGPT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 MODEL_DIR = SHARED / "models" / "smollm2-135m-instruct-q4_1"
@@ -30,12 +30,15 @@ def load_smollm2(threads: int = 2):
 
 
 def prune_copy(dense, tok, settings: dict, calib_rows, num_samples: int, seqlen: int):
-    """Prune a deep copy of ``dense`` with ``SlimGPTConfig(**settings)`` (``settings["dataset"]`` overrides the
-    calibration rows); returns the model, the pruner and the JSON fields describing the run."""
+    """Prune a deep copy of ``dense`` with the config of ``settings["method"]`` (default ``"slimgpt"``) built from
+    the other settings (``settings["dataset"]`` overrides the calibration rows); returns the model, the pruner and
+    the JSON fields describing the run."""
     model = copy.deepcopy(dense)
     kw = dict(settings)
     dataset = kw.pop("dataset", calib_rows)
-    pruner = SlimGPTPruner(SlimGPTConfig(dataset=dataset, num_samples=num_samples, seqlen=seqlen, seed=0, **kw))
+    method = kw.pop("method", "slimgpt")
+    config = PruningConfig.for_method(method, dataset=dataset, num_samples=num_samples, seqlen=seqlen, seed=0, **kw)
+    pruner = SlimGPTPruner(config)
     pruner.prune_model(model, tok)
     s = pruner.summary
     row = dict(config=settings, removed=round(s.achieved_ratio, 4), prune_seconds=round(s.seconds, 1),

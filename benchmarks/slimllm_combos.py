@@ -35,11 +35,11 @@ for _r in (20, 50):
         for _s, _sn in (("log", "log_increase"), ("imp", "layer_importance")):
             SETTINGS[f"{_m}-{_s}-{_r}"] = dict(method=_mn, schedule=_sn, pruning_ratio=_r / 100)
     SETTINGS[f"llm-log-{_r}-keep1"] = dict(method="slimllm", schedule="log_increase", pruning_ratio=_r / 100,
-                                           slimllm_keep_lowest=0.01)
+                                           keep_lowest=0.01)
     SETTINGS[f"llm-log-{_r}-norec"] = dict(method="slimllm", schedule="log_increase", pruning_ratio=_r / 100,
-                                           slimllm_recovery=False)
+                                           recovery=False)
     SETTINGS[f"llm-log-{_r}-noswap"] = dict(method="slimllm", schedule="log_increase", pruning_ratio=_r / 100,
-                                            slimllm_swap_search=False)
+                                            swap_search=False)
 DEFAULT = ["dense"] + [f"{m}-{s}-{r}" for r in (20, 50) for m in ("gpt", "llm") for s in ("log", "imp")]
 
 

@@ -95,17 +95,31 @@ def find_smollm2_gguf() -> Path:
 
 # ----------------------------------------------------------------------------------- commands
 def _config_from_args(args):
-    from .config import SlimGPTConfig
+    import dataclasses
+
+    from .config import PruningConfig, _config_class_for
 
     schedule = args.schedule
     if schedule and "," in schedule:
         schedule = [float(x) for x in schedule.split(",")]
+    # method-specific flags: passed only when given, and refused by a method that has no such knob
+    specific = {"damp_percent": ("--damp", args.damp),
+                "compensate": ("--no-compensate", False if args.no_compensate else None)}
     try:
-        return SlimGPTConfig(
-            pruning_ratio=args.ratio, schedule=schedule, method=args.method, dataset=args.dataset,
+        cls = _config_class_for(args.method)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        extra = {}
+        for name, (flag, value) in specific.items():
+            if value is None:
+                continue
+            if name not in fields:
+                raise ValueError(f"{flag} does not apply to --method {args.method}")
+            extra[name] = value
+        return PruningConfig.for_method(
+            args.method, pruning_ratio=args.ratio, schedule=schedule, dataset=args.dataset,
             dataset_split=args.split, num_samples=args.samples, seqlen=args.seqlen, batch_size=args.batch_size,
-            damp_percent=args.damp, seed=args.seed, device=args.device, prune_heads=not args.no_heads,
-            prune_ffn=not args.no_ffn, channel_multiple=args.channel_multiple, compensate=not args.no_compensate,
+            seed=args.seed, device=args.device, prune_heads=not args.no_heads, prune_ffn=not args.no_ffn,
+            channel_multiple=args.channel_multiple, **extra,
         )
     except (ValueError, TypeError) as e:
         raise CLIError(str(e)) from e
@@ -161,21 +175,30 @@ def cmd_info(args) -> int:
     if not cfg_file.exists():
         raise CLIError(f"{cfg_file} not found")
     cfg = json.loads(cfg_file.read_text())
-    pc = cfg.get("pruning_config") or {}
+    from .modeling import PruningRecord
+
+    try:
+        record = PruningRecord.from_dict(cfg["pruning_config"]) if cfg.get("pruning_config") else None
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"{cfg_file}: unreadable pruning_config ({e})") from e
     print(f"model_type: {cfg.get('model_type')}  architectures: {cfg.get('architectures')}")
-    layers = pc.get("layers")
-    if not layers and cfg.get("per_layer_config"):
-        layers = [cfg["per_layer_config"][k] for k in sorted(cfg["per_layer_config"], key=int)]
+    text = cfg.get("text_config") or cfg
+    layers = record.layers if record else None
     if not layers:
-        n = cfg.get("num_hidden_layers", 0)
-        layers = [{"num_attention_heads": cfg.get("num_attention_heads"), "num_key_value_heads": cfg.get("num_key_value_heads"),
-                   "intermediate_size": cfg.get("intermediate_size")}] * n
-    print(f"{'layer':>5} {'heads':>6} {'kv':>4} {'channels':>9}")
+        n = text.get("num_hidden_layers", 0)
+        layers = [{k: text.get(k) for k in ("num_attention_heads", "num_key_value_heads", "intermediate_size")}] * n
+    print(f"{'layer':>5} {'heads':>6} {'kv':>4} {'channels':>9} {'head ratio':>10} {'ffn ratio':>9}")
+    ratios = (record.layer_ratios if record else None) or [None] * len(layers)
+    ffn = (record.ffn_ratios if record else None) or [None] * len(layers)
     for i, lay in enumerate(layers):
-        print(f"{i:>5} {lay.get('num_attention_heads', '-'):>6} {lay.get('num_key_value_heads', '-'):>4} {lay.get('intermediate_size', '-'):>9}")
-    if pc:
-        print(f"method: {pc.get('pruning_method')}  ratio: {pc.get('pruning_ratio')}  removed: {pc.get('achieved_ratio')}  "
-              f"schedule: {pc.get('schedule')}  calibration: {json.dumps(pc.get('calibration'))}")
+        hr = "-" if ratios[i] is None else f"{ratios[i]:.3f}"
+        fr = "-" if ffn[i] is None else f"{ffn[i]:.3f}"
+        print(f"{i:>5} {lay.get('num_attention_heads', '-'):>6} {lay.get('num_key_value_heads', '-'):>4} "
+              f"{lay.get('intermediate_size', '-'):>9} {hr:>10} {fr:>9}")
+    if record:
+        print(f"method: {record.pruning_method}  ratio: {record.pruning_ratio}  removed: {record.achieved_ratio}  "
+              f"schedule: {record.schedule}  format: {record.export_format}  record v{record.format_version}")
+        print(f"calibration: {json.dumps(record.calibration)}")
     return 0
 
 
@@ -238,6 +261,8 @@ def cmd_demo(args) -> int:
 
 # ----------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from .saving import EXPORT_FORMATS
+
     p = argparse.ArgumentParser(prog="optimum-slimgpt", description="Structured pruning of causal LMs (SlimGPT, SlimLLM).")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -247,22 +272,22 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--gguf-file", default=None)
     pr.add_argument("--ratio", type=float, default=0.2, help="fraction of decoder-block parameters to remove")
     pr.add_argument("--schedule", default="log_increase", help="log_increase | linear_increase | uniform | comma list")
-    pr.add_argument("--method", default="slimgpt", help="slimgpt | slimllm")
+    pr.add_argument("--method", default="slimgpt", help="a registered method: slimgpt | slimllm | ...")
     pr.add_argument("--dataset", default="wikitext2", help="name (wikitext2, c4, ptb, self) or a local file")
     pr.add_argument("--split", default="train")
     pr.add_argument("--samples", type=int, default=128)
     pr.add_argument("--seqlen", type=int, default=2048)
     pr.add_argument("--batch-size", type=int, default=8)
-    pr.add_argument("--damp", type=float, default=0.01)
+    pr.add_argument("--damp", type=float, default=None, help="SlimGPT: Hessian damping (default 0.01)")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--device", default=None)
     pr.add_argument("--dtype", default="float32")
     pr.add_argument("--channel-multiple", type=int, default=1)
     pr.add_argument("--no-heads", action="store_true", help="do not prune attention heads")
     pr.add_argument("--no-ffn", action="store_true", help="do not prune FFN channels")
-    pr.add_argument("--no-compensate", action="store_true", help="plain removal without the OBS update")
+    pr.add_argument("--no-compensate", action="store_true", help="SlimGPT: plain removal without the OBS update")
     pr.add_argument("--output", required=True)
-    pr.add_argument("--format", default="auto", choices=["auto", "per_layer", "uniform", "padded"])
+    pr.add_argument("--format", default="auto", choices=list(EXPORT_FORMATS))
     pr.add_argument("--overwrite", action="store_true")
     pr.set_defaults(func=cmd_prune)
 
@@ -286,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--model", required=True)
     inf.set_defaults(func=cmd_info)
 
-    de = sub.add_parser("demo", help="prune SmolLM2-135M-Instruct by 20% with self-generated calibration")
+    de = sub.add_parser("demo", help="prune SmolLM2-135M-Instruct by 20%% with self-generated calibration")
     de.add_argument("--output", default="smollm2-135m-slim")
     de.add_argument("--ratio", type=float, default=0.2)
     de.add_argument("--samples", type=int, default=32)

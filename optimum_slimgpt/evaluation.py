@@ -658,7 +658,7 @@ def _prefix_token_id(tokenizer: Any) -> int:
     raise ValueError("empty context but the tokenizer has neither a BOS nor an EOS token")
 
 
-def _encode_pair(tokenizer: Any, context: str, continuation: str, separate: bool) -> tuple[list[int], list[int]]:
+def encode_pair(tokenizer: Any, context: str, continuation: str, separate: bool) -> tuple[list[int], list[int]]:
     """lm-evaluation-harness ``HFLM._encode_pair`` (0.4): trailing whitespace of the context moves to the
     continuation; the continuation tokens are those of ``encode(context + continuation)`` after the first
     ``len(encode(context))`` tokens. ``separate=True``: encode both parts independently (older lm-eval)."""
@@ -709,7 +709,7 @@ def loglikelihoods(
     maxlen = _max_length(model, max_length)
     encoded = []
     for ctx, cont in requests:
-        c_ids, k_ids = _encode_pair(tokenizer, ctx, cont, separate_encoding)
+        c_ids, k_ids = encode_pair(tokenizer, ctx, cont, separate_encoding)
         if not k_ids:
             raise ValueError(f"continuation {cont!r} encodes to no tokens after context {ctx[-40:]!r}")
         full = (c_ids + k_ids)[-(maxlen + 1):]
@@ -775,13 +775,15 @@ def score_items(
     return out
 
 
-def _norm_length(choice: str) -> int:
-    # lm-eval divides by len(doc_to_choice(doc)), which excludes the target delimiter (" ")
+def choice_length(choice: str) -> int:
+    """The length that ``acc_norm`` divides by: lm-eval's ``len(doc_to_choice(doc))``, without the target
+    delimiter (one leading space), at least 1."""
     n = len(choice) - 1 if choice.startswith(" ") else len(choice)
     return max(n, 1)
 
 
-def _argmax(values: Sequence[float]) -> int:
+def first_argmax(values: Sequence[float]) -> int:
+    """Index of the largest value, the first one on ties (as lm-eval's ``np.argmax``)."""
     best = 0
     for j in range(1, len(values)):
         if values[j] > values[best]:
@@ -848,9 +850,9 @@ def zero_shot(
                       separate_encoding=separate_encoding, show_progress=show_progress)
     hits, hits_norm = [], []
     for it, ll in zip(items, lls):
-        hits.append(float(_argmax(ll) == it.gold))
-        normed = [v / _norm_length(c) for v, c in zip(ll, it.choices)]
-        hits_norm.append(float(_argmax(normed) == it.gold))
+        hits.append(float(first_argmax(ll) == it.gold))
+        normed = [v / choice_length(c) for v, c in zip(ll, it.choices)]
+        hits_norm.append(float(first_argmax(normed) == it.gold))
     n = len(items)
     out: dict[str, Any] = {
         "task": name,

@@ -1,8 +1,9 @@
 """Model-family adapters and their registry.
 
-The pruner never branches on the architecture: it asks :func:`get_adapter` (keyed by
-``config.model_type``) for a :class:`FamilyAdapter` that says where the decoder blocks are, which linears
-hold the attention heads and the FFN channels, how to count their parameters and how to slice them.
+The pruner never branches on the architecture: it asks :func:`get_adapter` (keyed by ``config.model_type``)
+for a :class:`FamilyAdapter`, whose :class:`BlockLayout` says where the decoder blocks are and which linears
+hold the attention heads and the FFN channels. Parameter counting, slicing, masking, padding, the per-layer
+model classes and saving all read that one record.
 
 Built-in families (``supported_model_types()``):
 
@@ -14,35 +15,19 @@ model_type           adapter                       layout
 ``qwen2``            :class:`Qwen2Adapter`         as Llama, q/k/v biases sliced with their rows
 ``qwen3``            :class:`Qwen3Adapter`         as Llama, ``q_norm``/``k_norm`` shared per head_dim
 ``phi3``             :class:`Phi3Adapter`          fused ``qkv_proj`` and ``gate_up_proj``
-``gemma2``           :class:`Gemma2Adapter`        as Llama (softcapping, ``query_pre_attn_scalar``)
-``gemma3_text``      :class:`Gemma3TextAdapter`    as Llama (+ ``q_norm``/``k_norm``)
+``gemma2``           :class:`Gemma2Adapter`        as Llama, sandwich norms around the MLP
+``gemma3_text``      :class:`Gemma3TextAdapter`    as Gemma 2 (+ ``q_norm``/``k_norm``)
 ``gemma3``           :class:`Gemma3Adapter`        text decoder of ``Gemma3ForConditionalGeneration``
 ``opt``              :class:`OPTAdapter`           ``model.decoder.layers``, ``out_proj``, ``fc1``/``fc2``
 ===================  ============================  ==================================================
 
-Registering your own family
----------------------------
-Subclass :class:`FamilyAdapter` (its defaults describe the Llama layout), set ``name``, ``model_types``
-and whichever module names differ, and decorate it with :func:`register_family`::
-
-    from optimum_slimgpt.families import FamilyAdapter, register_family
-
-    @register_family
-    class MyAdapter(FamilyAdapter):
-        name = "my_model"
-        model_types = ("my_model",)          # config.model_type values served
-        blocks_path = "transformer.h"         # the decoder-block ModuleList
-        o_name = "out_proj"
-
-A fused layout (rows of one linear holding several groups) overrides ``head_layout``, ``geometry``,
-``prune_heads``, ``prune_channels`` and ``channel_in_weights`` (see :mod:`.phi3`). If the attention
-forward reads a head count from ``self.config``, ``set_attention_sizes`` must make it per-layer (e.g.
-with :class:`LayerConfigView`). Pass ``override=True`` to replace a built-in adapter. See
-``docs/families.md``.
+Registering your own family: subclass :class:`FamilyAdapter`, declare ``name``, ``model_types`` and the
+``layout`` (only what differs from Llama), and decorate it with :func:`register_family` (see
+``docs/families.md``).
 """
 
-from .base import FamilyAdapter, HeadLayout, LayerConfigView, get_submodule, slice_linear
-from .registry import get_adapter, register_family, supported_model_types
+from .base import BlockLayout, FamilyAdapter, HeadLayout, LayerConfigView, get_submodule, slice_linear
+from .registry import get_adapter, register_family, supported_model_types, unregister_family
 from . import llama  # noqa: F401  (registers the built-in families)
 from . import phi3  # noqa: F401
 from . import gemma  # noqa: F401
@@ -53,6 +38,7 @@ from .gemma import Gemma2Adapter, Gemma3Adapter, Gemma3TextAdapter
 from .opt import OPTAdapter
 
 __all__ = [
+    "BlockLayout",
     "FamilyAdapter",
     "HeadLayout",
     "LayerConfigView",
@@ -61,6 +47,7 @@ __all__ = [
     "register_family",
     "slice_linear",
     "supported_model_types",
+    "unregister_family",
     "LlamaAdapter",
     "MistralAdapter",
     "Qwen2Adapter",

@@ -1,30 +1,41 @@
-"""Model-family adapters: where the blocks are, which linears hold heads and channels, how to slice.
+"""Model-family adapters: one generic adapter driven by each family's :class:`BlockLayout`.
 
-The pruner only talks to a :class:`FamilyAdapter`. A family is supported by registering a small
-subclass (usually just a few attribute names), never by ``if`` chains in the pruner::
+The pruner only talks to a :class:`FamilyAdapter`. A family is supported by registering a subclass that
+declares its layout (usually a few module names), never by ``if`` chains::
 
-    from optimum_slimgpt.families import FamilyAdapter, register_family
+    from optimum_slimgpt.families import BlockLayout, FamilyAdapter, register_family
 
     @register_family
     class MyFamily(FamilyAdapter):
+        name = "my_model"
         model_types = ("my_model",)
-        blocks_path = "model.layers"
+        layout = BlockLayout(blocks="transformer.h", o_proj="out_proj")
 
-The defaults describe the Llama layout (``self_attn.{q,k,v,o}_proj``, ``mlp.{gate,up,down}_proj``).
+Everything that depends on where the rows and columns of a head or a channel are (parameter counts,
+slicing, masking, zero-padding) reads the layout, including fused ``[q | k | v]`` and ``[gate | up]``
+projections. Slicing and padding share one index map (:meth:`FamilyAdapter.head_index_map`,
+:meth:`FamilyAdapter.channel_index_map`): slicing gathers the kept rows, padding scatters them into slots.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..modeling.modeling_slimgpt_common import LayerConfigView
+from ..modeling.configuration_slimgpt import BlockLayout
+from ..modeling.modeling_slimgpt import (
+    LayerConfigView,
+    get_submodule,
+    set_attention_sizes,
+    set_mlp_size,
+    size_overrides,
+)
 from ..solvers.schedule import LayerGeometry
 
-__all__ = ["FamilyAdapter", "HeadLayout", "LayerConfigView", "slice_linear", "get_submodule"]
+__all__ = ["BlockLayout", "FamilyAdapter", "HeadLayout", "LayerConfigView", "slice_linear", "get_submodule"]
 
 
 @dataclass(frozen=True)
@@ -38,17 +49,17 @@ class HeadLayout:
         return self.num_heads // self.num_kv_heads
 
 
-def get_submodule(root: nn.Module, path: str) -> nn.Module:
-    mod = root
-    for part in path.split("."):
-        if not part:
-            continue
-        mod = getattr(mod, part)
-    return mod
-
-
 def _numel(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.numel()
+
+
+def _bias(lin: nn.Linear) -> int:
+    return 0 if lin.bias is None else 1
+
+
+def _rows(units: Sequence[int], size: int, device) -> torch.Tensor:
+    """Row indices of ``units`` blocks of ``size`` rows each (heads: ``head_dim``; channels: 1)."""
+    return torch.tensor([u * size + j for u in units for j in range(size)], dtype=torch.long, device=device)
 
 
 @torch.no_grad()
@@ -59,130 +70,125 @@ def slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torc
     ``weight``/``bias`` parameters are replaced and ``in_features``/``out_features`` updated.
     """
     w = linear.weight
-    new = w.data
-    if rows is not None:
-        rows = rows.to(w.device)
-        new = new.index_select(0, rows)
-    if cols is not None:
-        cols = cols.to(w.device)
-        new = new.index_select(1, cols)
+    new = w.data if rows is None else w.data.index_select(0, rows.to(w.device))
+    new = new if cols is None else new.index_select(1, cols.to(w.device))
     linear.weight = nn.Parameter(new.contiguous(), requires_grad=w.requires_grad)
     if linear.bias is not None and rows is not None:
-        linear.bias = nn.Parameter(linear.bias.data.index_select(0, rows).contiguous(), requires_grad=linear.bias.requires_grad)
+        linear.bias = nn.Parameter(linear.bias.data.index_select(0, rows.to(w.device)).contiguous(),
+                                   requires_grad=linear.bias.requires_grad)
     linear.out_features, linear.in_features = linear.weight.shape
 
 
+def _scatter(t: torch.Tensor, dim: int, index: torch.Tensor, size: int) -> torch.Tensor:
+    shape = list(t.shape)
+    shape[dim] = size
+    return torch.zeros(shape, dtype=t.dtype, device=t.device).index_copy_(dim, index.to(t.device), t)
+
+
+#: ``(linear, dim, index, size)``: along ``dim`` of ``linear``, the rows/columns at ``index`` of a layout in
+#: which that dimension has ``size`` entries.
+IndexMap = list[tuple[nn.Linear, int, torch.Tensor, int]]
+
+
 class FamilyAdapter:
-    """Describes one model family to the pruner. Override attributes or methods as needed.
+    """Describes one model family to the pruner, through its :attr:`layout`.
 
     Attributes:
-        name: Short family name (used in messages and as the ``slimgpt_<name>`` model type).
+        name: Short family name (messages).
         model_types: ``config.model_type`` values this adapter serves.
-        blocks_path: Dotted path of the decoder-block ``ModuleList`` from the ``*ForCausalLM``.
-        attn_path / mlp_path: Attention and MLP sub-modules of a block.
-        q_names / kv_names / o_name: Linears whose output rows are grouped by query head, by KV head,
-            and the linear whose input columns are grouped by query head.
-        channel_in_names / channel_out_name: FFN linears whose rows are channels, and the one whose
-            input columns are channels.
-        mlp_norm_name / mlp_post_norm_name: The norm that opens the block's MLP branch (its input is the
-            residual stream after attention) and an optional norm on the MLP output (Gemma's
-            ``post_feedforward_layernorm``), for :meth:`mlp_tail`; ``mlp_norm_name = None`` when the
-            block does not end in ``h + post(mlp(norm(h)))``.
+        layout: The family's :class:`BlockLayout` (the defaults describe Llama).
     """
 
     name: str = "base"
     model_types: tuple[str, ...] = ()
-    blocks_path: str = "model.layers"
-    attn_path: str = "self_attn"
-    mlp_path: str = "mlp"
-    q_names: tuple[str, ...] = ("q_proj",)
-    kv_names: tuple[str, ...] = ("k_proj", "v_proj")
-    o_name: str = "o_proj"
-    channel_in_names: tuple[str, ...] = ("gate_proj", "up_proj")
-    channel_out_name: str = "down_proj"
-    mlp_norm_name: str | None = "post_attention_layernorm"
-    mlp_post_norm_name: str | None = None
+    layout: BlockLayout = BlockLayout()
 
     # ------------------------------------------------------------------ structure
     def get_blocks(self, model: nn.Module) -> nn.ModuleList:
         try:
-            blocks = get_submodule(model, self.blocks_path)
+            blocks = get_submodule(model, self.layout.blocks)
         except AttributeError:
             blocks = None
         if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
-            raise ValueError(
-                f"{type(model).__name__} has no decoder blocks at '{self.blocks_path}' "
-                f"(family adapter '{self.name}'): nothing to prune"
-            )
+            raise ValueError(f"{type(model).__name__} has no decoder blocks at '{self.layout.blocks}' "
+                             f"(family adapter '{self.name}'): nothing to prune")
         return blocks
 
+    def text_config(self, config):
+        """The decoder's config (the model config itself, or its ``layout.text_config``)."""
+        return getattr(config, self.layout.text_config) if self.layout.text_config else config
+
     def attention(self, block: nn.Module) -> nn.Module:
-        return get_submodule(block, self.attn_path)
+        return get_submodule(block, self.layout.attention)
 
     def mlp(self, block: nn.Module) -> nn.Module:
-        return get_submodule(block, self.mlp_path)
+        return get_submodule(block, self.layout.mlp)
 
     def attn_out_proj(self, block: nn.Module) -> nn.Linear:
         """The linear whose input columns are the concatenated head outputs (``o_proj``)."""
-        return getattr(self.attention(block), self.o_name)
+        return getattr(self.attention(block), self.layout.o_proj)
 
     def mlp_out_proj(self, block: nn.Module) -> nn.Linear:
         """The linear whose input columns are the FFN channels (``down_proj``)."""
-        return getattr(self.mlp(block), self.channel_out_name)
+        return getattr(self.mlp(block), self.layout.channel_out)
 
-    def q_linears(self, block: nn.Module) -> list[nn.Linear]:
-        attn = self.attention(block)
-        return [getattr(attn, n) for n in self.q_names]
-
-    def kv_linears(self, block: nn.Module) -> list[nn.Linear]:
-        attn = self.attention(block)
-        return [getattr(attn, n) for n in self.kv_names]
-
-    def head_in_weights(self, block: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """``(query-side, kv-side)`` weights whose rows are head dimensions, in head order: by default
-        the ``q_linears`` and ``kv_linears`` weights; a fused layout returns views of its parts."""
-        return [lin.weight for lin in self.q_linears(block)], [lin.weight for lin in self.kv_linears(block)]
+    def attn_in_linears(self, block: nn.Module) -> list[nn.Linear]:
+        """The linears that read the attention input (``q/k/v_proj`` or the fused ``qkv_proj``)."""
+        attn, L = self.attention(block), self.layout
+        return [getattr(attn, n) for n in ((L.qkv_proj,) if L.qkv_proj else L.q_proj + L.kv_proj)]
 
     def channel_in_linears(self, block: nn.Module) -> list[nn.Linear]:
-        mlp = self.mlp(block)
-        return [getattr(mlp, n) for n in self.channel_in_names]
+        """The linears that read the MLP input (``gate/up_proj``, ``fc1`` or the fused ``gate_up_proj``)."""
+        mlp, L = self.mlp(block), self.layout
+        return [getattr(mlp, n) for n in ((L.gate_up_proj,) if L.gate_up_proj else L.channel_in)]
+
+    def head_in_weights(self, block: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``(query-side, kv-side)`` weights whose rows are head dimensions, in head order (views of the
+        fused ``qkv_proj`` where there is one)."""
+        attn, L = self.attention(block), self.layout
+        if L.qkv_proj:
+            w = getattr(attn, L.qkv_proj).weight
+            q = self.attn_out_proj(block).in_features
+            kv = (w.shape[0] - q) // 2
+            return [w[:q]], [w[q:q + kv], w[q + kv:]]
+        return [getattr(attn, n).weight for n in L.q_proj], [getattr(attn, n).weight for n in L.kv_proj]
 
     def channel_in_weights(self, block: nn.Module) -> list[torch.Tensor]:
-        """The channel-in weights with one row per FFN channel (gate and up, or fc1), in channel order.
-
-        Equal to ``[lin.weight for lin in channel_in_linears(block)]`` for unfused layouts; a fused
-        layout (Phi-3's ``gate_up_proj``) returns one view per half."""
-        return [lin.weight for lin in self.channel_in_linears(block)]
+        """The channel-in weights with one row per FFN channel (gate and up, or fc1), in channel order."""
+        ws = [lin.weight for lin in self.channel_in_linears(block)]
+        if self.layout.gate_up_proj:
+            n = self.num_channels(block)
+            return [ws[0][:n], ws[0][n:]]
+        return ws
 
     def mlp_tail_entry(self, block: nn.Module) -> nn.Module | None:
-        """The module whose input is the residual stream ``h`` entering the block's MLP branch (the
-        norm named ``mlp_norm_name``), or ``None`` when the family has no such tail."""
-        if self.mlp_norm_name is None:
-            return None
-        try:
-            return get_submodule(block, self.mlp_norm_name)
-        except AttributeError:
-            return None
+        """The module whose input is the residual stream entering the MLP branch (``layout.mlp_norm``), or
+        ``None`` when the block does not end in ``h + post(mlp(norm(h)))``."""
+        name = self.layout.mlp_norm
+        return getattr(block, name, None) if name else None
 
     def mlp_tail(self, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
-        """The block's output given the residual stream ``h`` after attention: ``h + post(mlp(norm(h)))``,
-        the same operations in the same order as the family's decoder-layer forward (eval mode), so the
-        pruner can produce a block's outputs without running its attention again. The pruner checks
-        once per run that this equals the block's own forward bit for bit, and otherwise runs the
-        whole block."""
-        y = self.mlp(block)(get_submodule(block, self.mlp_norm_name)(h))
-        if self.mlp_post_norm_name is not None:
-            y = get_submodule(block, self.mlp_post_norm_name)(y)
+        """The block's output given the residual stream ``h`` after attention: ``h + post(mlp(norm(h)))``, the
+        same operations in the same order as the decoder-layer forward (eval mode). The pruner checks once
+        per run that this equals the block's own forward bit for bit, and otherwise runs whole blocks."""
+        y = self.mlp(block)(get_submodule(block, self.layout.mlp_norm)(h))
+        if self.layout.mlp_post_norm is not None:
+            y = get_submodule(block, self.layout.mlp_post_norm)(y)
         return h + y
 
     def head_layout(self, block: nn.Module, config) -> HeadLayout:
-        attn = self.attention(block)
-        head_dim = int(getattr(attn, "head_dim", 0) or getattr(config, "head_dim", 0) or config.hidden_size // config.num_attention_heads)
-        o = self.attn_out_proj(block)
-        num_heads = o.in_features // head_dim
-        kv_rows = self.kv_linears(block)[0].out_features
-        num_kv = kv_rows // head_dim
-        return HeadLayout(num_heads, num_kv, head_dim)
+        config = self.text_config(config)
+        hd = int(getattr(self.attention(block), "head_dim", 0) or getattr(config, "head_dim", 0)
+                 or config.hidden_size // config.num_attention_heads)
+        q_rows = self.attn_out_proj(block).in_features
+        if self.layout.qkv_proj:
+            kv_rows = self.attn_in_linears(block)[0].out_features - q_rows
+            if q_rows % hd or kv_rows <= 0 or kv_rows % (2 * hd):
+                raise ValueError(f"{self.layout.qkv_proj} has {q_rows + kv_rows} rows and {self.layout.o_proj} "
+                                 f"{q_rows} columns: not a [q | k | v] layout with head_dim {hd}")
+            return HeadLayout(q_rows // hd, kv_rows // (2 * hd), hd)
+        kv_rows = getattr(self.attention(block), self.layout.kv_proj[0]).out_features
+        return HeadLayout(q_rows // hd, kv_rows // hd, hd)
 
     def num_channels(self, block: nn.Module) -> int:
         return self.mlp_out_proj(block).in_features
@@ -190,62 +196,87 @@ class FamilyAdapter:
     def geometry(self, block: nn.Module, config) -> LayerGeometry:
         """Parameter counts per head / KV head / channel, read from the actual module shapes."""
         lay = self.head_layout(block, config)
-        hd = lay.head_dim
+        hd, L = lay.head_dim, self.layout
+        o, down = self.attn_out_proj(block), self.mlp_out_proj(block)
+        ins, ch_ins = self.attn_in_linears(block), self.channel_in_linears(block)
+        row = [lin.in_features + _bias(lin) for lin in ins]  # parameters of one row of each in-linear
+        if L.qkv_proj:
+            per_head, per_kv = row[0] * hd, 2 * row[0] * hd
+        else:
+            per_head, per_kv = sum(row[:len(L.q_proj)]) * hd, sum(row[len(L.q_proj):]) * hd
+        per_ch = down.out_features + (2 if L.gate_up_proj else 1) * sum(lin.in_features + _bias(lin) for lin in ch_ins)
+        return LayerGeometry(lay.num_heads, lay.num_kv_heads, hd, self.num_channels(block), per_head + o.out_features * hd,
+                             per_kv, per_ch, _numel(o.bias) + _numel(down.bias))
+
+    # ------------------------------------------------------------------ index maps (slicing and padding)
+    def head_index_map(self, block: nn.Module, head_dim: int, heads: Sequence[int], kv_heads: Sequence[int],
+                       num_heads: int, num_kv_heads: int) -> IndexMap:
+        """Where query heads ``heads`` and KV heads ``kv_heads`` sit in a layout of ``num_heads``/``num_kv_heads``
+        heads, for every linear of the attention."""
+        attn, L = self.attention(block), self.layout
         o = self.attn_out_proj(block)
-        per_head = o.out_features * hd
-        for lin in self.q_linears(block):
-            per_head += (lin.in_features + (1 if lin.bias is not None else 0)) * hd
-        per_kv = sum((lin.in_features + (1 if lin.bias is not None else 0)) * hd for lin in self.kv_linears(block))
+        q, kv = _rows(heads, head_dim, o.weight.device), _rows(kv_heads, head_dim, o.weight.device)
+        Q, K = num_heads * head_dim, num_kv_heads * head_dim
+        out: IndexMap = [(o, 1, q, Q)]
+        if L.qkv_proj:
+            out.append((getattr(attn, L.qkv_proj), 0, torch.cat([q, kv + Q, kv + Q + K]), Q + 2 * K))
+        out += [(getattr(attn, n), 0, q, Q) for n in L.q_proj] + [(getattr(attn, n), 0, kv, K) for n in L.kv_proj]
+        return out
+
+    def channel_index_map(self, block: nn.Module, channels: Sequence[int], num_channels: int) -> IndexMap:
+        """Where FFN ``channels`` sit in a layout of ``num_channels`` channels, for every linear of the MLP."""
         down = self.mlp_out_proj(block)
-        per_ch = down.out_features + sum(lin.in_features + (1 if lin.bias is not None else 0) for lin in self.channel_in_linears(block))
-        fixed = _numel(o.bias) + _numel(down.bias)
-        return LayerGeometry(lay.num_heads, lay.num_kv_heads, hd, self.num_channels(block), per_head, per_kv, per_ch, fixed)
+        c = torch.tensor(list(channels), dtype=torch.long, device=down.weight.device)
+        out: IndexMap = [(down, 1, c, num_channels)]
+        if self.layout.gate_up_proj:
+            return out + [(self.channel_in_linears(block)[0], 0, torch.cat([c, c + num_channels]), 2 * num_channels)]
+        return out + [(lin, 0, c, num_channels) for lin in self.channel_in_linears(block)]
 
     # ------------------------------------------------------------------ surgery
-    @staticmethod
-    def _head_rows(heads: Iterable[int], head_dim: int, device) -> torch.Tensor:
-        idx = [h * head_dim + j for h in heads for j in range(head_dim)]
-        return torch.tensor(idx, dtype=torch.long, device=device)
-
     def prune_heads(self, block: nn.Module, config, kept_heads: list[int], kept_kv_heads: list[int]) -> None:
         """Physically keep query heads ``kept_heads`` (new order) and KV heads ``kept_kv_heads``."""
+        if self.layout.size_keys.get("num_key_value_heads") is None and list(kept_heads) != list(kept_kv_heads):
+            raise ValueError(f"{self.name} attention is multi-head (one KV head per query head): kept_kv_heads must "
+                             f"equal kept_heads, got {list(kept_kv_heads)} vs {list(kept_heads)}")
         lay = self.head_layout(block, config)
-        dev = self.attn_out_proj(block).weight.device
-        q_idx = self._head_rows(kept_heads, lay.head_dim, dev)
-        kv_idx = self._head_rows(kept_kv_heads, lay.head_dim, dev)
-        for lin in self.q_linears(block):
-            slice_linear(lin, rows=q_idx)
-        for lin in self.kv_linears(block):
-            slice_linear(lin, rows=kv_idx)
-        slice_linear(self.attn_out_proj(block), cols=q_idx)
-        self.set_attention_sizes(block, len(kept_heads), len(kept_kv_heads))
+        for lin, dim, index, _ in self.head_index_map(block, lay.head_dim, kept_heads, kept_kv_heads, lay.num_heads,
+                                                      lay.num_kv_heads):
+            slice_linear(lin, **{"rows" if dim == 0 else "cols": index})
+        set_attention_sizes(self.attention(block), len(kept_heads), len(kept_kv_heads))
+        for path in self.layout.config_view:  # forwards that read their head counts from self.config
+            module = get_submodule(block, path)
+            sizes = {"num_attention_heads": len(kept_heads), "num_key_value_heads": len(kept_kv_heads)}
+            module.config = LayerConfigView(module.config, **size_overrides(self.layout, sizes))
 
     def prune_channels(self, block: nn.Module, kept: list[int]) -> None:
-        dev = self.mlp_out_proj(block).weight.device
-        idx = torch.tensor(kept, dtype=torch.long, device=dev)
-        for lin in self.channel_in_linears(block):
-            slice_linear(lin, rows=idx)
-        slice_linear(self.mlp_out_proj(block), cols=idx)
-        self.set_mlp_size(block, len(kept))
+        for lin, dim, index, _ in self.channel_index_map(block, kept, self.num_channels(block)):
+            slice_linear(lin, **{"rows" if dim == 0 else "cols": index})
+        set_mlp_size(self.mlp(block), len(kept))
 
-    def set_attention_sizes(self, block: nn.Module, num_heads: int, num_kv_heads: int) -> None:
-        """Update the attributes the attention forward reads (transformers 5.x names, and older ones)."""
-        attn = self.attention(block)
-        attn.num_key_value_groups = num_heads // num_kv_heads
-        for attr, val in (("num_heads", num_heads), ("num_attention_heads", num_heads),
-                          ("num_key_value_heads", num_kv_heads), ("num_kv_heads", num_kv_heads)):
-            if hasattr(attn, attr):
-                setattr(attn, attr, val)
-
-    def set_mlp_size(self, block: nn.Module, channels: int) -> None:
-        mlp = self.mlp(block)
-        if hasattr(mlp, "intermediate_size"):
-            mlp.intermediate_size = channels
+    @torch.no_grad()
+    def padded_block_state_dict(self, block: nn.Module, config, kv: int, rep: int, channels: int) -> dict:
+        """The block's prunable tensors zero-padded to ``kv·rep`` query heads (padded per KV group, so that
+        ``repeat_kv`` still maps each head to its KV head), ``kv`` KV heads and ``channels`` FFN channels: a plain
+        decoder layer of those sizes computes the same function."""
+        lay = self.head_layout(block, config)
+        n = self.num_channels(block)
+        if lay.num_kv_heads > kv or lay.n_rep > rep or n > channels:
+            raise ValueError(f"cannot pad ({lay.num_heads}, {lay.num_kv_heads}, {n}) into ({kv * rep}, {kv}, {channels})")
+        slots = [(h // lay.n_rep) * rep + h % lay.n_rep for h in range(lay.num_heads)]
+        maps = (self.head_index_map(block, lay.head_dim, slots, range(lay.num_kv_heads), kv * rep, kv)
+                + self.channel_index_map(block, range(n), channels))
+        names = {id(m): name for name, m in block.named_modules()}
+        out = {}
+        for lin, dim, index, size in maps:
+            out[f"{names[id(lin)]}.weight"] = _scatter(lin.weight.detach(), dim, index, size)
+            if lin.bias is not None:
+                out[f"{names[id(lin)]}.bias"] = _scatter(lin.bias.detach(), 0, index, size) if dim == 0 else lin.bias.detach()
+        return out
 
     @torch.no_grad()
     def set_output_bias(self, linear: nn.Linear, bias: torch.Tensor) -> None:
-        """Give ``linear`` (``o_proj``/``down_proj``) this output bias, creating the parameter if needed
-        (an architecture change: the per-layer model classes carry it when saving)."""
+        """Give ``linear`` (``o_proj``/``down_proj``) this output bias, creating the parameter if needed (an
+        architecture change: the per-layer model classes carry it when saving)."""
         bias = bias.to(device=linear.weight.device, dtype=linear.weight.dtype)
         if linear.bias is None:
             linear.bias = nn.Parameter(bias.clone(), requires_grad=linear.weight.requires_grad)
@@ -256,10 +287,9 @@ class FamilyAdapter:
     @torch.no_grad()
     def mask_heads(self, block: nn.Module, config, kept_heads: list[int]) -> None:
         """Zero the ``o_proj`` columns of every head not in ``kept_heads`` (the masked model)."""
-        lay = self.head_layout(block, config)
         o = self.attn_out_proj(block)
         keep = torch.zeros(o.in_features, dtype=torch.bool, device=o.weight.device)
-        keep[self._head_rows(kept_heads, lay.head_dim, o.weight.device)] = True
+        keep[_rows(kept_heads, self.head_layout(block, config).head_dim, o.weight.device)] = True
         o.weight.data[:, ~keep] = 0
 
     @torch.no_grad()

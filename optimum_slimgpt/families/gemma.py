@@ -14,8 +14,7 @@ checked against transformers 5.x:
 * Gemma 3's ``q_norm``/``k_norm`` act on one ``head_dim`` vector and are shared by all heads: kept as is.
 * the sandwich norms (``pre/post_feedforward_layernorm``, ``post_attention_layernorm``) act on the hidden
   size, which is not pruned.
-* heads are read from ``self.head_dim``/tensor shapes; ``num_key_value_groups`` is updated by
-  :meth:`~optimum_slimgpt.families.base.FamilyAdapter.set_attention_sizes`.
+* heads are read from ``self.head_dim``/tensor shapes; ``num_key_value_groups`` is updated after surgery.
 
 ``gemma3`` (``Gemma3ForConditionalGeneration``, image + text) is served too: only its language model's
 decoder blocks (``model.language_model.layers``) are pruned; the vision tower and the projector are left
@@ -24,17 +23,21 @@ untouched, and calibration is text only.
 
 from __future__ import annotations
 
-from .base import FamilyAdapter
+import dataclasses
+
+from .base import BlockLayout, FamilyAdapter
 from .registry import register_family
 
 __all__ = ["Gemma2Adapter", "Gemma3TextAdapter", "Gemma3Adapter"]
 
 
+_GEMMA = BlockLayout(mlp_norm="pre_feedforward_layernorm", mlp_post_norm="post_feedforward_layernorm")
+
+
 class _GemmaLayout(FamilyAdapter):
     """The sandwich norms around Gemma's MLP (not registered: the families below are)."""
 
-    mlp_norm_name = "pre_feedforward_layernorm"
-    mlp_post_norm_name = "post_feedforward_layernorm"
+    layout = _GEMMA
 
 
 @register_family
@@ -57,4 +60,4 @@ class Gemma3Adapter(_GemmaLayout):
 
     name = "gemma3"
     model_types = ("gemma3",)
-    blocks_path = "model.language_model.layers"
+    layout = dataclasses.replace(_GEMMA, blocks="model.language_model.layers", text_config="text_config")

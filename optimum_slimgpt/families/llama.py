@@ -1,7 +1,7 @@
-"""Llama-layout families: separate q/k/v/o and gate/up/down projections.
+"""Llama-layout families: separate q/k/v/o and gate/up/down projections (the default :class:`BlockLayout`).
 
-Llama, Mistral, Qwen2 (q/k/v biases are sliced with their rows) and Qwen3 (``q_norm``/``k_norm`` act
-per head dimension, so they are shared by all heads and stay as they are) all share this layout.
+Llama, Mistral, Qwen2 (q/k/v biases are sliced with their rows) and Qwen3 (``q_norm``/``k_norm`` act per
+head dimension, so they are shared by all heads and stay as they are).
 """
 
 from __future__ import annotations

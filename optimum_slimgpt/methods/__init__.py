@@ -1,7 +1,19 @@
-"""Pruning methods (SlimGPT, SlimLLM) behind one interface, registered by name."""
+"""Pruning methods (SlimGPT, SlimLLM) behind one interface, registered for their config classes."""
 
-from .base import METHODS, AttentionTask, FFNTask, PruneResult, PruningMethod, get_method, register_method
-from . import slimgpt  # noqa: F401  (registers "slimgpt")
-from . import slimllm  # noqa: F401  (registers "slimllm")
+from .base import (
+    HESSIAN,
+    AttentionTask,
+    FFNTask,
+    Observer,
+    PruneResult,
+    PruningMethod,
+    get_method,
+    register_method,
+    registered_configs,
+    unregister_method,
+)
+from . import slimgpt  # noqa: F401  (registers SlimGPTConfig)
+from . import slimllm  # noqa: F401  (registers SlimLLMConfig)
 
-__all__ = ["METHODS", "AttentionTask", "FFNTask", "PruneResult", "PruningMethod", "get_method", "register_method"]
+__all__ = ["HESSIAN", "AttentionTask", "FFNTask", "Observer", "PruneResult", "PruningMethod", "get_method",
+           "register_method", "registered_configs", "unregister_method"]

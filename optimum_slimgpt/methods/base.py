@@ -1,69 +1,95 @@
 """Pruning methods: how one block's heads and channels are chosen and the survivors repaired.
 
-A method sees, for one decoder block, the ``o_proj`` (resp. ``down_proj``) weight and the first and
-second moments of its input on the calibration tokens (:class:`~optimum_slimgpt.solvers.HessianAccumulator`),
-and returns what to keep plus the repaired weight (and, optionally, a new output bias). The pruner
-does the rest (hooks, forwards, surgery). Methods are registered by name, like families.
+A method is registered for its config class (:func:`register_method`) and the pruner dispatches on the type of
+the config it is given (as torchao's ``quantize_(model, config)`` does). For one decoder block and one part
+(``"attention"``, ``"ffn"``) the method
+
+* declares the statistics it needs as :class:`Observer` objects (where: the input of the part's output
+  projection, ``o_proj``/``down_proj``, or of the part itself; and what accumulates it); the pruner attaches
+  them for one calibration pass, and a method that declares none gets no pass at all;
+* receives a task (:class:`AttentionTask`, :class:`FFNTask`) with the output projection's weight, the filled
+  accumulators and, on demand, the part's input weights, and returns what to keep plus the repaired weight
+  (and optionally a new output bias) as a :class:`PruneResult`. The pruner does the rest (hooks, forwards,
+  surgery, records).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 
-from ..config import SlimGPTConfig
+from ..config import PruningConfig
 from ..solvers import HessianAccumulator
 
-__all__ = ["AttentionTask", "FFNTask", "PruneResult", "PruningMethod", "register_method", "get_method", "METHODS"]
+__all__ = ["AttentionTask", "FFNTask", "Observer", "PruneResult", "PruningMethod", "get_method", "register_method",
+           "registered_configs", "unregister_method", "HESSIAN"]
+
+PARTS = ("attention", "ffn")
 
 
-@dataclass
-class AttentionTask:
-    """Prune heads of one block. ``W``: ``o_proj`` weight in float32 (hidden x heads·head_dim);
-    ``bias``: its current bias or None; ``stats``: moments of the ``o_proj`` input; ``options``: the
-    allowed ``(kv_heads, query_heads_per_kv)`` structures (equal parameter count); ``q_weights`` /
-    ``kv_weights``: the weights whose rows are query-head / KV-head dimensions (``q_proj``; ``k_proj``,
-    ``v_proj``), for methods that rank whole heads by their weights."""
+@dataclass(frozen=True)
+class Observer:
+    """One statistic of a part: ``make(features, device)`` builds the accumulator (anything with ``add(x)``)
+    that the pruner feeds, batch after batch, with the inputs of ``site``: ``"output"``, the part's output
+    projection (``o_proj``/``down_proj``), or ``"input"``, the part's first input linear (``q_proj``/``gate_proj``)."""
 
+    site: str
+    make: Callable[[int, torch.device], Any]
+
+    def __post_init__(self) -> None:
+        if self.site not in ("output", "input"):
+            raise ValueError(f"Observer.site must be 'output' or 'input', got {self.site!r}")
+
+
+#: the input Hessian ``2/n Σ x xᵀ`` (and mean) of the part's output projection
+HESSIAN = Observer("output", HessianAccumulator)
+
+
+@dataclass(kw_only=True)
+class _Task:
     layer: int
-    W: torch.Tensor
-    bias: Optional[torch.Tensor]
-    stats: Optional[HessianAccumulator]
+    W: torch.Tensor  # the output projection's weight (hidden x units) in float32
+    bias: Optional[torch.Tensor]  # its current bias or None
+    stats: dict[str, Any]  # the accumulators of the method's observers, by name
+    config: PruningConfig
+    name: str
+    load_in_weights: Callable[[], Any] = field(default=list, repr=False)
+
+
+@dataclass(kw_only=True)
+class AttentionTask(_Task):
+    """Prune heads of one block. ``options``: the allowed ``(kv_heads, query_heads_per_kv)`` structures (equal
+    parameter count)."""
+
     num_heads: int
     num_kv_heads: int
     head_dim: int
     options: list[tuple[int, int]]
-    config: SlimGPTConfig
-    name: str = "o_proj"
-    q_weights: list[torch.Tensor] = field(default_factory=list)
-    kv_weights: list[torch.Tensor] = field(default_factory=list)
+
+    def head_weights(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Float32 copies of the weights whose rows are query-head / KV-head dimensions (``q_proj``;
+        ``k_proj``, ``v_proj``), made on demand."""
+        return self.load_in_weights()
 
 
-@dataclass
-class FFNTask:
-    """Prune FFN channels of one block. ``W``: ``down_proj`` weight (hidden x channels) in float32;
-    ``stats``: moments of the ``down_proj`` input; ``in_weights``: the gate/up (or fc1) weights whose
-    rows are channels; ``mlp_input_sq``: per-feature sums of squares of the MLP input, when the method
-    asks for them (:attr:`PruningMethod.needs_mlp_input_norms`)."""
+@dataclass(kw_only=True)
+class FFNTask(_Task):
+    """Prune ``num_remove`` FFN channels of one block."""
 
-    layer: int
-    W: torch.Tensor
-    bias: Optional[torch.Tensor]
-    stats: Optional[HessianAccumulator]
     num_remove: int
-    config: SlimGPTConfig
-    in_weights: list[torch.Tensor] = field(default_factory=list)
-    mlp_input_sq: Optional[torch.Tensor] = None
-    name: str = "down_proj"
+
+    def channel_weights(self) -> list[torch.Tensor]:
+        """Float32 copies of the weights whose rows are channels (gate and up, or fc1), made on demand."""
+        return self.load_in_weights()
 
 
 @dataclass
 class PruneResult:
-    """``kept``: query heads (new order) or channels; ``kept_kv``: KV heads (attention only); ``W``: the
-    repaired full-width weight (removed columns zero); ``bias``: a new output bias or None (unchanged);
-    ``error``: relative reconstruction error on the calibration inputs (0 when not computed)."""
+    """``kept``: query heads (new order) or channels; ``kept_kv``: KV heads (attention only); ``W``: the repaired
+    full-width weight (removed columns zero); ``bias``: a new output bias or None (unchanged); ``error``:
+    relative reconstruction error on the calibration inputs (0 when not computed)."""
 
     kept: list[int]
     W: torch.Tensor
@@ -74,23 +100,14 @@ class PruneResult:
 
 
 class PruningMethod:
-    """Base class. Subclasses implement :meth:`prune_attention` and :meth:`prune_ffn`."""
+    """Base class: subclasses implement :meth:`prune_attention` and :meth:`prune_ffn`, and
+    :meth:`observers` when they need other statistics than the output projection's input Hessian."""
 
-    name: str = "base"
-    #: the pruner also collects per-feature sums of squares of the MLP input for :class:`FFNTask`
-    needs_mlp_input_norms: bool = False
+    config_class: type = PruningConfig  # set by register_method
 
-    def needs_stats(self, config: SlimGPTConfig, part: str) -> bool:
-        """Whether the pruner must run a calibration pass to collect input moments for ``part``."""
-        return True
-
-    def needs_head_weights(self, config: SlimGPTConfig) -> bool:
-        """Whether :class:`AttentionTask` must carry ``q_weights``/``kv_weights`` (copies cost memory)."""
-        return False
-
-    def needs_channel_in_weights(self, config: SlimGPTConfig) -> bool:
-        """Whether :class:`FFNTask` must carry ``in_weights`` (float32 copies of gate/up or fc1)."""
-        return True
+    def observers(self, part: str, config: PruningConfig) -> dict[str, Observer]:
+        """The statistics of ``part`` (``"attention"`` or ``"ffn"``) that the task's ``stats`` will hold."""
+        return {"hessian": HESSIAN}
 
     def prune_attention(self, task: AttentionTask) -> PruneResult:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -99,16 +116,41 @@ class PruningMethod:
         raise NotImplementedError
 
 
-METHODS: dict[str, PruningMethod] = {}
+_METHODS: dict[type, PruningMethod] = {}
 
 
-def register_method(method):
-    inst = method() if isinstance(method, type) else method
-    METHODS[inst.name] = inst
-    return method
+def register_method(config_class: type, *, override: bool = False) -> Callable[[type], type]:
+    """Class decorator: ``@register_method(MyConfig)`` makes ``SlimGPTPruner(MyConfig(...))`` use the method."""
+    if not (isinstance(config_class, type) and issubclass(config_class, PruningConfig) and config_class.method_name):
+        raise TypeError(f"{config_class!r} must be a PruningConfig subclass with a method_name")
+    clash = [c for c in _METHODS if c.method_name == config_class.method_name and c is not config_class]
+    if clash and not override:
+        raise ValueError(f"method {config_class.method_name!r} is already configured by {clash[0].__name__}; "
+                         "pass override=True")
+
+    def deco(method_cls: type) -> type:
+        for c in clash:
+            del _METHODS[c]
+        method_cls.config_class = config_class
+        _METHODS[config_class] = method_cls()
+        return method_cls
+
+    return deco
 
 
-def get_method(name: str) -> PruningMethod:
-    if name not in METHODS:
-        raise ValueError(f"unknown pruning method {name!r}; available: {sorted(METHODS)}")
-    return METHODS[name]
+def unregister_method(config_class: type) -> None:
+    """Forget the method registered for ``config_class`` (tests, plugins that reload)."""
+    _METHODS.pop(config_class, None)
+
+
+def registered_configs() -> list[type]:
+    return list(_METHODS)
+
+
+def get_method(config: PruningConfig) -> PruningMethod:
+    """The method registered for the type of ``config`` (or its nearest registered base class)."""
+    for klass in type(config).__mro__:
+        if klass in _METHODS:
+            return _METHODS[klass]
+    raise TypeError(f"no pruning method is registered for {type(config).__name__}; registered: "
+                    f"{sorted(c.__name__ for c in _METHODS)}")

@@ -8,13 +8,12 @@ pruner accumulates, no token matrices). Differences from the official code (``gu
   :func:`~optimum_slimgpt.solvers.slimllm.select_heads`); the official code has no GQA support.
 * ``eigh`` instead of ``np.linalg.eig`` on the symmetric output covariance.
 * The official "always keep the lowest-scoring 1% of FFN channels" is an option,
-  ``SlimGPTConfig.slimllm_keep_lowest`` (default 0: off).
+  ``SlimLLMConfig.keep_lowest`` (default 0: off).
 * The regression keeps an existing output bias (``b' = b + c``) and guards rows whose pruned output is
   constant (slope 1, mean-matching intercept).
 
-The SlimGPT-specific options (``compensate``, ``head_selection``, ``channel_selection``,
-``damp_percent``, ``ffn_*_group``) are ignored; ``slimllm_recovery``, ``slimllm_swap_search`` and
-``slimllm_keep_lowest`` are SlimLLM's own.
+:class:`~optimum_slimgpt.SlimLLMConfig` carries SlimLLM's own options (``recovery``, ``swap_search``,
+``keep_lowest``); SlimGPT's (``compensate``, ``head_selection``, ``damp_percent``...) do not exist there.
 """
 
 from __future__ import annotations
@@ -30,7 +29,9 @@ from ..solvers.slimllm import (
     select_channels,
     select_heads,
 )
-from .base import AttentionTask, FFNTask, PruneResult, PruningMethod, register_method
+from ..config import SlimLLMConfig
+from ..solvers import SquareSumAccumulator
+from .base import HESSIAN, AttentionTask, FFNTask, Observer, PruneResult, PruningMethod, register_method
 
 
 def _finish(W: torch.Tensor, bias, keep_cols: torch.Tensor, moments, recovery: bool) -> tuple[torch.Tensor, object, float]:
@@ -44,34 +45,33 @@ def _finish(W: torch.Tensor, bias, keep_cols: torch.Tensor, moments, recovery: b
     return Wn, bn, err / max(base, 1e-30)
 
 
-@register_method
+@register_method(SlimLLMConfig)
 class SlimLLMMethod(PruningMethod):
-    name = "slimllm"
-    needs_mlp_input_norms = True
-
-    def needs_stats(self, config, part):
-        return True
+    def observers(self, part, config):
+        # the input moments of o_proj/down_proj; for channels also the per-feature sums of squares of the MLP input
+        obs = {"moments": HESSIAN}
+        return obs if part == "attention" else {**obs, "input_sq": Observer("input", SquareSumAccumulator)}
 
     def prune_attention(self, task: AttentionTask) -> PruneResult:
         c = task.config
-        mom = moments_from_stats(task.stats)
+        mom = moments_from_stats(task.stats["moments"])
         G = head_pair_moments(task.W, mom.cov, task.num_heads, task.head_dim)
         sel = select_heads(
             G, num_heads=task.num_heads, num_kv_heads=task.num_kv_heads, options=task.options,
-            swap=c.slimllm_swap_search, name=task.name,
+            swap=c.swap_search, name=task.name,
         )
         keep = torch.zeros(task.W.shape[1], dtype=torch.bool, device=task.W.device)
         for h in sel.kept_heads:
             keep[h * task.head_dim : (h + 1) * task.head_dim] = True
-        W, bias, err = _finish(task.W, task.bias, keep, mom, c.slimllm_recovery)
+        W, bias, err = _finish(task.W, task.bias, keep, mom, c.recovery)
         return PruneResult(sel.kept_heads, W, kept_kv=sel.kept_kv_heads, bias=bias, error=err, option=sel.option)
 
     def prune_ffn(self, task: FFNTask) -> PruneResult:
         c = task.config
-        mom = moments_from_stats(task.stats)
-        scores = channel_scores(task.W, mom, task.in_weights, task.mlp_input_sq)
-        kept = select_channels(scores, task.num_remove, c.slimllm_keep_lowest)
+        mom = moments_from_stats(task.stats["moments"])
+        scores = channel_scores(task.W, mom, task.channel_weights(), task.stats["input_sq"].sum)
+        kept = select_channels(scores, task.num_remove, c.keep_lowest)
         keep = torch.zeros(task.W.shape[1], dtype=torch.bool, device=task.W.device)
         keep[torch.tensor(kept, dtype=torch.long, device=task.W.device)] = True
-        W, bias, err = _finish(task.W, task.bias, keep, mom, c.slimllm_recovery)
+        W, bias, err = _finish(task.W, task.bias, keep, mom, c.recovery)
         return PruneResult(kept, W, bias=bias, error=err)

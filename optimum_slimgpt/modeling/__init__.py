@@ -1,69 +1,23 @@
-"""Per-layer pruned model classes (config + modeling) that travel with checkpoints.
+"""Per-layer pruned model classes that travel with checkpoints, and turning a pruned model into one.
 
-After pruning, every decoder layer may have its own number of query heads, KV heads and FFN channels.
-The family classes cannot express that, so :func:`to_pruned_model` turns the in-memory model into the
-family's *pruned* class:
+After pruning, every decoder layer may have its own number of query heads, KV heads and FFN channels. The
+family classes cannot express that, so :func:`to_pruned_model` turns the in-memory model into the family's
+*pruned* classes, ``SlimGPT<FamilyConfig>`` / ``SlimGPT<FamilyModel>`` / ``SlimGPT<FamilyForCausalLM>``
+(``model_type="slimgpt_<family>"``). They are not written per family: two self-contained files,
+:mod:`.configuration_slimgpt` and :mod:`.modeling_slimgpt` (importing only ``torch``/``transformers``), build
+them from the family's own classes, driven by the :class:`BlockLayout` that every checkpoint carries.
+``save_pretrained`` copies both files next to the weights and writes ``auto_map``, so
+``from_pretrained(path, trust_remote_code=True)`` works where ``optimum_slimgpt`` is not installed; importing
+``optimum_slimgpt`` registers the classes of every registered family with ``AutoConfig``/``AutoModel``/
+``AutoModelForCausalLM`` (no flag needed then).
 
-- ``llama``: ``SlimGPTLlamaConfig``, ``SlimGPTLlamaModel``, ``SlimGPTLlamaForCausalLM``
-- ``mistral``, ``qwen2``, ``qwen3``, ``phi3``, ``gemma2``: likewise (``SlimGPTMistral*``, ``SlimGPTQwen2*``, ...)
-- ``gemma3_text``: ``SlimGPTGemma3TextConfig``, ``SlimGPTGemma3TextModel``, ``SlimGPTGemma3TextForCausalLM``
-- ``opt``: ``SlimGPTOPTConfig``, ``SlimGPTOPTModel``, ``SlimGPTOPTForCausalLM`` (with ``SlimGPTOPTAttention``)
-
-Each config is ``model_type="slimgpt_<family>"``, a subclass of the family config with the *original*
-global sizes, an explicit global ``head_dim``, transformers' ``per_layer_config`` (every layer, every
-key), ``pruning_config`` (provenance) and ``pruned_out_bias``. The classes live in self-contained files
-(``configuration_slimgpt_<family>.py``, ``modeling_slimgpt_<family>.py`` and the two ``*_common.py``
-siblings) that import only ``torch``/``transformers``; ``save_pretrained`` copies them next to the
-weights and writes ``auto_map``, so ``from_pretrained(path, trust_remote_code=True)`` works where
-``optimum_slimgpt`` is not installed. Importing ``optimum_slimgpt`` registers them with
-``AutoConfig``/``AutoModel``/``AutoModelForCausalLM`` (no flag needed then).
-
-Adding a family (e.g. ``phi3``)
---------------------------------
-1. ``configuration_slimgpt_phi3.py``::
-
-       from transformers.models.phi3.configuration_phi3 import Phi3Config
-       from .configuration_slimgpt_common import SlimGPTConfigMixin
-
-       class SlimGPTPhi3Config(SlimGPTConfigMixin, Phi3Config):
-           model_type = "slimgpt_phi3"
-           slimgpt_base_model_type = "phi3"
-           # only if the config names the sizes differently (OPT: {"intermediate_size": "ffn_dim",
-           # "num_key_value_heads": None, "num_attention_heads": "num_attention_heads"}):
-           # slimgpt_per_layer_keys = {...}
-
-       SlimGPTPhi3Config.register_for_auto_class()
-
-2. ``modeling_slimgpt_phi3.py``::
-
-       from transformers.models.phi3.modeling_phi3 import Phi3DecoderLayer, Phi3ForCausalLM, Phi3Model
-       from .configuration_slimgpt_phi3 import SlimGPTPhi3Config
-       from .modeling_slimgpt_common import SlimGPTBaseModelMixin, SlimGPTCausalLMMixin, adopt_class
-
-       class SlimGPTPhi3Model(SlimGPTBaseModelMixin, Phi3Model):
-           config_class = SlimGPTPhi3Config
-           _slimgpt_decoder_layer_class = Phi3DecoderLayer
-           # _slimgpt_layers_path = "decoder.layers"           (OPT)
-           # _slimgpt_out_bias_modules = ("self_attn.o_proj", "mlp.down_proj")   (default)
-
-       class SlimGPTPhi3ForCausalLM(SlimGPTCausalLMMixin, Phi3ForCausalLM):
-           config_class = SlimGPTPhi3Config
-           _slimgpt_base_model_class = SlimGPTPhi3Model
-
-       SlimGPTPhi3Model.register_for_auto_class("AutoModel")
-       SlimGPTPhi3ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
-
-3. Add ``"phi3"`` to ``_BUILTIN_FAMILIES`` below (or call :func:`register_pruned_family` from anywhere).
-
-Requirements on the family: its decoder layer builds every size from the config it receives, and its
-forward reads no per-layer size from ``self.config`` (true for the Llama/Mistral/Qwen/Phi/Gemma/OPT
-layouts in transformers 5.x). Families without a registered pruned class can still be exported as
-``uniform`` or ``padded`` checkpoints (plain architecture) by :mod:`optimum_slimgpt.saving`.
+Requirement on a family: its decoder layer builds every size from the config it receives (or, with
+``layout.full_size_attention``, only the attention's from ``hidden_size / heads``), and its forward reads no
+per-layer size from ``self.config`` except in the ``layout.config_view`` modules.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from typing import Optional
@@ -71,21 +25,40 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .configuration_slimgpt_common import CANONICAL_PER_LAYER_KEYS, SlimGPTConfigMixin
-from .modeling_slimgpt_common import SlimGPTBaseModelMixin, SlimGPTCausalLMMixin, adopt_class
+from .configuration_slimgpt import (
+    CANONICAL_PER_LAYER_KEYS,
+    KNOWN_LAYOUTS,
+    BlockLayout,
+    PruningRecord,
+    SlimGPTConfigMixin,
+    pruned_config_class,
+)
+from .modeling_slimgpt import (
+    LayerConfigView,
+    SlimGPTBaseModelMixin,
+    SlimGPTCausalLMMixin,
+    adopt_class,
+    build_decoder_layer,
+    get_submodule,
+    point_layer_configs,
+    pruned_model_class,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BlockLayout",
+    "LayerConfigView",
     "PrunedFamily",
-    "SlimGPTConfigMixin",
+    "PruningRecord",
     "SlimGPTBaseModelMixin",
     "SlimGPTCausalLMMixin",
+    "SlimGPTConfigMixin",
+    "base_config_dict",
     "get_pruned_family",
     "pruned_model_types",
     "register_pruned_family",
     "to_pruned_model",
-    "out_bias_flags",
 ]
 
 
@@ -104,56 +77,36 @@ class PrunedFamily:
 
 
 _PRUNED_FAMILIES: dict[str, PrunedFamily] = {}
-_BUILTIN_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "opt")
 
 
-def register_pruned_family(config_class, model_class, causal_lm_class, *, override: bool = False,
-                           register_auto_classes: bool = True) -> PrunedFamily:
-    """Register the pruned classes of a family (keyed by ``config_class.slimgpt_base_model_type``).
+def register_pruned_family(base_model_type: str, layout: Optional[BlockLayout] = None) -> Optional[PrunedFamily]:
+    """Build and register the pruned classes of a transformers family (``None`` if transformers has no config,
+    base model and causal LM for ``base_model_type``). Called by the family registry for every family."""
+    import transformers
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
 
-    With ``register_auto_classes`` the classes are also registered with ``AutoConfig``, ``AutoModel`` and
-    ``AutoModelForCausalLM`` so that ``AutoModelForCausalLM.from_pretrained(path)`` needs no
-    ``trust_remote_code`` while this package is imported.
-    """
-    base = getattr(config_class, "slimgpt_base_model_type", "")
-    if not base or not issubclass(config_class, SlimGPTConfigMixin):
-        raise TypeError(f"{config_class.__name__} must mix in SlimGPTConfigMixin and set slimgpt_base_model_type")
-    if not issubclass(model_class, SlimGPTBaseModelMixin) or not issubclass(causal_lm_class, SlimGPTCausalLMMixin):
-        raise TypeError("model_class/causal_lm_class must mix in SlimGPTBaseModelMixin/SlimGPTCausalLMMixin")
-    if base in _PRUNED_FAMILIES and not override and _PRUNED_FAMILIES[base].config_class is not config_class:
-        raise ValueError(f"a pruned family is already registered for {base!r}; pass override=True")
-    fam = PrunedFamily(base, config_class, model_class, causal_lm_class)
-    _PRUNED_FAMILIES[base] = fam
-    if register_auto_classes:
-        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
-        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-        AutoModel.register(config_class, model_class, exist_ok=True)
-        AutoModelForCausalLM.register(config_class, causal_lm_class, exist_ok=True)
-    # the files travel with save_pretrained (also set by the family files themselves)
-    config_class.register_for_auto_class("AutoConfig")
-    model_class.register_for_auto_class("AutoModel")
-    causal_lm_class.register_for_auto_class("AutoModelForCausalLM")
+    if layout is not None:
+        KNOWN_LAYOUTS[base_model_type] = layout
+    if base_model_type in _PRUNED_FAMILIES:
+        return _PRUNED_FAMILIES[base_model_type]
+    names = (MODEL_MAPPING_NAMES.get(base_model_type), MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(base_model_type))
+    if base_model_type not in CONFIG_MAPPING or None in names:
+        return None
+    base_cls, lm_cls = (getattr(transformers, n) for n in names)
+    fam = PrunedFamily(base_model_type, pruned_config_class(CONFIG_MAPPING[base_model_type]),
+                       pruned_model_class(base_cls), pruned_model_class(lm_cls))
+    AutoConfig.register(fam.model_type, fam.config_class, exist_ok=True)
+    AutoModel.register(fam.config_class, fam.model_class, exist_ok=True)
+    AutoModelForCausalLM.register(fam.config_class, fam.causal_lm_class, exist_ok=True)
+    _PRUNED_FAMILIES[base_model_type] = fam
     return fam
-
-
-def _register_builtin() -> None:
-    for fam in _BUILTIN_FAMILIES:
-        cfg_mod = importlib.import_module(f"{__name__}.configuration_slimgpt_{fam}")
-        mdl_mod = importlib.import_module(f"{__name__}.modeling_slimgpt_{fam}")
-        cfg_cls = next(getattr(cfg_mod, n) for n in cfg_mod.__all__)
-        base_cls, lm_cls = (getattr(mdl_mod, n) for n in mdl_mod.__all__)
-        register_pruned_family(cfg_cls, base_cls, lm_cls, override=True)
 
 
 def get_pruned_family(model_type: str) -> Optional[PrunedFamily]:
     """The pruned family of a base ``model_type`` (``"llama"``) or a pruned one (``"slimgpt_llama"``)."""
-    if model_type in _PRUNED_FAMILIES:
-        return _PRUNED_FAMILIES[model_type]
-    for fam in _PRUNED_FAMILIES.values():
-        if fam.model_type == model_type:
-            return fam
-    return None
+    return _PRUNED_FAMILIES.get(model_type.removeprefix("slimgpt_"))
 
 
 def pruned_model_types() -> list[str]:
@@ -161,14 +114,14 @@ def pruned_model_types() -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _raw(config, key, default=None):
-    getter = getattr(config, "_getattr_without_heterogeneous_validation", None)
-    return getter(key, default) if getter is not None else getattr(config, key, default)
-
-
 _DROP_KEYS = ("per_layer_config", "auto_map", "model_type", "transformers_version", "architectures",
               "pruning_config", "pruned_out_bias", "serialize_explicit_per_layer_config",
               "allow_global_per_layer_attribute_access", "_heterogeneity_spec")
+
+
+def _global(config, key):
+    getter = getattr(config, "_getattr_without_heterogeneous_validation", None)
+    return getter(key, None) if getter is not None else getattr(config, key, None)
 
 
 def base_config_dict(config) -> dict:
@@ -178,133 +131,91 @@ def base_config_dict(config) -> dict:
     for k in _DROP_KEYS:
         d.pop(k, None)
     for k in CANONICAL_PER_LAYER_KEYS + ("head_dim", "ffn_dim"):
-        v = _raw(config, k, None)
-        if v is not None:
-            d[k] = v
+        if _global(config, k) is not None:
+            d[k] = _global(config, k)
     return d
 
 
-def _native_layer(fam: PrunedFamily, config) -> nn.Module:
-    """Layer 0 of the family built on the meta device (what the family does without pruning)."""
-    with torch.device("meta"):
-        layer = fam.model_class._slimgpt_decoder_layer_class(config.layer_config(0), 0)
-    return layer
-
-
-def _get(root, path):
-    mod = root
-    for p in path.split("."):
-        mod = getattr(mod, p)
-    return mod
-
-
-def out_bias_flags(model: nn.Module, fam: PrunedFamily, blocks, config) -> tuple[bool, list[str]]:
-    """Whether any block has a bias on an output projection that the family does not have natively."""
-    native = _native_layer(fam, config)
-    extra = []
-    for path in fam.model_class._slimgpt_out_bias_modules:
-        if _get(native, path).bias is not None:
-            continue
-        if any(_get(b, path).bias is not None for b in blocks):
-            extra.append(path)
-    return bool(extra), extra
-
-
 def _forget_dequantized_gguf(model: nn.Module) -> None:
-    """A model loaded from a GGUF file with its weights dequantized (the legacy loader, or
-    ``GgufConfig(dequantize=True)``; what CPU users get) still carries the GGUF quantizer, which makes
-    ``save_pretrained`` refuse to save it. When every parameter is a plain floating-point tensor (no GGUF
-    blocks left), the quantizer and ``quantization_config`` are dropped: the pruned model is an ordinary one."""
+    """A model loaded from a GGUF file with dequantized weights (what CPU users get) still carries the GGUF
+    quantizer, which makes ``save_pretrained`` refuse it. When every parameter is a plain floating-point
+    tensor, the quantizer and ``quantization_config`` are dropped: the pruned model is an ordinary one."""
     q = getattr(model, "hf_quantizer", None)
-    qc = getattr(q, "quantization_config", None)
-    method = getattr(qc, "quant_method", None)
-    if q is None or getattr(method, "value", method) != "gguf":
+    method = getattr(getattr(q, "quantization_config", None), "quant_method", None)
+    if q is None or getattr(method, "value", method) != "gguf" or not all(p.is_floating_point() for p in model.parameters()):
         return
-    if not all(p.is_floating_point() for p in model.parameters()):
-        return
-    if hasattr(q, "remove_quantization_config"):
-        q.remove_quantization_config(model)
-    else:  # pragma: no cover - other transformers versions
-        model.hf_quantizer = None
-        model.config.__dict__.pop("quantization_config", None)
+    q.remove_quantization_config(model)
     logger.info("dropped the GGUF quantizer of the (dequantized) model: the pruned weights are plain tensors")
 
 
+def _native_out_biases(layer_cls, config, layout: BlockLayout) -> set[str]:
+    """Output projections that carry a bias in the family itself (layer 0 built on the meta device)."""
+    saved, config.pruned_out_bias = config.pruned_out_bias, False
+    try:
+        with torch.device("meta"):
+            layer = build_decoder_layer(layer_cls, config, 0, layout)
+    finally:
+        config.pruned_out_bias = saved
+    return {p for p in layout.out_projections if get_submodule(layer, p).bias is not None}
+
+
 # ---------------------------------------------------------------------------------------------- main entry
-def to_pruned_model(model: nn.Module, adapter, pruning_config: dict) -> nn.Module:
+def to_pruned_model(model: nn.Module, adapter, record: PruningRecord) -> nn.Module:
     """Turn an in-memory pruned model into its family's per-layer class, in place, and return it.
 
-    * builds ``SlimGPT<Fam>Config``: original global sizes, explicit ``head_dim``, ``per_layer_config``
-      from ``pruning_config["layers"]``, ``pruning_config``, ``pruned_out_bias``;
-    * swaps ``model.__class__`` (and the inner base model's) to the pruned classes - no weights move;
-    * points ``model.config``, the base model's and every sub-module's ``config`` at the new config.
-
-    Families without a registered pruned class only get ``model.config.pruning_config`` (they can still
-    be saved as ``uniform``/``padded`` checkpoints).
+    Builds ``SlimGPT<Fam>Config`` (original global sizes, explicit ``head_dim``, ``per_layer_config`` from
+    ``record.layers``, the record as ``pruning_config``, ``pruned_out_bias``), swaps ``model.__class__`` and the
+    inner base model's to the pruned classes (no weights move) and points every module's ``config`` at it.
+    Families without pruned classes only get the record (they save as ``uniform``/``padded`` checkpoints).
     """
+    from .modeling_slimgpt import _decoder_layer_class, add_zero_bias
+
     _forget_dequantized_gguf(model)
     old = model.config
-    base_type = pruning_config.get("base_model_type") or old.model_type
-    fam = get_pruned_family(base_type)
+    layout = record.block_layout()
     blocks = adapter.get_blocks(model)
+    fam = None if layout.text_config else get_pruned_family(record.base_model_type)
     if fam is None or not issubclass(fam.causal_lm_class, type(model)):
-        why = (f"no pruned class is registered for model_type {base_type!r}" if fam is None
+        why = (f"no per-layer class for model_type {record.base_model_type!r}" if fam is None
                else f"{type(model).__name__} is not the base class of {fam.causal_lm_class.__name__}")
         logger.warning("%s: keeping %s (only the 'uniform'/'padded' exports can save it)", why, type(model).__name__)
-        old.pruning_config = pruning_config
+        old.pruning_config = record.to_dict()
         return model
-    base_attr = fam.causal_lm_class.base_model_prefix
-    inner = getattr(model, base_attr)
-    if not issubclass(fam.model_class, type(inner)):
-        raise TypeError(f"{type(inner).__name__} is not the base class of {fam.model_class.__name__}")
-
-    layers = pruning_config["layers"]
-    if len(layers) != len(blocks):
-        raise ValueError(f"pruning_config has {len(layers)} layers but the model has {len(blocks)} blocks")
+    inner = getattr(model, fam.causal_lm_class.base_model_prefix)
+    if len(record.layers) != len(blocks):
+        raise ValueError(f"the pruning record has {len(record.layers)} layers but the model has {len(blocks)} blocks")
     d = base_config_dict(old)
-    base_dims = pruning_config.get("base_dims") or {}
-    keymap = fam.config_class.slimgpt_per_layer_keys
-    for k, attr in keymap.items():
-        if attr and base_dims.get(k) is not None:
-            d[attr] = base_dims[k]
+    d.update({attr: record.base_dims[k] for k, attr in layout.size_keys.items() if attr and record.base_dims.get(k)})
     d["head_dim"] = int(adapter.head_layout(blocks[0], old).head_dim)
-    per_layer = {i: {attr: int(lay[k]) for k, attr in keymap.items() if attr} for i, lay in enumerate(layers)}
-    name_or_path = getattr(old, "_name_or_path", "")
-    attn_impl = getattr(old, "_attn_implementation_internal", None)
-    new = fam.config_class(**d, per_layer_config=per_layer, pruning_config=pruning_config)
-    new._name_or_path = name_or_path
-    if attn_impl is not None:
-        new._attn_implementation_internal = attn_impl
+    per_layer = {i: {attr: int(lay[k]) for k, attr in layout.size_keys.items() if attr} for i, lay in enumerate(record.layers)}
+    new = fam.config_class(**d, per_layer_config=per_layer, pruning_config=record.to_dict())
+    new.name_or_path = old.name_or_path
+    if getattr(old, "_attn_implementation_internal", None) is not None:
+        new._attn_implementation_internal = old._attn_implementation_internal
 
-    extra_bias, paths = out_bias_flags(model, fam, blocks, new)
-    if extra_bias:
-        # a bias on some layers' output projections (SlimLLM compensation): every layer gets one (zeros elsewhere)
-        from .modeling_slimgpt_common import _add_zero_bias
-
+    extra = {p for p in layout.out_projections if any(get_submodule(b, p).bias is not None for b in blocks)}
+    extra -= _native_out_biases(_decoder_layer_class(fam.model_class.slimgpt_family_class, layout), new, layout)
+    if extra:  # a bias on some layers' output projections (SlimLLM): every layer gets one (zeros elsewhere)
         for b in blocks:
-            for path in fam.model_class._slimgpt_out_bias_modules:
-                _add_zero_bias(_get(b, path))
+            for path in layout.out_projections:
+                add_zero_bias(get_submodule(b, path))
         new.pruned_out_bias = True
-        logger.info("output-projection biases found on %s: pruned_out_bias=True", ", ".join(paths))
+        logger.info("output-projection biases found on %s: pruned_out_bias=True", ", ".join(sorted(extra)))
 
-    # the module shapes must match the recorded sizes
-    for i, (b, want) in enumerate(zip(blocks, new.layer_sizes())):
+    sizes = new.layer_sizes()
+    for i, (b, want) in enumerate(zip(blocks, sizes)):  # the module shapes match the record
         lay = adapter.head_layout(b, new)
         got = {"num_attention_heads": lay.num_heads, "num_key_value_heads": lay.num_kv_heads,
                "intermediate_size": adapter.num_channels(b)}
-        for k, attr in keymap.items():
-            if attr and got[k] != want[k]:
-                raise ValueError(f"layer {i}: module has {k}={got[k]} but the pruning record says {want[k]}")
+        bad = [k for k, attr in layout.size_keys.items() if attr and got[k] != want[k]]
+        if bad:
+            raise ValueError(f"layer {i}: module has {bad[0]}={got[bad[0]]} but the pruning record says {want[bad[0]]}")
 
     adopt_class(model, fam.causal_lm_class)
     adopt_class(inner, fam.model_class)
     for i, b in enumerate(blocks):
-        fam.model_class.slimgpt_point_layer_configs(b, new, i, old=old)
+        point_layer_configs(b, layout, new, sizes[i] if layout.config_view else {}, old=(old,))
     for module in model.modules():
-        if module.__dict__.get("config") is not None and (module.__dict__["config"] is old or module is model
-                                                          or module is inner):
+        if module.__dict__.get("config") is not None and (module.__dict__["config"] is old or module in (model, inner)):
             module.config = new
     return model
-
-
-_register_builtin()

@@ -1,6 +1,12 @@
 """The math of structured pruning: Hessians, OBS solvers and schedules (pure torch, no transformers)."""
 
-from .hessian import HessianAccumulator, NotPositiveDefiniteError, damped_inverse, full_precision_matmul
+from .hessian import (
+    HessianAccumulator,
+    NotPositiveDefiniteError,
+    SquareSumAccumulator,
+    damped_inverse,
+    full_precision_matmul,
+)
 from .obs import (
     ChannelPruneResult,
     HeadPruneResult,
@@ -17,6 +23,7 @@ from .schedule import LayerGeometry, LayerPlan, PruningPlan, plan_layer, schedul
 __all__ = [
     "HessianAccumulator",
     "NotPositiveDefiniteError",
+    "SquareSumAccumulator",
     "damped_inverse",
     "full_precision_matmul",
     "ChannelPruneResult",

@@ -67,6 +67,18 @@ class HessianAccumulator:
         return self.sum / self.tokens - torch.outer(mu, mu)
 
 
+class SquareSumAccumulator:
+    """Per-feature sums of squares ``Σ_tokens x_j²`` of a layer input, in float32."""
+
+    def __init__(self, columns: int, device: torch.device | str | None = None) -> None:
+        self.sum = torch.zeros(columns, dtype=torch.float32, device=device)
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.sum.add_((x * x).sum(0))
+
+
 @contextlib.contextmanager
 def full_precision_matmul():
     """Float32 matmuls in full IEEE precision inside the block (TF32 off), restored afterwards.
