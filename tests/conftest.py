@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import os
 import sys
 
@@ -30,6 +32,29 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """transformers parses a GGUF file once for the config, once for the weights and once for the tokenizer, and
+    rebuilds gguf's tensor-name map for each of ~400 modules: about 30 s of the ~45 s SmolLM2 load on 2 cores.
+    Inside this block each is done once (same objects, read-only; patched only while loading)."""
+    import gguf
+
+    orig_reader, orig_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict = {}
+
+    def reader(path, *args, **kwargs):
+        key = (os.fspath(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = orig_reader(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.lru_cache(maxsize=None)(orig_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = orig_reader, orig_map
+
+
 @pytest.fixture(scope="session")
 def _smollm2_dense():
     if not have_shared(SMOLLM2_DIR / SMOLLM2_GGUF):
@@ -39,8 +64,9 @@ def _smollm2_dense():
 
     hf_logging.disable_progress_bar()
     try:
-        tok = AutoTokenizer.from_pretrained(SMOLLM2_DIR, gguf_file=SMOLLM2_GGUF)
-        model = AutoModelForCausalLM.from_pretrained(SMOLLM2_DIR, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        with _gguf_parsed_once():
+            tok = AutoTokenizer.from_pretrained(SMOLLM2_DIR, gguf_file=SMOLLM2_GGUF)
+            model = AutoModelForCausalLM.from_pretrained(SMOLLM2_DIR, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     finally:
         hf_logging.enable_progress_bar()
     return model.eval(), tok
@@ -57,6 +83,21 @@ def smollm2_copy(_smollm2_dense):
     """A private deep copy of SmolLM2-135M (safe to prune) and its tokenizer."""
     model, tok = _smollm2_dense
     return copy.deepcopy(model), tok
+
+
+@pytest.fixture(scope="session")
+def smollm2_pruned20(_smollm2_dense):
+    """(model, tokenizer, pruner): a copy of SmolLM2-135M pruned 20% by SlimGPT on 16 x 256 WikiText-2 validation
+    tokens, shared by the session (the quality test and the checkpoint test): do not modify the model."""
+    from helpers import WIKITEXT_DIR
+    from optimum_slimgpt import SlimGPTConfig, SlimGPTPruner
+
+    if not have_shared(WIKITEXT_DIR / "wiki.valid.tokens"):
+        pytest.skip("../shared WikiText-2 missing")
+    model, tok = _smollm2_dense
+    rows = (WIKITEXT_DIR / "wiki.valid.tokens").read_text(encoding="utf-8").splitlines()
+    pruner = SlimGPTPruner(SlimGPTConfig(pruning_ratio=0.2, dataset=rows, num_samples=16, seqlen=256, batch_size=8))
+    return pruner.prune_model(copy.deepcopy(model), tok), tok, pruner
 
 
 @pytest.fixture(scope="session")

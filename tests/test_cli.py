@@ -1,4 +1,5 @@
-"""The ``optimum-slimgpt`` command line, driven like a user does: subprocesses on a real (tiny) model.
+"""The ``optimum-slimgpt`` command line on a real (tiny) model: ``prune`` through the installed entry point in a
+subprocess, the other commands through ``cli.main`` in this process.
 
 stories260K (llama2.c weights, ``../shared``) is converted once into a Hugging Face folder with a tokenizer
 for its 512-token vocabulary; ``prune`` must write a model that ``AutoModelForCausalLM`` loads, ``eval``
@@ -23,6 +24,20 @@ import optimum_slimgpt  # noqa: F401  (registers the pruned classes with the Aut
 from helpers import TINYSTORIES_TXT, have_shared, load_stories260k, STORIES_BIN, tok512_tokenizer
 
 pytestmark = pytest.mark.skipif(not have_shared(STORIES_BIN, TINYSTORIES_TXT), reason="../shared stories260K missing")
+
+
+def call_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``optimum-slimgpt ARGS`` in this process (the subprocess tests cover the entry point itself):
+    (exit status, stdout, stderr)."""
+    from optimum_slimgpt import cli
+
+    capsys.readouterr()
+    try:
+        rc = cli.main(list(args))
+    except SystemExit as e:  # argparse
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -82,18 +97,18 @@ def test_prune_writes_a_loadable_smaller_model(stories_dir, pruned_dir):
     assert (out / "tokenizer.json").is_file() and (out / "README.md").is_file()
 
 
-def test_eval_prints_the_package_perplexity(pruned_dir, texts):
+def test_eval_prints_the_package_perplexity(pruned_dir, texts, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from optimum_slimgpt.evaluation import perplexity
 
     out, prune_proc = pruned_dir
     assert prune_proc.returncode == 0, prune_proc.stderr[-3000:]
-    proc = run_cli("eval", "--model", str(out), "--text-file", str(texts[1]), "--seqlen", "256",
-                   "--max-tokens", "4096", "--json", str(out.parent / "eval.json"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    m = re.search(r"perplexity: ([0-9.]+)", proc.stdout)
-    assert m, proc.stdout
+    rc, stdout, stderr = call_cli(capsys, "eval", "--model", str(out), "--text-file", str(texts[1]), "--seqlen", "256",
+                                  "--max-tokens", "4096", "--json", str(out.parent / "eval.json"))
+    assert rc == 0, stderr[-3000:]
+    m = re.search(r"perplexity: ([0-9.]+)", stdout)
+    assert m, stdout
     printed = float(m.group(1))
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)
@@ -105,18 +120,21 @@ def test_eval_prints_the_package_perplexity(pruned_dir, texts):
     assert abs(saved["perplexity"] - ref) < 1e-6 * ref
 
 
-def test_info_prints_the_layout(pruned_dir):
+def test_info_prints_the_layout(pruned_dir, capsys):
     out, prune_proc = pruned_dir
     assert prune_proc.returncode == 0, prune_proc.stderr[-3000:]
-    proc = run_cli("info", "--model", str(out))
-    assert proc.returncode == 0, proc.stderr
+    rc, stdout, stderr = call_cli(capsys, "info", "--model", str(out))
+    assert rc == 0, stderr
     cfg = json.loads((out / "config.json").read_text())
-    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$", proc.stdout, flags=re.M)
+    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([0-9.]+)\s+([0-9.]+)$", stdout, flags=re.M)
     assert len(rows) == 5
-    want = [(lay["num_attention_heads"], lay["num_key_value_heads"], lay["intermediate_size"])
-            for lay in cfg["pruning_config"]["layers"]]
-    assert [tuple(int(x) for x in r[1:]) for r in rows] == want
-    assert "method: slimgpt" in proc.stdout
+    pc = cfg["pruning_config"]
+    want = [(lay["num_attention_heads"], lay["num_key_value_heads"], lay["intermediate_size"]) for lay in pc["layers"]]
+    assert [tuple(int(x) for x in r[1:4]) for r in rows] == want
+    # the per-layer head and FFN ratios of the schedule (the record keeps both)
+    assert [(float(r[4]), float(r[5])) for r in rows] == [(round(a, 3), round(b, 3))
+                                                          for a, b in zip(pc["layer_ratios"], pc["ffn_ratios"])]
+    assert "method: slimgpt" in stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -128,19 +146,24 @@ def test_info_prints_the_layout(pruned_dir):
     (["eval", "--model", "{model}"], "nothing to evaluate"),
     (["info", "--model", "{tmp}"], "config.json"),
     (["eval", "--model", "{model}", "--dtype", "float7", "--text-file", "{tmp}/tiny.txt"], "unknown dtype"),
+    (["prune", "--model", "{model}", "--method", "slimllm", "--damp", "0.1", "--output", "{tmp}/o"],
+     "--damp does not apply to --method slimllm"),
+    (["prune", "--model", "{model}", "--method", "nosuch", "--output", "{tmp}/o"], "unknown pruning method"),
 ])
-def test_bad_arguments_exit_non_zero_with_one_line(args, message, stories_dir, tmp_path):
+def test_bad_arguments_exit_non_zero_with_one_line(args, message, stories_dir, tmp_path, capsys):
     (tmp_path / "tiny.txt").write_text("Once upon a time.", encoding="utf-8")
     argv = [a.format(model=stories_dir, tmp=tmp_path) for a in args]
-    proc = run_cli(*argv)
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    err_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(err_lines) == 1 and message in err_lines[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+    rc, _, stderr = call_cli(capsys, *argv)
+    assert rc == 2, (rc, stderr[-2000:])
+    err_lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(err_lines) == 1 and message in err_lines[0], stderr[-2000:]
+    assert not (tmp_path / "o").exists()
 
 
-def test_argparse_errors_exit_non_zero():
-    proc = run_cli("prune", "--ratio", "0.2")  # --model and --output missing
-    assert proc.returncode == 2 and "required" in proc.stderr
-    proc = run_cli("frobnicate")
-    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+def test_argparse_errors_exit_non_zero(capsys):
+    rc, _, stderr = call_cli(capsys, "prune", "--ratio", "0.2")  # --model and --output missing
+    assert rc == 2 and "required" in stderr
+    rc, _, stderr = call_cli(capsys, "frobnicate")
+    assert rc == 2 and "invalid choice" in stderr
+    rc, stdout, _ = call_cli(capsys, "--help")  # the help text renders (no stray % in it)
+    assert rc == 0 and "prune" in stdout

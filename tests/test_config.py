@@ -1,9 +1,11 @@
-"""SlimGPTConfig: defaults, validation messages, JSON round trip."""
+"""Pruning configs: a shared base, one class per method, validation messages, JSON round trip, dispatch."""
+
+import dataclasses
 
 import pytest
 import torch
 
-from optimum_slimgpt import SlimGPTConfig
+from optimum_slimgpt import PruningConfig, SlimGPTConfig, SlimLLMConfig
 
 
 def test_defaults_and_round_trip(tmp_path):
@@ -15,6 +17,37 @@ def test_defaults_and_round_trip(tmp_path):
     assert SlimGPTConfig.from_json_file(tmp_path / "c.json") == c
     c2 = SlimGPTConfig(schedule=[0.1, 0.2, 0.3])
     assert SlimGPTConfig.from_dict(c2.to_dict()).schedule == [0.1, 0.2, 0.3]
+
+
+def test_each_method_config_carries_only_its_own_knobs():
+    shared = {f.name for f in dataclasses.fields(PruningConfig)}
+    gpt = {f.name for f in dataclasses.fields(SlimGPTConfig)} - shared
+    llm = {f.name for f in dataclasses.fields(SlimLLMConfig)} - shared
+    assert gpt == {"damp_percent", "ffn_max_group", "ffn_min_group", "compensate", "head_selection", "channel_selection"}
+    assert llm == {"recovery", "swap_search", "keep_lowest"}
+    with pytest.raises(TypeError, match="compensate"):
+        SlimLLMConfig(compensate=False)  # SlimLLM has no OBS update: the knob is refused, not ignored
+    with pytest.raises(TypeError, match="shared base"):
+        PruningConfig()
+
+
+def test_from_dict_dispatches_on_the_method_name():
+    c = SlimLLMConfig(pruning_ratio=0.4, swap_search=False, dataset="c4")
+    d = c.to_dict()
+    assert d["method"] == "slimllm"
+    back = PruningConfig.from_dict(d)
+    assert type(back) is SlimLLMConfig and back == c
+    assert PruningConfig.for_method("slimgpt", pruning_ratio=0.1) == SlimGPTConfig(pruning_ratio=0.1)
+    with pytest.raises(ValueError, match="got the config of SlimLLMConfig"):
+        SlimGPTConfig.from_dict(d)
+    with pytest.raises(ValueError, match="unknown pruning method 'foo'; registered: \\['slimgpt', 'slimllm'"):
+        PruningConfig.for_method("foo")
+
+
+def test_method_argument_is_a_clear_error_naming_the_right_class():
+    with pytest.raises(ValueError, match=r"method='slimllm' has its own config class: use SlimLLMConfig\(...\)"):
+        SlimGPTConfig(method="slimllm")
+    assert SlimGPTConfig(method="slimgpt") == SlimGPTConfig()  # naming its own method is harmless
 
 
 def test_in_memory_datasets_are_described_not_serialised():
@@ -37,16 +70,27 @@ def test_in_memory_datasets_are_described_not_serialised():
         (dict(seqlen=2.5), ValueError, "seqlen"),
         (dict(damp_percent=-1), ValueError, "damp_percent"),
         (dict(prune_heads=False, prune_ffn=False), ValueError, "nothing can be pruned"),
-        (dict(method="foo"), ValueError, "method must be one of"),
+        (dict(method="foo"), ValueError, "unknown pruning method 'foo'"),
         (dict(dataset=3.5), TypeError, "dataset must be"),
         (dict(dataset=torch.zeros(5)), ValueError, "shape \\(samples, seqlen\\)"),
         (dict(dataset=[]), ValueError, "non-empty list of strings"),
         (dict(ffn_min_group=128, ffn_max_group=64), ValueError, "ffn_min_group"),
+        (dict(head_selection="random"), ValueError, "head_selection"),
     ],
 )
 def test_validation_messages(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         SlimGPTConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(keep_lowest=1.0), ValueError, "keep_lowest must be in \\[0, 1\\)"),
+    (dict(recovery="yes"), TypeError, "recovery must be a bool"),
+    (dict(pruning_ratio=1.5), ValueError, "pruning_ratio"),
+])
+def test_slimllm_validation_messages(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        SlimLLMConfig(**kwargs)
 
 
 def test_unknown_keys_are_rejected():

@@ -14,7 +14,7 @@ eager for Gemma 2 by default).
 from __future__ import annotations
 
 import copy
-import inspect
+import json
 from functools import lru_cache
 
 import pytest
@@ -22,10 +22,10 @@ import torch
 import transformers
 from torch import nn
 
-from optimum_slimgpt import pruner as pruner_module
-from optimum_slimgpt import SlimGPTConfig, SlimGPTPruner, get_adapter, register_family, supported_model_types
-from optimum_slimgpt.families import FamilyAdapter, LayerConfigView
-from optimum_slimgpt.families.registry import _REGISTRY
+from optimum_slimgpt import (PruningConfig, SlimGPTConfig, SlimGPTPruner, SlimLLMConfig, get_adapter, register_family,
+                             supported_model_types)
+from optimum_slimgpt.families import FamilyAdapter, LayerConfigView, unregister_family
+from optimum_slimgpt.saving import ExportError, save_pruned_model
 
 VOCAB = 128
 SEQ = 32
@@ -116,10 +116,10 @@ def eval_ids() -> torch.Tensor:
     return torch.randint(3, VOCAB, (2, 24), generator=torch.Generator().manual_seed(1))
 
 
-def slim_config(**kw) -> SlimGPTConfig:
+def slim_config(method: str = "slimgpt", **kw) -> PruningConfig:
     base = dict(pruning_ratio=0.3, dataset=None, num_samples=8, seqlen=SEQ, batch_size=4)
     base.update(kw)
-    return SlimGPTConfig(**base)
+    return PruningConfig.for_method(method, **base)
 
 
 def logits(model, ids) -> torch.Tensor:
@@ -272,17 +272,7 @@ def test_masked_model_equals_sliced_model(family):
     torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
 
 
-# SlimLLM scores channels with the channel-in weights (one row per channel): fused layouts need the pruner
-# to ask the adapter (``channel_in_weights``) instead of reading ``channel_in_linears(...).weight``
-_PRUNER_USES_CHANNEL_IN_WEIGHTS = "channel_in_weights" in inspect.getsource(pruner_module)
-
-
-@pytest.mark.parametrize("family", [
-    pytest.param(f, marks=pytest.mark.xfail(
-        raises=ValueError, strict=False,
-        reason="pruner passes [lin.weight for lin in channel_in_linears] to SlimLLM; the fused gate_up_proj needs "
-               "adapter.channel_in_weights(block)")) if f == "phi3" and not _PRUNER_USES_CHANNEL_IN_WEIGHTS else f
-    for f in FAMILIES])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_slimllm_masked_model_equals_sliced_model(family):
     masked = dense(family)
     pruner = SlimGPTPruner(slim_config(method="slimllm"), mask_only=True)
@@ -317,7 +307,6 @@ def _load(path):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_per_layer_checkpoint_round_trip(family, tmp_path):
     """prune 30 % (log_increase: layers differ) -> save -> AutoModelForCausalLM -> same logits and tokens."""
-    from optimum_slimgpt.saving import save_pruned_model
 
     model, _ = pruned(family)
     ids = eval_ids()
@@ -338,7 +327,6 @@ def test_per_layer_checkpoint_round_trip(family, tmp_path):
 def test_uniform_checkpoint_round_trip(family, tmp_path):
     """A uniform schedule saves as the plain family architecture where the family can express it; OPT (whose
     attention derives head_dim from hidden_size / heads) falls back to the per-layer format with the reason."""
-    from optimum_slimgpt.saving import save_pruned_model
 
     model = dense(family)
     SlimGPTPruner(slim_config(schedule="uniform")).prune_model(model, calibration=calibration())
@@ -347,7 +335,7 @@ def test_uniform_checkpoint_round_trip(family, tmp_path):
     res = save_pruned_model(model, tmp_path / "ckpt")
     loaded = _load(res.path)
     if family == "opt":
-        assert res.format == "per_layer" and "embed_dim must be divisible" in res.reason
+        assert res.format == "per_layer" and "derives head_dim from hidden_size / heads" in res.reason
         assert loaded.config.model_type == "slimgpt_opt"
     else:
         assert res.format == "uniform"
@@ -382,7 +370,6 @@ def test_slimllm_recovery_biases_survive_save_and_load(family, tmp_path):
 
 
 def test_opt_with_all_heads_kept_saves_as_plain_opt(tmp_path):
-    from optimum_slimgpt.saving import save_pruned_model
 
     model = dense("opt")
     SlimGPTPruner(slim_config(schedule="uniform", prune_heads=False)).prune_model(model, calibration=calibration())
@@ -413,10 +400,20 @@ def test_phi3_attention_gets_a_per_layer_config_view():
     assert isinstance(view, LayerConfigView) and view.base_config is model.config
     assert view.num_attention_heads == adapter.head_layout(adapter.get_blocks(model)[-1], model.config).num_heads
     # the shared config keeps the original global size (read without the per-layer ambiguity guard)
-    assert model.config._raw_get("num_attention_heads") == 8
+    assert model.config.global_value("num_attention_heads") == 8
     assert view.sliding_window == model.config.sliding_window
-    model.set_attn_implementation("eager")
-    assert view._attn_implementation == "eager"  # read live from the shared config
+    # the attention implementation is read live from the shared config: a registered one reaches every layer
+    calls = []
+
+    def counting(module, *args, **kwargs):
+        calls.append(module.layer_idx)
+        return transformers.integrations.sdpa_attention.sdpa_attention_forward(module, *args, **kwargs)
+
+    transformers.AttentionInterface.register("slimgpt_test_counting", counting)
+    model.set_attn_implementation("slimgpt_test_counting")
+    logits(model, eval_ids())
+    assert sorted(set(calls)) == list(range(len(adapter.get_blocks(model))))
+    model.set_attn_implementation("sdpa")
     clone = copy.deepcopy(model)
     assert adapter.get_blocks(clone)[-1].self_attn.config.base_config is clone.config
     ids = eval_ids()
@@ -425,6 +422,19 @@ def test_phi3_attention_gets_a_per_layer_config_view():
     block = adapter.get_blocks(model)[-1]
     gate, up = adapter.channel_in_weights(block)
     assert gate.shape == up.shape == (adapter.num_channels(block), 64)
+
+
+@pytest.mark.parametrize("family", ["phi3", "gemma2", "opt"])
+def test_padded_checkpoint_round_trip(family, tmp_path):
+    """Fused projections, sandwich norms, full-size attention: the zero-padded plain checkpoint is exact."""
+    model, _ = pruned(family)
+    ids = eval_ids()
+    ref = logits(model, ids)
+    res = save_pruned_model(model, tmp_path / "padded", export_format="padded")
+    loaded = _load(res.path)
+    assert type(loaded) is type(_dense_cached(family)) and res.format == "padded"
+    assert len({module_sizes(family, b) for b in get_adapter(loaded).get_blocks(loaded)}) == 1
+    torch.testing.assert_close(logits(loaded, ids), ref, atol=1e-5, rtol=0)
 
 
 def test_phi3_padded_block_state_dict_computes_the_same_function():
@@ -441,34 +451,62 @@ def test_phi3_padded_block_state_dict_computes_the_same_function():
     sd = dict(model.state_dict())
     for i, b in enumerate(blocks):
         for k, v in adapter.padded_block_state_dict(b, model.config, kv, rep, channels).items():
-            sd[f"{adapter.blocks_path}.{i}.{k}"] = v
+            sd[f"{adapter.layout.blocks}.{i}.{k}"] = v
     plain.load_state_dict(sd, strict=True)
     ids = eval_ids()
     torch.testing.assert_close(logits(plain, ids), logits(model, ids), atol=1e-5, rtol=1e-5)
 
 
-def test_gemma3_multimodal_text_decoder_is_pruned():
+def _gemma3_multimodal():
     text = transformers.Gemma3TextConfig(**GEMMA)
     vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                              num_attention_heads=2, image_size=28, patch_size=14)
     cfg = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
                                     image_token_index=VOCAB - 1, boi_token_index=VOCAB - 2, eoi_token_index=VOCAB - 3)
     torch.manual_seed(0)
-    model = transformers.Gemma3ForConditionalGeneration(cfg).eval()
+    return transformers.Gemma3ForConditionalGeneration(cfg).eval()
+
+
+GEMMA3_IDS = torch.randint(3, VOCAB - 3, (2, 16), generator=torch.Generator().manual_seed(1))
+GEMMA3_CALIB = torch.randint(3, VOCAB - 3, (8, SEQ), generator=torch.Generator().manual_seed(0))
+
+
+def test_gemma3_multimodal_text_decoder_is_pruned():
+    model = _gemma3_multimodal()
     vision_before = {k: v.clone() for k, v in model.model.vision_tower.state_dict().items()}
-    ids = torch.randint(3, VOCAB - 3, (2, 16), generator=torch.Generator().manual_seed(1))
-    ref = logits(model, ids)
+    ref = logits(model, GEMMA3_IDS)
     pruner = SlimGPTPruner(slim_config())
-    calib = torch.randint(3, VOCAB - 3, (8, SEQ), generator=torch.Generator().manual_seed(0))
-    pruner.prune_model(model, calibration=calib)
+    pruner.prune_model(model, calibration=GEMMA3_CALIB)
     adapter = get_adapter(model)
     assert adapter.name == "gemma3"
     for i, block in enumerate(adapter.get_blocks(model)):
         assert module_sizes("gemma3_text", block) == planned_sizes(pruner, i)
-    got = logits(model, ids)
+    got = logits(model, GEMMA3_IDS)
     assert torch.isfinite(got).all() and not torch.allclose(got, ref, atol=1e-4)
     for k, v in model.model.vision_tower.state_dict().items():
         assert torch.equal(v, vision_before[k])
+
+
+@pytest.mark.parametrize("schedule, export_format", [("uniform", "uniform"), ("log_increase", "padded")])
+def test_gemma3_multimodal_saves_and_reloads(schedule, export_format, tmp_path):
+    """The sizes go to the text_config; the reloaded plain Gemma3ForConditionalGeneration gives the same logits."""
+    model = _gemma3_multimodal()
+    SlimGPTPruner(slim_config(schedule=schedule)).prune_model(model, calibration=GEMMA3_CALIB)
+    sizes = [module_sizes("gemma3_text", b) for b in get_adapter(model).get_blocks(model)]
+    assert (len(set(sizes)) == 1) == (schedule == "uniform"), sizes
+    ref = logits(model, GEMMA3_IDS)
+    with pytest.raises(ExportError, match="per_layer"):  # no per-layer class for the multimodal wrapper
+        save_pruned_model(model, tmp_path / "pl", export_format="per_layer")
+    res = save_pruned_model(model, tmp_path / "out")  # auto: the plain architecture, uniform or zero-padded
+    assert res.format == export_format
+    cfg = json.loads((res.path / "config.json").read_text())
+    assert cfg["model_type"] == "gemma3" and "per_layer_config" not in cfg
+    widest = max(s[2] for s in sizes)
+    assert cfg["text_config"]["intermediate_size"] == widest and cfg.get("intermediate_size") is None
+    loaded = transformers.Gemma3ForConditionalGeneration.from_pretrained(res.path).eval()
+    assert loaded.config.text_config.intermediate_size == widest
+    torch.testing.assert_close(logits(loaded, GEMMA3_IDS), ref, atol=1e-5, rtol=0)
+    assert res.num_parameters == sum(p.numel() for p in loaded.parameters())
 
 
 @pytest.mark.parametrize("make", [
@@ -505,7 +543,8 @@ def test_user_registered_adapter():
         model.config.model_type = "my_llama_type"
         assert isinstance(get_adapter(model), MyLlama)
     finally:
-        _REGISTRY.pop("my_llama_type", None)
+        unregister_family("my_llama_type")
+    assert "my_llama_type" not in supported_model_types()
     with pytest.raises(ValueError, match="no model_types"):
         register_family(type("Empty", (FamilyAdapter,), {}))
 
@@ -525,8 +564,8 @@ def test_block_outputs_from_the_mlp_tail_are_bit_identical(family):
     weights of whole-block forwards, for every layer; OPT has no tail and always runs whole blocks."""
     ref, p_ref = _prune_state(family, reuse=False)
     got, p_got = _prune_state(family, reuse=True)
-    assert p_ref._tail_ok is None
-    assert p_got._tail_ok is (None if family == "opt" else True)
+    assert p_ref.summary.mlp_tail is None
+    assert p_got.summary.mlp_tail is (None if family == "opt" else True)
     assert ref.keys() == got.keys()
     for k in ref:
         assert torch.equal(ref[k], got[k]), k
@@ -537,7 +576,7 @@ def test_a_wrong_mlp_tail_is_detected_and_whole_blocks_run(monkeypatch):
     adapter_cls = type(get_adapter(dense("llama")))
     monkeypatch.setattr(adapter_cls, "mlp_tail", lambda self, block, h: h)  # drops the MLP
     got, pruner = _prune_state("llama", reuse=True)
-    assert pruner._tail_ok is False
+    assert pruner.summary.mlp_tail is False
     for k in ref:
         assert torch.equal(ref[k], got[k]), k
 
@@ -551,7 +590,7 @@ def test_blocks_with_accelerate_hooks_run_whole():
         add_hook_to_module(block, AlignDevicesHook(execution_device="cpu"))
     pruner = SlimGPTPruner(slim_config())
     pruner.prune_model(model, calibration=calibration())
-    assert pruner._tail_ok is None  # never tried: the hooks act on the block's own forward
+    assert pruner.summary.mlp_tail is None  # never tried: the hooks act on the block's own forward
     got = model.state_dict()
     for k in ref:
         assert torch.equal(ref[k], got[k]), k

@@ -112,14 +112,44 @@ def test_compensation_lowers_reconstruction_error_on_real_activations(stories, s
     assert err(Wd, plain.W, Xd) < err(Wd, mag.W, Xd)
 
 
-def test_same_seed_same_weights(stories, stories_stream):
+def test_seed_decides_the_calibration_windows(stories):
+    """Calibrating from text: the seed picks the windows, so the same seed gives the same weights (bit for bit)
+    and another seed other weights."""
+    from helpers import TINYSTORIES_TXT, tok512_tokenizer
+
+    tok = tok512_tokenizer()
+    docs = [p for p in TINYSTORIES_TXT.read_text(encoding="utf-8")[:40_000].split("\n") if p.strip()]
+
+    def prune(seed):
+        cfg = SlimGPTConfig(pruning_ratio=0.3, dataset=docs, num_samples=8, seqlen=64, batch_size=8, seed=seed)
+        return SlimGPTPruner(cfg).prune_model(copy.deepcopy(stories), tok).state_dict()
+
+    a, b, c = prune(0), prune(0), prune(1)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    changed = [k for k in a if a[k].shape != c[k].shape or not torch.equal(a[k], c[k])]
+    assert len(changed) > len(a) // 4, changed  # the compensated weights of (nearly) every block differ
+
+
+def _heldout_loss(model, stream):
+    x = stream[:2048].view(8, 256)  # calibration starts at token 20,000
+    with torch.no_grad():
+        return float(model(x, labels=x).loss)
+
+
+def test_obs_beats_no_compensation_beats_magnitude(stories, stories_stream):
+    """Model-level ordering at 30% on held-out TinyStories: SlimGPT (OBS selection + compensation) < the same
+    selection without compensation < structured magnitude."""
     calib = _calib(stories_stream)
-    a = SlimGPTPruner(_cfg(pruning_ratio=0.3)).prune_model(copy.deepcopy(stories), calibration=calib)
-    b = SlimGPTPruner(_cfg(pruning_ratio=0.3)).prune_model(copy.deepcopy(stories), calibration=calib)
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
+    losses = {}
+    for name, kw in {"slimgpt": {}, "nocomp": dict(compensate=False),
+                     "magnitude": dict(compensate=False, head_selection="magnitude", channel_selection="magnitude")}.items():
+        model = SlimGPTPruner(_cfg(pruning_ratio=0.3, **kw)).prune_model(copy.deepcopy(stories), calibration=calib)
+        losses[name] = _heldout_loss(model, stories_stream)
+    dense = _heldout_loss(stories, stories_stream)
+    assert dense < losses["slimgpt"] < losses["nocomp"] < losses["magnitude"], (dense, losses)
+    # margins far above float noise (measured: dense 1.306, then 2.394 / 2.940 / 3.474)
+    assert losses["nocomp"] - losses["slimgpt"] > 0.25 and losses["magnitude"] - losses["nocomp"] > 0.25, losses
 
 
 def test_pruned_model_generates(stories, stories_stream):
@@ -187,24 +217,15 @@ def test_smollm2_ratio_within_half_a_point(smollm2, ratio):
     assert len(plan.layers) == 30
 
 
-def _wikitext_rows(name):
-    return (WIKITEXT_DIR / name).read_text(encoding="utf-8").splitlines()
-
-
 def _ppl(model, ids, seqlen=512):
     return perplexity(model, None, ids, seqlen=seqlen, batch_size=4, show_progress=False)
 
 
-@pytest.mark.skipif(not have_shared(WIKITEXT_DIR / "wiki.valid.tokens"), reason="../shared WikiText-2 missing")
-def test_smollm2_20_percent_perplexity_quick(smollm2_copy):
-    model, tok = smollm2_copy
+def test_smollm2_20_percent_perplexity_quick(smollm2, smollm2_pruned20):
+    (dense_model, tok), (model, _, pruner) = smollm2, smollm2_pruned20
     test_rows = (WIKITEXT_DIR / "wiki.test.raw.nonempty-crlf.txt").read_text(encoding="utf-8").split("\r\n")
-    ids = tok("\n\n".join(test_rows[:200]), add_special_tokens=False, return_tensors="pt").input_ids[0][: 8 * 512]
-    dense = _ppl(model, ids)
-    cfg = SlimGPTConfig(pruning_ratio=0.2, dataset=_wikitext_rows("wiki.valid.tokens"), num_samples=16, seqlen=256,
-                        batch_size=8)
-    pruner = SlimGPTPruner(cfg)
-    model = pruner.prune_model(model, tok)
-    pruned = _ppl(model, ids)
+    ids = tok("\n\n".join(test_rows[:200]), add_special_tokens=False, return_tensors="pt").input_ids[0][: 4 * 512]
+    dense, pruned = _ppl(dense_model, ids), _ppl(model, ids)
     assert abs(pruner.summary.achieved_ratio - 0.2) < 0.005
+    # measured: dense 30.23, pruned 51.44 on these 2,048 test tokens (16 x 256 calibration tokens only)
     assert math.isfinite(pruned) and dense < pruned < 2 * dense, (dense, pruned)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from optimum_slimgpt import SlimGPTConfig, SlimGPTPruner, get_adapter, save_pruned_model, to_pruned_model
+from optimum_slimgpt import PruningRecord, SlimGPTConfig, SlimGPTPruner, get_adapter, save_pruned_model, to_pruned_model
 from optimum_slimgpt.saving import ExportError
 
 VOCAB = 128
@@ -99,8 +99,7 @@ def test_per_layer_round_trip(family, tmp_path):
     cfg = json.loads((res.path / "config.json").read_text())
     assert cfg["model_type"] == f"slimgpt_{family}"
     assert set(cfg["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
-    for f in (f"configuration_slimgpt_{family}.py", f"modeling_slimgpt_{family}.py",
-              "configuration_slimgpt_common.py", "modeling_slimgpt_common.py"):
+    for f in ("configuration_slimgpt.py", "modeling_slimgpt.py"):
         assert (res.path / f).is_file(), f
     # global sizes stay at the original values; head_dim explicit; every layer and every key explicit
     assert (cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"]) == (8, 4, 128)
@@ -135,7 +134,7 @@ def test_in_memory_model_behaves_like_the_family(tmp_path):
     loaded = _load(tmp_path / "direct")
     torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
     loaded.set_attn_implementation("eager")
-    assert all(layer.self_attn.config._attn_implementation == "eager" for layer in loaded.model.layers)
+    # (that every layer follows the switch is tested in test_families with a counting attention function)
     torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
 
     base = AutoModel.from_pretrained(tmp_path / "direct")
@@ -148,7 +147,9 @@ def test_in_memory_model_behaves_like_the_family(tmp_path):
 
 
 def test_config_validation():
-    from optimum_slimgpt.modeling.configuration_slimgpt_llama import SlimGPTLlamaConfig
+    from optimum_slimgpt.modeling import get_pruned_family
+
+    SlimGPTLlamaConfig = get_pruned_family("llama").config_class
 
     base = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
                 num_key_value_heads=4, head_dim=8)
@@ -229,7 +230,7 @@ def test_remote_code_without_the_package(tmp_path):
     for p in paths:
         r = out[p]
         assert r["module"].startswith("transformers_modules") and r["module"].endswith(
-            "modeling_slimgpt_" + Path(p).name.split("-")[0])
+            ".modeling_slimgpt")
         assert "trust_remote_code" in r["no_flag"], r["no_flag"]
         ref_logits, ref_greedy = refs[p]
         torch.testing.assert_close(r["logits"], ref_logits, atol=1e-5, rtol=0)
@@ -326,6 +327,40 @@ def test_checkpoint_size_follows_the_parameters_removed(tmp_path):
     assert 4 * pruned_params <= res.weights_bytes < 4 * pruned_params + 16_384
 
 
+def _stored_params(folder: Path) -> tuple[int, set]:
+    """(elements of every tensor in the folder's safetensors files, their names)."""
+    from safetensors import safe_open
+
+    n, names = 0, set()
+    for f in folder.glob("*.safetensors"):
+        with safe_open(f, framework="pt") as st:
+            for k in st.keys():
+                n += st.get_tensor(k).numel()
+                names.add(k)
+    return n, names
+
+
+@pytest.mark.parametrize("export_format, schedule", [("per_layer", "log_increase"), ("uniform", "uniform"),
+                                                     ("padded", "log_increase")])
+def test_tied_embeddings_are_counted_once(export_format, schedule, tmp_path):
+    from huggingface_hub import ModelCard
+
+    model = _pruned("qwen2", 0.3, schedule)  # tie_word_embeddings=True
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    ref = _logits(model)
+    res = save_pruned_model(model, tmp_path / export_format, export_format=export_format)
+    loaded = _load(res.path)
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight  # still tied after loading
+    stored, names = _stored_params(res.path)
+    assert "lm_head.weight" not in names
+    unique = sum(p.numel() for p in loaded.parameters())  # parameters() yields a tied tensor once
+    assert res.num_parameters == stored == unique
+    if export_format != "padded":  # padding adds zeros; the other formats hold exactly the pruned model
+        assert unique == sum(p.numel() for p in model.parameters())
+    assert f"parameters in this checkpoint: {unique:,}" in ModelCard.load(res.path / "README.md").text
+    torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
+
+
 # ------------------------------------------------------------------------------------------ atomic writes
 def _leftovers(parent: Path, name: str) -> list[str]:
     return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")]
@@ -382,7 +417,7 @@ def test_output_biases_are_carried_by_the_per_layer_format(tmp_path):
     blocks[1].self_attn.o_proj.bias = torch.nn.Parameter(torch.randn(64, generator=g) * 0.1)
     blocks[2].mlp.down_proj.bias = torch.nn.Parameter(torch.randn(64, generator=g) * 0.1)
     ref = _logits(model)
-    to_pruned_model(model, get_adapter(model), model.config.pruning_config)  # re-record the layout
+    to_pruned_model(model, get_adapter(model), PruningRecord.of(model.config))  # re-record the layout
     assert model.config.pruned_out_bias is True
     assert all(b.self_attn.o_proj.bias is not None and b.mlp.down_proj.bias is not None for b in blocks)
     torch.testing.assert_close(_logits(model), ref, atol=0, rtol=0)  # zeros were added elsewhere
@@ -417,7 +452,7 @@ def test_model_card(tmp_path):
         assert f"| {i} | {h} | {kv} | {ch} |" in text
     assert "wikitext2_ppl" in text and "12.35" in text and "num_samples" in text
     # without a Hub id the local name is only mentioned in the text, not in the metadata
-    model.config._name_or_path = str(tmp_path / "some-local-dir")
+    model.config.name_or_path = str(tmp_path / "some-local-dir")
     res = save_pruned_model(model, tmp_path / "card2")
     card = ModelCard.load(res.path / "README.md")
     assert "base_model" not in card.data.to_dict() and "some-local-dir" in card.text
@@ -445,18 +480,13 @@ def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
     assert calls["create"][0] == "me/tiny-slim" and calls["create"][1]["private"] is True
     repo_id, folder, files, kw = calls["upload"]
     assert repo_id == "me/tiny-slim" and Path(folder) == res.path
-    assert {"config.json", "model.safetensors", "README.md", "modeling_slimgpt_llama.py"} <= set(files)
+    assert {"config.json", "model.safetensors", "README.md", "modeling_slimgpt.py"} <= set(files)
     assert res.repo_id == "me/tiny-slim"
 
 
 # ------------------------------------------------------------------------------------------ real model
-def test_smollm2_20_percent_round_trip(smollm2_copy, tmp_path):
-    model, tok = smollm2_copy
-    calib = torch.randint(0, model.config.vocab_size, (4, 64), generator=torch.Generator().manual_seed(0))
-    # the real SlimGPT solver (OBS selection + compensation) on little calibration data: seconds on 2 CPU cores
-    # (this test is about the checkpoint; pruning quality is tested in test_pruner)
-    cfg = SlimGPTConfig(pruning_ratio=0.2, dataset=None, num_samples=4, seqlen=64, batch_size=4)
-    SlimGPTPruner(cfg).prune_model(model, calibration=calib)
+def test_smollm2_20_percent_round_trip(smollm2_pruned20, tmp_path):
+    model, tok, _ = smollm2_pruned20  # pruned once for the session (its perplexity is tested in test_pruner)
     assert type(model).__name__ == "SlimGPTLlamaForCausalLM"
     assert len({tuple(s.values()) for s in model.config.layer_sizes()}) > 1
     assert getattr(model, "hf_quantizer", None) is None  # the (dequantized) GGUF quantizer was dropped
@@ -465,6 +495,8 @@ def test_smollm2_20_percent_round_trip(smollm2_copy, tmp_path):
     ref_greedy = _greedy(model, ids=ids, n=8)
     res = save_pruned_model(model, tmp_path / "smollm2-slim", tokenizer=tok)
     assert res.format == "per_layer"
+    stored, names = _stored_params(res.path)  # SmolLM2 ties its embeddings: stored and counted once
+    assert res.num_parameters == stored == sum(p.numel() for p in model.parameters()) and "lm_head.weight" not in names
     assert any(n.startswith("tokenizer") for n in res.files)
     loaded = _load(res.path)
     torch.testing.assert_close(_logits(loaded, ids), ref, atol=1e-5, rtol=0)

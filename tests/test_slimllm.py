@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from optimum_slimgpt import SlimGPTConfig, SlimGPTPruner, get_adapter
+from optimum_slimgpt import PruningConfig, SlimGPTPruner, SlimLLMConfig, get_adapter
 from optimum_slimgpt.solvers import HessianAccumulator
 from optimum_slimgpt.solvers.schedule import default_importance_layers, layer_importance_shape, solve_schedule
 from optimum_slimgpt.solvers.slimllm import (
@@ -243,15 +243,18 @@ def test_layer_importance_shape_and_schedule():
 
 
 def test_config_fields():
-    c = SlimGPTConfig(method="slimllm", schedule="layer_importance", importance_layers=4, importance_alpha=7,
-                      slimllm_keep_lowest=0.01, slimllm_recovery=False)
-    assert SlimGPTConfig.from_dict(c.to_dict()).importance_layers == 4
-    for bad in (dict(importance_layers=0), dict(importance_alpha=-1.0), dict(slimllm_keep_lowest=1.0),
+    c = SlimLLMConfig(schedule="layer_importance", importance_layers=4, importance_alpha=7, keep_lowest=0.01,
+                      recovery=False)
+    back = PruningConfig.from_dict(c.to_dict())
+    assert type(back) is SlimLLMConfig and back == c and back.importance_layers == 4 and back.recovery is False
+    for bad in (dict(importance_layers=0), dict(importance_alpha=-1.0), dict(keep_lowest=1.0),
                 dict(importance_alpha=float("nan"))):
-        with pytest.raises(ValueError):
-            SlimGPTConfig(**bad)
-    with pytest.raises(TypeError):
-        SlimGPTConfig(slimllm_recovery="yes")
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SlimLLMConfig(**bad)
+    with pytest.raises(TypeError, match="recovery"):
+        SlimLLMConfig(recovery="yes")
+    with pytest.raises(TypeError):  # SlimGPT's knobs are not SlimLLM's: no silent ignoring
+        SlimLLMConfig(compensate=False)
 
 
 # ----------------------------------------------------------------------------- stories260K end to end
@@ -267,10 +270,10 @@ def _ppl(model, stream, n=8, seqlen=256):
     return math.exp(float(nll))
 
 
-def _cfg(**kw):
-    base = dict(dataset=None, num_samples=16, seqlen=128, batch_size=8, method="slimllm", pruning_ratio=0.3)
+def _cfg(method="slimllm", **kw):
+    base = dict(dataset=None, num_samples=16, seqlen=128, batch_size=8, pruning_ratio=0.3)
     base.update(kw)
-    return SlimGPTConfig(**base)
+    return PruningConfig.for_method(method, **base)
 
 
 def test_stories_slimllm_end_to_end(stories, stories_stream):
@@ -290,7 +293,7 @@ def test_stories_slimllm_end_to_end(stories, stories_stream):
     pruned = _ppl(model, stories_stream)
     assert math.isfinite(pruned) and dense < pruned < 10 * dense, (dense, pruned)
     # the regression recovery helps
-    SlimGPTPruner(_cfg(slimllm_recovery=False)).prune_model(no_rec, calibration=calib)
+    SlimGPTPruner(_cfg(recovery=False)).prune_model(no_rec, calibration=calib)
     assert pruned < _ppl(no_rec, stories_stream)
     assert all(adapter.mlp_out_proj(b).bias is None for b in adapter.get_blocks(no_rec))
 
