@@ -645,9 +645,7 @@ class SlimGPTPruner:
 
         c, cfg, s = self.config, model.config, self.summary
         prev = PruningRecord.of(cfg)
-        layers = [{"num_attention_heads": adapter.head_layout(b, cfg).num_heads,
-                   "num_key_value_heads": adapter.head_layout(b, cfg).num_kv_heads,
-                   "intermediate_size": adapter.num_channels(b)} for b in blocks]
+        layers = [adapter.block_sizes(b, cfg) for b in blocks]
         dataset = c.describe_dataset()
         if explicit or isinstance(c.dataset, torch.Tensor):
             dataset = {"type": "token_ids", "shape": list(data.shape),

@@ -35,13 +35,12 @@ import re
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
 
 from huggingface_hub.errors import StrictDataclassError
 
-import torch
 from torch import nn
 
 from . import __version__
@@ -125,13 +124,16 @@ class ModelView:
         lays = [adapter.head_layout(b, model.config) for b in blocks]
         if len({lay.head_dim for lay in lays}) != 1:
             raise ExportError(f"layers have different head_dim values {sorted({lay.head_dim for lay in lays})}")
-        sizes = [{"num_attention_heads": lay.num_heads, "num_key_value_heads": lay.num_kv_heads,
-                  "intermediate_size": adapter.num_channels(b)} for lay, b in zip(lays, blocks)]
+        sizes = [adapter.block_sizes(b, model.config) for b in blocks]
         return cls(model, adapter, blocks, record, adapter.layout, sizes, lays[0].head_dim)
 
     @property
     def uniform(self) -> bool:
         return all(s == self.sizes[0] for s in self.sizes)
+
+    @property
+    def hidden_size(self) -> int:
+        return base_config_dict(self.adapter.text_config(self.model.config))["hidden_size"]
 
     @property
     def extra_bias(self) -> bool:
@@ -148,9 +150,7 @@ class ModelView:
         text["head_dim"] = int(self.head_dim)
         cfg = AutoConfig.for_model(self.record.base_model_type, **d)
         cfg.validate()
-        record = PruningRecord.from_dict(self.record.to_dict())
-        record.export_format = export_format
-        cfg.pruning_config = record.to_dict()
+        cfg.pruning_config = replace(self.record, export_format=export_format).to_dict()
         cfg.name_or_path = self.model.config.name_or_path
         return cfg
 
@@ -254,8 +254,8 @@ class UniformExporter(_PlainExporter):
                               f"{len(distinct)} different (heads, kv_heads, channels) sizes {distinct}; use 'per_layer' "
                               "or 'padded'", reason="layers have different sizes")
         self._no_bias(view)
-        heads, hidden = view.sizes[0]["num_attention_heads"], base_config_dict(view.adapter.text_config(view.model.config))["hidden_size"]
-        if view.layout.full_size_attention and heads * view.head_dim != hidden:
+        heads = view.sizes[0]["num_attention_heads"]
+        if view.layout.full_size_attention and heads * view.head_dim != view.hidden_size:
             why = (f"the plain {view.record.base_model_type!r} attention derives head_dim from hidden_size / heads, so it "
                    f"cannot hold {heads} heads of {view.head_dim}")
             raise ExportError(f"{why}; use 'per_layer' or 'padded'", reason=why)
@@ -273,7 +273,7 @@ class PaddedExporter(_PlainExporter):
         K = max(s["num_key_value_heads"] for s in view.sizes)
         R = max(s["num_attention_heads"] // s["num_key_value_heads"] for s in view.sizes)
         I = max(s["intermediate_size"] for s in view.sizes)
-        hidden = base_config_dict(view.adapter.text_config(view.model.config))["hidden_size"]
+        hidden = view.hidden_size
         H, Kp = K * R, K
         if view.layout.full_size_attention:  # the plain attention has hidden_size / head_dim heads, one KV each
             H = Kp = hidden // view.head_dim
@@ -285,9 +285,7 @@ class PaddedExporter(_PlainExporter):
             Kp = next(k for k in range(K, H + 1) if H % k == 0 and H // k >= R)
             sizes = {"num_attention_heads": H, "num_key_value_heads": Kp, "intermediate_size": I}
             cfg = self._config(view, sizes)
-        rec = PruningRecord.from_dict(cfg.pruning_config)
-        rec.padded_to = sizes
-        cfg.pruning_config = rec.to_dict()
+        cfg.pruning_config = replace(view.record, export_format=self.name, padded_to=sizes).to_dict()
         why = f"zero-padded every layer to heads={H}, kv_heads={Kp}, channels={I}"
         if (H, Kp) != (K * R, K):
             why += f" (from {K * R}/{K}, so that the base config accepts it)"
@@ -316,9 +314,7 @@ class PerLayerExporter(Exporter):
     def write(self, view: ModelView, plan: ExportPlan, folder: Path, max_shard_size) -> None:
         cfg = view.model.config
         saved = cfg.pruning_config
-        record = PruningRecord.from_dict(saved)
-        record.export_format = "per_layer"
-        cfg.pruning_config = record.to_dict()
+        cfg.pruning_config = replace(view.record, export_format=self.name).to_dict()
         try:
             view.model.save_pretrained(folder, max_shard_size=max_shard_size)
         finally:

@@ -22,8 +22,7 @@ import torch
 import transformers
 from torch import nn
 
-from optimum_slimgpt import (PruningConfig, SlimGPTConfig, SlimGPTPruner, SlimLLMConfig, get_adapter, register_family,
-                             supported_model_types)
+from optimum_slimgpt import PruningConfig, SlimGPTPruner, get_adapter, register_family, supported_model_types
 from optimum_slimgpt.families import FamilyAdapter, LayerConfigView, unregister_family
 from optimum_slimgpt.saving import ExportError, save_pruned_model
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from helpers import WIKITEXT_DIR, have_shared
+from helpers import WIKITEXT_DIR
 from optimum_slimgpt import SlimGPTConfig, SlimGPTPruner, get_adapter
 from optimum_slimgpt.evaluation import perplexity
 from optimum_slimgpt.solvers import prune_channels, prune_heads

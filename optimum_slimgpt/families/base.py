@@ -193,6 +193,13 @@ class FamilyAdapter:
     def num_channels(self, block: nn.Module) -> int:
         return self.mlp_out_proj(block).in_features
 
+    def block_sizes(self, block: nn.Module, config) -> dict:
+        """The block's real sizes under the canonical keys (``num_attention_heads``, ``num_key_value_heads``,
+        ``intermediate_size``), read from the module shapes."""
+        lay = self.head_layout(block, config)
+        return {"num_attention_heads": lay.num_heads, "num_key_value_heads": lay.num_kv_heads,
+                "intermediate_size": self.num_channels(block)}
+
     def geometry(self, block: nn.Module, config) -> LayerGeometry:
         """Parameter counts per head / KV head / channel, read from the actual module shapes."""
         lay = self.head_layout(block, config)

@@ -204,9 +204,7 @@ def to_pruned_model(model: nn.Module, adapter, record: PruningRecord) -> nn.Modu
 
     sizes = new.layer_sizes()
     for i, (b, want) in enumerate(zip(blocks, sizes)):  # the module shapes match the record
-        lay = adapter.head_layout(b, new)
-        got = {"num_attention_heads": lay.num_heads, "num_key_value_heads": lay.num_kv_heads,
-               "intermediate_size": adapter.num_channels(b)}
+        got = adapter.block_sizes(b, new)
         bad = [k for k, attr in layout.size_keys.items() if attr and got[k] != want[k]]
         if bad:
             raise ValueError(f"layer {i}: module has {bad[0]}={got[bad[0]]} but the pruning record says {want[bad[0]]}")
