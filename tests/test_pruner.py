@@ -224,8 +224,8 @@ def _ppl(model, ids, seqlen=512):
 def test_smollm2_20_percent_perplexity_quick(smollm2, smollm2_pruned20):
     (dense_model, tok), (model, _, pruner) = smollm2, smollm2_pruned20
     test_rows = (WIKITEXT_DIR / "wiki.test.raw.nonempty-crlf.txt").read_text(encoding="utf-8").split("\r\n")
-    ids = tok("\n\n".join(test_rows[:200]), add_special_tokens=False, return_tensors="pt").input_ids[0][: 4 * 512]
+    ids = tok("\n\n".join(test_rows[:200]), add_special_tokens=False, return_tensors="pt").input_ids[0][: 3 * 512]
     dense, pruned = _ppl(dense_model, ids), _ppl(model, ids)
     assert abs(pruner.summary.achieved_ratio - 0.2) < 0.005
-    # measured: dense 30.23, pruned 51.44 on these 2,048 test tokens (16 x 256 calibration tokens only)
+    # measured: dense 29.05, pruned 46.91 on these 1,536 test tokens (16 x 256 calibration tokens only)
     assert math.isfinite(pruned) and dense < pruned < 2 * dense, (dense, pruned)
