@@ -2,17 +2,18 @@
 
 __version__ = "0.1.0"
 
-from .config import PruningConfig, SlimGPTConfig, SlimLLMConfig  # noqa: E402
+from .config import ConfigError, PruningConfig, SlimGPTConfig, SlimLLMConfig  # noqa: E402
 from .families import BlockLayout, FamilyAdapter, get_adapter, register_family, supported_model_types  # noqa: E402
 from .methods import Observer, PruningMethod, get_method, register_method, unregister_method  # noqa: E402
 from .pruner import LayerReport, PruningSummary, SlimGPTPruner  # noqa: E402
 # registers the per-layer pruned classes (slimgpt_<family>) with AutoConfig/AutoModel/AutoModelForCausalLM
-from .modeling import PruningRecord, register_pruned_family, to_pruned_model  # noqa: E402
+from .modeling import PruningRecord, UnusableModelError, register_pruned_family, to_pruned_model  # noqa: E402
 from .saving import Exporter, SaveResult, register_exporter, save_pruned_model  # noqa: E402
 from . import selfgen as _selfgen  # noqa: E402,F401  (registers dataset="self")
 
 __all__ = [
     "__version__",
+    "ConfigError",
     "PruningConfig",
     "SlimGPTConfig",
     "SlimLLMConfig",
@@ -32,6 +33,7 @@ __all__ = [
     "get_method",
     "register_pruned_family",
     "to_pruned_model",
+    "UnusableModelError",
     "Exporter",
     "register_exporter",
     "save_pruned_model",

@@ -24,15 +24,27 @@ from typing import Any, ClassVar, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["PruningConfig", "SlimGPTConfig", "SlimLLMConfig", "SCHEDULES", "DatasetLike"]
+__all__ = ["ConfigError", "PruningConfig", "SlimGPTConfig", "SlimLLMConfig", "SCHEDULES", "DatasetLike"]
 
 SCHEDULES = ("log_increase", "linear_increase", "uniform", "layer_importance")
 DatasetLike = Union[str, Sequence[str], torch.Tensor, None]
 
 
+class ConfigError(ValueError, TypeError):
+    """A config field has a bad value (wrong type, out of range, unknown choice, not JSON-safe).
+
+    Every field raises this one type. It subclasses both ``ValueError`` and ``TypeError``, so code that catches
+    either keeps working. ``field`` names the offending field.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def _check(ok: bool, name: str, what: str, value: Any) -> None:
     if not ok:
-        raise ValueError(f"{name} must be {what}, got {value!r}")
+        raise ConfigError(name, f"{name} must be {what}, got {value!r}")
 
 
 def _is_int(v: Any) -> bool:
@@ -41,6 +53,33 @@ def _is_int(v: Any) -> bool:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_bool(obj: Any, *names: str) -> None:
+    """Booleans must be real ``bool`` values: ``"False"``, ``0`` or ``None`` are refused, never read as truthy."""
+    for name in names:
+        v = getattr(obj, name)
+        _check(isinstance(v, bool), name, "a bool (True or False, not a string or number)", v)
+
+
+def _check_json_safe(name: str, value: Any) -> None:
+    """``value`` must serialise as standard JSON (no NaN/Infinity, string keys, plain types)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(name, f"{name} must be standard-JSON serialisable (no NaN/inf, plain types), got "
+                                f"{value!r}: {e}") from e
+
+
+def _check_device(value: Any) -> None:
+    if value is None or isinstance(value, torch.device):
+        return
+    _check(isinstance(value, str), "device", "None, a device string such as 'cuda:0' or a torch.device", value)
+    try:
+        torch.device(value)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError("device", f"device must be a valid torch device string such as 'cpu' or 'cuda:0', got "
+                                    f"{value!r}") from e
 
 
 @dataclass
@@ -112,52 +151,58 @@ class PruningConfig:
         if method is not None and method != self.method_name:
             other = _config_class_for(method, missing_ok=True)
             if other is None:
-                raise ValueError(f"unknown pruning method {method!r}; registered: {sorted(_method_names())}")
-            raise ValueError(f"{type(self).__name__} configures method {self.method_name!r}; method={method!r} has its "
-                             f"own config class: use {other.__name__}(...) or PruningConfig.for_method({method!r}, ...)")
+                raise ConfigError("method", f"unknown pruning method {method!r}; registered: {sorted(_method_names())}")
+            raise ConfigError("method", f"{type(self).__name__} configures method {self.method_name!r}; method={method!r} "
+                                        f"has its own config class: use {other.__name__}(...) or PruningConfig.for_method({method!r}, ...)")
         self.validate()
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raise ``ValueError``/``TypeError`` naming the first bad field."""
+        """Check every field; raise :class:`ConfigError` (a ``ValueError`` and ``TypeError``) naming the first bad
+        one. Called on construction and again by the pruner before a run (fields may be reassigned)."""
         r = self.pruning_ratio
-        if not isinstance(r, (int, float)) or isinstance(r, bool):
-            raise TypeError(f"pruning_ratio must be a number, got {type(r).__name__}")
-        _check(_is_number(r) and 0.0 <= r < 1.0, "pruning_ratio", "a number with 0 <= pruning_ratio < 1", r)
+        _check(_is_number(r), "pruning_ratio", "a number with 0 <= pruning_ratio < 1", r)
+        _check(0.0 <= r < 1.0, "pruning_ratio", "a number with 0 <= pruning_ratio < 1", r)
         if isinstance(self.schedule, (list, tuple)):
+            _check(bool(self.schedule) and all(_is_number(x) and 0.0 <= x < 1.0 for x in self.schedule), "schedule",
+                   "a non-empty list of numbers in [0, 1) (explicit schedule ratios)", self.schedule)
             self.schedule = [float(x) for x in self.schedule]
-            _check(bool(self.schedule) and all(0.0 <= x < 1.0 for x in self.schedule), "schedule",
-                   "a non-empty list of values in [0, 1) (explicit schedule ratios)", self.schedule)
-        elif not isinstance(self.schedule, str):
-            raise TypeError(f"schedule must be a string or a list of floats, got {type(self.schedule).__name__}")
         else:
-            _check(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES} or a list of per-layer ratios", self.schedule)
-        _check(_is_number(self.schedule_spread) and self.schedule_spread >= 1.0, "schedule_spread", ">= 1", self.schedule_spread)
-        _check(_is_number(self.max_layer_ratio) and 0.0 < self.max_layer_ratio < 1.0, "max_layer_ratio", "in (0, 1)",
-               self.max_layer_ratio)
+            _check(isinstance(self.schedule, str) and self.schedule in SCHEDULES, "schedule",
+                   f"one of {SCHEDULES} or a list of per-layer ratios", self.schedule)
+        _check(_is_number(self.schedule_spread) and self.schedule_spread >= 1.0, "schedule_spread", "a number >= 1",
+               self.schedule_spread)
+        _check(_is_number(self.max_layer_ratio) and 0.0 < self.max_layer_ratio < 1.0, "max_layer_ratio",
+               "a number in (0, 1)", self.max_layer_ratio)
         for name in ("num_samples", "seqlen", "batch_size", "min_heads", "min_channels", "channel_multiple"):
             _check(_is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "a positive integer", getattr(self, name))
         il = self.importance_layers
         _check(il is None or (_is_int(il) and il >= 1), "importance_layers", "None or a positive integer", il)
         _check(_is_number(self.importance_alpha) and self.importance_alpha >= 0, "importance_alpha",
                "a finite number >= 0", self.importance_alpha)
-        _check(_is_int(self.seed), "seed", "an integer", self.seed)
-        for name in ("prune_heads", "prune_ffn", "offload_activations"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        _check(_is_int(self.seed) and 0 <= self.seed < 2**63, "seed", "a non-negative integer", self.seed)
+        _check_bool(self, "prune_heads", "prune_ffn", "offload_activations")
         if not (self.prune_heads or self.prune_ffn) and self.pruning_ratio > 0:
-            raise ValueError("prune_heads and prune_ffn are both False: nothing can be pruned")
-        if self.device is not None and not isinstance(self.device, (str, torch.device)):
-            raise TypeError(f"device must be None, a string or a torch.device, got {type(self.device).__name__}")
+            raise ConfigError("prune_ffn", "prune_heads and prune_ffn are both False: nothing can be pruned")
+        _check_device(self.device)
+        for name in ("dataset_split", "dataset_text_field"):
+            _check(isinstance(getattr(self, name), str) and bool(getattr(self, name)), name, "a non-empty string",
+                   getattr(self, name))
+        _check(isinstance(self.meta, dict), "meta", "a dict", self.meta)
+        _check_json_safe("meta", self.meta)
         d = self.dataset
-        if d is not None and not isinstance(d, (str, list, tuple, torch.Tensor, os.PathLike)):
-            raise TypeError("dataset must be a dataset name, a file path, a list of strings or a LongTensor of token "
-                            f"ids, got {type(d).__name__}")
-        if isinstance(d, torch.Tensor) and (d.dim() != 2 or d.dtype not in (torch.long, torch.int, torch.int32)):
-            raise ValueError(f"a token-id dataset must be an integer tensor of shape (samples, seqlen), got "
-                             f"{tuple(d.shape)} {d.dtype}")
-        if isinstance(d, (list, tuple)) and (not d or not all(isinstance(s, str) for s in d)):
-            raise ValueError("a list dataset must be a non-empty list of strings")
+        _check(d is None or isinstance(d, (str, list, tuple, torch.Tensor, os.PathLike)), "dataset",
+               "a dataset name, a file path, a list of strings or a LongTensor of token ids", d)
+        if isinstance(d, torch.Tensor):
+            _check(d.dim() == 2 and d.dtype in (torch.long, torch.int, torch.int32), "dataset",
+                   "an integer tensor of token ids of shape (samples, seqlen)", f"{tuple(d.shape)} {d.dtype}")
+            _check(d.numel() > 0, "dataset", "a non-empty token tensor", tuple(d.shape))
+            _check(bool((d >= 0).all()), "dataset", "token ids >= 0", int(d.min()))
+        if isinstance(d, (list, tuple)):
+            _check(bool(d) and all(isinstance(s, str) for s in d), "dataset", "a non-empty list of strings",
+                   f"{type(d).__name__} of {len(d)} items")
+        if isinstance(d, str):
+            _check(bool(d.strip()), "dataset", "a non-empty name or path", d)
 
     # ------------------------------------------------------------------ construction by name
     @staticmethod
@@ -189,16 +234,17 @@ class PruningConfig:
         d = dict(d)
         target = _config_class_for(d.pop("method", None) or cls.method_name)
         if cls is not PruningConfig and not issubclass(target, cls):
-            raise ValueError(f"{cls.__name__}.from_dict got the config of {target.__name__}")
+            raise ConfigError("method", f"{cls.__name__}.from_dict got the config of {target.__name__}")
         unknown = set(d) - {f.name for f in dataclasses.fields(target)}
         if unknown:
-            raise ValueError(f"unknown {target.__name__} keys: {sorted(unknown)}")
+            raise ConfigError(sorted(unknown)[0], f"unknown {target.__name__} keys: {sorted(unknown)}")
         if isinstance(d.get("dataset"), dict):  # a description of in-memory data cannot be re-created
             d["dataset"] = None
         return target(**d)
 
     def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        """Standard JSON (``NaN``/``Infinity`` are refused, never written)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
 
     @classmethod
     def from_json_string(cls, s: str) -> "PruningConfig":
@@ -248,11 +294,11 @@ class SlimGPTConfig(PruningConfig):
         for name in ("ffn_max_group", "ffn_min_group"):
             _check(_is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "a positive integer", getattr(self, name))
         if self.ffn_min_group > self.ffn_max_group:
-            raise ValueError(f"ffn_min_group ({self.ffn_min_group}) must not exceed ffn_max_group ({self.ffn_max_group})")
+            raise ConfigError("ffn_min_group", f"ffn_min_group ({self.ffn_min_group}) must not exceed ffn_max_group "
+                                               f"({self.ffn_max_group})")
         _check(_is_number(self.damp_percent) and 0.0 <= self.damp_percent < 10.0, "damp_percent", "in [0, 10)",
                self.damp_percent)
-        if not isinstance(self.compensate, bool):
-            raise TypeError(f"compensate must be a bool, got {self.compensate!r}")
+        _check_bool(self, "compensate")
         _check(self.head_selection in ("obs", "obs_official", "magnitude"), "head_selection",
                "'obs', 'obs_official' or 'magnitude'", self.head_selection)
         _check(self.channel_selection in ("obs", "magnitude"), "channel_selection", "'obs' or 'magnitude'",
@@ -281,9 +327,7 @@ class SlimLLMConfig(PruningConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("recovery", "swap_search"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        _check_bool(self, "recovery", "swap_search")
         _check(_is_number(self.keep_lowest) and 0.0 <= self.keep_lowest < 1.0, "keep_lowest", "in [0, 1)", self.keep_lowest)
 
 
@@ -301,4 +345,4 @@ def _config_class_for(method: Optional[str], missing_ok: bool = False):
             return c
     if missing_ok:
         return None
-    raise ValueError(f"unknown pruning method {method!r}; registered: {sorted(_method_names())}")
+    raise ConfigError("method", f"unknown pruning method {method!r}; registered: {sorted(_method_names())}")

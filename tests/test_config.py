@@ -1,6 +1,7 @@
 """Pruning configs: a shared base, one class per method, validation messages, JSON round trip, dispatch."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -96,3 +97,46 @@ def test_slimllm_validation_messages(kwargs, exc, match):
 def test_unknown_keys_are_rejected():
     with pytest.raises(ValueError, match="unknown SlimGPTConfig keys"):
         SlimGPTConfig.from_dict({"pruning_ratio": 0.2, "bits": 4})
+
+
+@pytest.mark.parametrize("cls, name", [(SlimGPTConfig, "compensate"), (SlimGPTConfig, "prune_heads"),
+                                       (SlimGPTConfig, "prune_ffn"), (SlimGPTConfig, "offload_activations"),
+                                       (SlimLLMConfig, "recovery"), (SlimLLMConfig, "swap_search")])
+@pytest.mark.parametrize("value", ["False", "true", 0, 1, None])
+def test_string_and_number_booleans_are_rejected(cls, name, value):
+    from optimum_slimgpt import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{name} must be a bool") as info:
+        cls(**{name: value})
+    assert info.value.field == name
+    with pytest.raises(ConfigError, match=f"{name} must be a bool"):  # also through from_dict (JSON files)
+        cls.from_dict({"method": cls.method_name, name: value})
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(pruning_ratio="0.2"), "pruning_ratio"), (dict(pruning_ratio=float("nan")), "pruning_ratio"),
+    (dict(schedule_spread=float("inf")), "schedule_spread"), (dict(schedule=[0.1, float("nan")]), "schedule"),
+    (dict(schedule=["0.1"]), "schedule"), (dict(seed=-1), "seed"), (dict(seed=True), "seed"),
+    (dict(seed=1.0), "seed"), (dict(device=3), "device"), (dict(device="cuda:abc"), "device"),
+    (dict(device="gpu"), "device"), (dict(meta={"x": float("nan")}), "meta"), (dict(meta=[1]), "meta"),
+    (dict(dataset_split=""), "dataset_split"), (dict(dataset=" "), "dataset"), (dict(num_samples=True), "num_samples"),
+    (dict(dataset=torch.tensor([[1, -2]])), "dataset"), (dict(damp_percent=float("nan")), "damp_percent"),
+    (dict(method="nosuch"), "method"),
+])
+def test_every_field_fails_with_one_exception_type(kwargs, field):
+    """One type for every bad field: ConfigError, which is both a ValueError and a TypeError."""
+    from optimum_slimgpt import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        SlimGPTConfig(**kwargs)
+    assert info.value.field == field and isinstance(info.value, ValueError) and isinstance(info.value, TypeError)
+
+
+def test_valid_devices_and_standard_json():
+    assert SlimGPTConfig(device="cuda:1").device == "cuda:1"  # checked for existence at prune time, not here
+    assert SlimGPTConfig(device=torch.device("cpu")).device == torch.device("cpu")
+    cfg = SlimGPTConfig(meta={"note": "x", "n": 1.5})
+    json.loads(cfg.to_json_string())
+    cfg.meta["bad"] = float("inf")  # set after construction: never written as non-standard JSON
+    with pytest.raises(ValueError):
+        cfg.to_json_string()
