@@ -16,6 +16,7 @@ Sources (``PruningConfig.dataset``):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from dataclasses import dataclass, field
@@ -25,7 +26,8 @@ import torch
 
 from .config import PruningConfig
 
-__all__ = ["DatasetSpec", "DATASETS", "register_dataset", "load_texts", "tokenize_stream", "sample_windows", "get_calibration_data"]
+__all__ = ["DatasetSpec", "DATASETS", "register_dataset", "load_texts", "tokenize_stream", "sample_windows",
+           "get_calibration_data", "describe_source"]
 
 
 @dataclass
@@ -162,3 +164,52 @@ _GENERATORS: dict[str, Callable[[PruningConfig, Any, Any], torch.Tensor]] = {}
 def register_generator(name: str, fn: Callable[[PruningConfig, Any, Any], torch.Tensor]) -> None:
     """Register a calibration source computed from ``(config, tokenizer, model)``."""
     _GENERATORS[name] = fn
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def describe_source(config: PruningConfig, data: torch.Tensor, *, explicit: bool = False) -> dict[str, Any]:
+    """What a run was really calibrated on, JSON-safe and free of local paths (it travels in ``config.json``
+    and the model card): the source (a registered name with its split; a local file or folder by its name and,
+    for a file, its sha256; in-memory texts by count and hash; token ids by shape), the real window count and
+    length, the seed where it chose the windows, and the sha256 of the token ids themselves.
+
+    ``explicit``: ``data`` was passed to ``prune_model(calibration=...)``, overriding ``config.dataset``.
+    """
+    d = config.dataset
+    tokens = data.detach().cpu().long().contiguous()
+    out: dict[str, Any] = {}
+    seeded = True
+    if explicit or isinstance(d, torch.Tensor):
+        out["dataset"] = {"type": "token_ids", "shape": list(tokens.shape)}
+        seeded = False
+    elif isinstance(d, (list, tuple)):
+        h = hashlib.sha256("\0".join(d).encode("utf-8")).hexdigest()
+        out["dataset"] = {"type": "texts", "count": len(d), "sha256": h}
+    else:
+        name = os.fspath(d)
+        if name in _GENERATORS:
+            out["dataset"] = name
+        elif name in DATASETS:
+            out["dataset"], out["split"] = name, config.dataset_split
+        elif os.path.isfile(name):
+            out["dataset"] = {"type": "file", "name": os.path.basename(name), "sha256": _sha256_file(name)}
+            if os.path.splitext(name)[1].lower() in _FILE_BUILDERS:
+                out["dataset"]["text_field"] = config.dataset_text_field
+        elif os.path.isdir(name):
+            out["dataset"] = {"type": "folder", "name": os.path.basename(os.path.normpath(name)),
+                              "text_field": config.dataset_text_field}
+            out["split"] = config.dataset_split
+        else:  # a source that no longer exists: its name only, never a path
+            out["dataset"] = os.path.basename(name)
+    out["num_samples"], out["seqlen"] = int(tokens.shape[0]), int(tokens.shape[1])
+    if seeded:
+        out["seed"] = config.seed
+    out["token_ids_sha256"] = hashlib.sha256(tokens.numpy().tobytes()).hexdigest()
+    return out

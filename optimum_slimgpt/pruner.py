@@ -20,22 +20,24 @@ Flow of :meth:`SlimGPTPruner.prune_model` (optimum GPTQ's layer loop, without it
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import copy
+import dataclasses
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 from torch import nn
 
 from . import __version__
-from .calibration import get_calibration_data
+from .calibration import describe_source, get_calibration_data
 from .config import PruningConfig, SlimGPTConfig
 from .families import FamilyAdapter, get_adapter
 from .families.registry import record_layout
 from .methods import AttentionTask, FFNTask, Observer, PruneResult, PruningMethod, get_method
-from .modeling import PruningRecord, to_pruned_model
+from .modeling import PruningRecord, UnusableModelError, mark_unusable, to_pruned_model, unusable_reason
 from .solvers import full_precision_matmul, solve_schedule
 from .solvers.schedule import LayerPlan, PruningPlan, layer_importance_shape
 
@@ -144,12 +146,27 @@ def _move_all_but(module: nn.Module, skip: nn.Module, device) -> Callable[[], No
                     t.data = t.data.to(device)
                     undo.append(lambda t=t, home=home: setattr(t, "data", t.data.to(home)))
 
-    walk(module)
+    try:
+        walk(module)
+    except BaseException:
+        for f in reversed(undo):
+            f()
+        raise
     return lambda: [f() for f in reversed(undo)]
 
 
 def _output_tensor(y):
     return y[0] if isinstance(y, (tuple, list)) else y
+
+
+def _finite_output(y: torch.Tensor, run: "_Run") -> torch.Tensor:
+    """``y`` (a block's output, the next block's input) if it is finite; else a clear error (fp16 overflow)."""
+    if not bool(torch.isfinite(y).all()):
+        raise FloatingPointError(
+            f"decoder block {run.block} produced NaN/Inf activations in {y.dtype} on the calibration data"
+            + (" (float16 overflows easily: load the model in bfloat16 or float32 to prune it)"
+               if y.dtype == torch.float16 else ""))
+    return y
 
 
 class ActivationStore:
@@ -202,6 +219,8 @@ class _Run:
     store: ActivationStore
     clock: Stopwatch
     mlp_tail: Optional[bool] = None  # see PruningSummary.mlp_tail
+    modified: bool = False  # a block's weights were written: a failure from here on leaves the model inconsistent
+    block: int = -1  # the block being pruned
 
 
 # ---------------------------------------------------------------------------------------------- parts
@@ -321,6 +340,8 @@ class SlimGPTPruner:
         self.kept: list[dict[str, list[int]]] = []
         #: per-layer mean cosine(input, output) of the dense blocks (``schedule="layer_importance"`` only)
         self.layer_scores: Optional[list[float]] = None
+        #: the checkpoint format the planned sizes will be saved in (set when ``export_format`` is checked)
+        self.export_plan = None
 
     @property
     def label(self) -> str:
@@ -344,39 +365,179 @@ class SlimGPTPruner:
         )
 
     @torch.no_grad()
-    def prune_model(self, model: nn.Module, tokenizer=None, *, calibration: Optional[torch.Tensor] = None) -> nn.Module:
+    def prune_model(self, model: nn.Module, tokenizer=None, *, calibration: Optional[torch.Tensor] = None,
+                    save_dir: Union[str, os.PathLike, None] = None, export_format: Optional[str] = None,
+                    overwrite: bool = False) -> nn.Module:
         """Prune ``model`` in place and return it.
 
         Args:
             model: A Hugging Face ``*ForCausalLM`` of a registered family.
             tokenizer: Needed unless the calibration data are token ids.
             calibration: Optional ``(samples, seqlen)`` token ids overriding ``config.dataset``.
+            save_dir / export_format / overwrite: Where and how the result will be saved, to be checked *before*
+                any work (see :meth:`preflight`); nothing is saved here.
+
+        Before anything changes, :meth:`preflight` checks the config, the model (a registered family, real and
+        finite weights: no accelerate disk/CPU offload), the device, the calibration length against
+        ``max_position_embeddings``, the plan, and with ``export_format``/``save_dir`` the format and the
+        output folder. The calibration token ids are checked against the vocabulary once they are known.
+
+        The run is transactional: if it fails (any exception, ``KeyboardInterrupt`` included) before a weight was
+        written, the model is left as it was; after that, the model is marked unusable (its forward raises, and
+        ``save``/``prune_model`` refuse it), so a half-pruned model cannot be used or saved by mistake.
 
         Float32 matmuls run in full precision while pruning (TF32 off, restored afterwards): see
         :func:`~optimum_slimgpt.solvers.full_precision_matmul`.
         """
         with full_precision_matmul():
-            return self._prune_model(model, tokenizer, calibration)
+            return self._prune_model(model, tokenizer, calibration, save_dir, export_format, overwrite)
 
-    def _prune_model(self, model: nn.Module, tokenizer, calibration: Optional[torch.Tensor]) -> nn.Module:
-        t_start = time.perf_counter()
-        c = self.config
+    def preflight(self, model: nn.Module, *, calibration: Optional[torch.Tensor] = None,
+                  save_dir: Union[str, os.PathLike, None] = None, export_format: Optional[str] = None,
+                  overwrite: bool = False) -> Optional[PruningPlan]:
+        """Every check :meth:`prune_model` makes before it starts, without pruning or changing ``model``.
+
+        Raises ``ValueError``/``TypeError`` (or :class:`~optimum_slimgpt.saving.ExportError`,
+        :class:`~optimum_slimgpt.modeling.UnusableModelError`) naming the problem: a bad config field, an
+        unsupported family, weights on the meta device (offloaded) or with NaN/Inf, a device that does not
+        exist, calibration windows longer than ``max_position_embeddings`` or token ids outside the vocabulary,
+        a ratio the schedule cannot meet, an ``export_format`` that cannot hold the planned sizes, and a
+        ``save_dir`` that is not writable, is the model's own folder (or inside it, or contains it) or lacks the
+        disk space. Returns the plan (``None`` for ``schedule="layer_importance"``, whose plan needs the dense
+        calibration pass; its export check then runs inside :meth:`prune_model`, still before any change).
+        """
+        return self._preflight(model, calibration, save_dir, export_format, overwrite)[3]
+
+    # ------------------------------------------------------------------ checks
+    def _preflight(self, model, calibration, save_dir, export_format, overwrite):
+        from .saving import check_output_dir
+
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if (why := unusable_reason(model)) is not None:
+            raise UnusableModelError(why)
+        c = self.config
+        c.validate()  # fields may have been reassigned since construction
         adapter = get_adapter(model)
         blocks = adapter.get_blocks(model)
+        self._check_materialised(model)
+        device = self._resolve_device(blocks)
         self._check_finite(model)
-        importance = c.schedule == "layer_importance"
-        self.plan = None if importance else self.plan_model(model)
+        self._check_seqlen(model, adapter, calibration.shape[1] if isinstance(calibration, torch.Tensor) else None)
+        if calibration is not None:
+            self._check_tokens(model, calibration)
+        plan = None if c.schedule == "layer_importance" else self.plan_model(model)
+        if export_format is not None and plan is not None:
+            self._check_export(model, adapter, blocks, plan, export_format)
+        if save_dir is not None:
+            source = getattr(model.config, "name_or_path", None) or None
+            check_output_dir(save_dir, overwrite=overwrite, sources=[source] if source else [],
+                             needed_bytes=self._estimate_bytes(model, plan))
+        return adapter, blocks, device, plan
+
+    @staticmethod
+    def _check_materialised(model: nn.Module) -> None:
+        meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
+        if meta:
+            raise ValueError(
+                f"{len(meta)} weights of the model are on the meta device (e.g. {meta[0]!r}): it was loaded with "
+                "accelerate disk/CPU offload (device_map with 'cpu'/'disk' entries, or init_empty_weights). The "
+                "pruner rewrites the weights themselves and cannot prune offloaded blocks: load the model onto "
+                "devices that hold it (device_map=None, or a map of GPUs only), then prune")
+
+    def _resolve_device(self, blocks) -> torch.device:
+        c = self.config
+        device = torch.device(c.device) if c.device else _first_param_device(blocks[0])
+        try:
+            torch.empty(1, device=device)
+        except (RuntimeError, AssertionError, ValueError) as e:
+            avail = "CUDA is not available" if not torch.cuda.is_available() else \
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            raise ValueError(f"device={str(c.device or device)!r} cannot be used on this machine ({avail}): "
+                             f"{str(e).splitlines()[0]}") from e
+        return device
+
+    def _check_seqlen(self, model, adapter: FamilyAdapter, seqlen: Optional[int]) -> None:
+        c = self.config
+        if seqlen is None:
+            seqlen = c.dataset.shape[1] if isinstance(c.dataset, torch.Tensor) else c.seqlen
+        mpe = getattr(adapter.text_config(model.config), "max_position_embeddings", None)
+        if isinstance(mpe, int) and seqlen > mpe:
+            raise ValueError(f"calibration windows of {seqlen} tokens are longer than the model's "
+                             f"max_position_embeddings={mpe}: use seqlen <= {mpe}")
+
+    @staticmethod
+    def _check_tokens(model, data) -> None:
+        if not isinstance(data, torch.Tensor) or data.dim() != 2 or data.numel() == 0:
+            raise ValueError("calibration data must be a non-empty (samples, seqlen) tensor of token ids")
+        if data.is_floating_point() or data.is_complex() or data.dtype == torch.bool:
+            raise TypeError(f"calibration token ids must be an integer tensor, got {data.dtype}")
+        emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        vocab = getattr(emb, "num_embeddings", None) or getattr(model.config, "vocab_size", None)
+        lo, hi = int(data.min()), int(data.max())
+        if lo < 0 or (vocab is not None and hi >= vocab):
+            raise ValueError(f"calibration token ids must lie in [0, {vocab}) (the model's vocabulary), got ids from "
+                             f"{lo} to {hi}: was the data tokenised with another tokenizer?")
+
+    def _check_export(self, model, adapter: FamilyAdapter, blocks, plan: PruningPlan, export_format: str):
+        """Dry run of the export: the model's structure is rebuilt on the meta device, cut to the planned sizes
+        and handed to :func:`~optimum_slimgpt.saving.plan_export`, which raises what a save would raise. The
+        resulting :class:`~optimum_slimgpt.saving.ExportPlan` is kept as :attr:`export_plan`."""
+        from accelerate import init_empty_weights
+
+        from .saving import plan_export
+
+        cfg = copy.deepcopy(model.config)
+        with init_empty_weights(include_buffers=True):
+            skeleton = type(model)(cfg)
+        sk_blocks = adapter.get_blocks(skeleton)
+        bias = self.method.output_bias(self.config)
+        for block, lp in zip(sk_blocks, plan.layers):
+            lay = adapter.head_layout(block, cfg)
+            if lp.heads < lay.num_heads or lp.kv_heads < lay.num_kv_heads:
+                rep, new_rep = lay.n_rep, lp.heads // max(lp.kv_heads, 1)
+                kept_kv = list(range(lp.kv_heads))
+                kept = [g * rep + j for g in kept_kv for j in range(new_rep)]
+                if adapter.layout.size_keys.get("num_key_value_heads") is None:
+                    kept_kv = kept
+                adapter.prune_heads(block, cfg, kept, kept_kv)
+            if lp.channels < adapter.num_channels(block):
+                adapter.prune_channels(block, list(range(lp.channels)))
+            if bias:
+                for out in (adapter.attn_out_proj(block), adapter.mlp_out_proj(block)):
+                    adapter.set_output_bias(out, torch.zeros(out.out_features, device="meta"))
+        lay0 = adapter.head_layout(blocks[0], model.config)
+        record = self._base_record(model, adapter, blocks, sk_blocks, cfg,
+                                   (lay0.num_heads, lay0.num_kv_heads, adapter.num_channels(blocks[0])))
+        to_pruned_model(skeleton, adapter, record)
+        self.export_plan = plan_export(skeleton, export_format)
+        self.export_plan.plain_config = None  # (a config of the meta skeleton: not for use)
+        return self.export_plan
+
+    @staticmethod
+    def _estimate_bytes(model: nn.Module, plan: Optional[PruningPlan]) -> int:
+        """Bytes of the saved checkpoint: the model's tensors less the planned removal (dense size without a plan)."""
+        params = list(model.parameters())
+        if not params:
+            return 0
+        elem = params[0].element_size()
+        removed = (plan.params_before - plan.params_after) if plan is not None else 0
+        return (sum(p.numel() for p in params) - removed) * elem
+
+    # ------------------------------------------------------------------ the run
+    def _prune_model(self, model: nn.Module, tokenizer, calibration, save_dir, export_format, overwrite) -> nn.Module:
+        t_start = time.perf_counter()
+        c = self.config
+        adapter, blocks, device, self.plan = self._preflight(model, calibration, save_dir, export_format, overwrite)
+        importance = self.plan is None
         total_before = sum(p.numel() for p in model.parameters())
         clock = Stopwatch("hessian_attn", "head_solve", "hessian_ffn", "ffn_solve", "surgery", "forward_out")
 
         with clock("calibration_data"):
             data = calibration if calibration is not None else get_calibration_data(c, tokenizer, model=model)
-        if not isinstance(data, torch.Tensor) or data.dim() != 2 or data.numel() == 0:
-            raise ValueError("calibration data must be a non-empty (samples, seqlen) tensor of token ids")
+        self._check_tokens(model, data)
+        self._check_seqlen(model, adapter, data.shape[1])
 
-        device = torch.device(c.device) if c.device else _first_param_device(blocks[0])
         run = _Run(model, adapter, blocks, self.method, ActivationStore(device, c.offload_activations), clock)
         was_training, use_cache = model.training, getattr(model.config, "use_cache", None)
         model.eval()
@@ -389,22 +550,36 @@ class SlimGPTPruner:
                 with clock("layer_importance"):
                     self.layer_scores = self._layer_cosines(run, inps, layer_kwargs)
                     self.plan = self.plan_model(model, self.layer_scores)
+                if export_format is not None:
+                    self._check_export(model, adapter, blocks, self.plan, export_format)
             reports = self._prune_blocks(run, inps, layer_kwargs)
+            del inps, layer_kwargs
+            block_after = sum(r.params[1] for r in reports)
+            self.summary = PruningSummary(
+                method=c.method_name, target_ratio=c.pruning_ratio,
+                achieved_ratio=1 - block_after / self.plan.params_before, block_params_before=self.plan.params_before,
+                block_params_after=block_after, total_params_before=total_before,
+                total_params_after=sum(p.numel() for p in model.parameters()), seconds=time.perf_counter() - t_start,
+                layers=reports, timings=clock.totals, mlp_tail=run.mlp_tail,
+            )
+            if not self.mask_only:
+                to_pruned_model(model, adapter, self._record(model, adapter, blocks, data, calibration is not None))
+        except BaseException as e:
+            if run.modified:
+                where = f"block {run.block}" if 0 <= run.block < len(blocks) else "after the block loop"
+                mark_unusable(model, f"{type(e).__name__} in {where}: {str(e).splitlines()[0] if str(e) else ''}",
+                              blocks)
+                logger.error("%s pruning failed in %s after blocks were changed: the model is marked unusable; "
+                             "reload it", self.label, where)
+            raise
         finally:
             if use_cache is not None:
                 model.config.use_cache = use_cache
             model.train(was_training)
-
-        block_after = sum(r.params[1] for r in reports)
-        self.summary = PruningSummary(
-            method=c.method_name, target_ratio=c.pruning_ratio, achieved_ratio=1 - block_after / self.plan.params_before,
-            block_params_before=self.plan.params_before, block_params_after=block_after, total_params_before=total_before,
-            total_params_after=sum(p.numel() for p in model.parameters()), seconds=time.perf_counter() - t_start,
-            layers=reports, timings=clock.totals, mlp_tail=run.mlp_tail,
-        )
-        if not self.mask_only:
-            to_pruned_model(model, adapter, self._record(model, adapter, blocks, data, calibration is not None))
-        logger.info("%s pruning done:\n%s", self.label, self.summary.table())
+        logger.info("%s pruning done: removed %.2f%% of the block parameters (target %.2f%%) in %.1f s; "
+                    "per-layer sizes in pruner.summary.table()", self.label, 100 * self.summary.achieved_ratio,
+                    100 * c.pruning_ratio, self.summary.seconds)
+        logger.debug("%s", self.summary.table())
         return model
 
     def save(self, model: nn.Module, save_dir, **kwargs: Any):
@@ -445,14 +620,17 @@ class SlimGPTPruner:
 
             return hook
 
-        handles = [b.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
-        saved_forwards = []
-        for b in list(blocks)[:-1]:
-            saved_forwards.append(b.__dict__.get("forward"))
-            b.forward = _identity_forward
-        device = store.device
-        restore = _move_all_but(model, blocks, device) if not hasattr(model, "hf_device_map") else (lambda: None)
-        try:
+        handles: list = []
+        saved_forwards: dict[int, Any] = {}
+        restore: Callable[[], Any] = lambda: None  # noqa: E731
+        try:  # everything that changes the model happens inside: the finally undoes all of it
+            handles = [b.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
+            for j, b in enumerate(list(blocks)[:-1]):
+                saved_forwards[j] = b.__dict__.get("forward")
+                b.forward = _identity_forward
+            device = store.device
+            if not hasattr(model, "hf_device_map"):
+                restore = _move_all_but(model, blocks, device)
             in_dev = _first_param_device(model.get_input_embeddings()) if hasattr(model, "get_input_embeddings") else device
             bs = self.config.batch_size
             for start in range(0, data.shape[0], bs):
@@ -465,18 +643,18 @@ class SlimGPTPruner:
         finally:
             for h in handles:
                 h.remove()
-            for b, f in zip(list(blocks)[:-1], saved_forwards):
+            for j, f in saved_forwards.items():
                 if f is None:
-                    del b.forward
+                    del blocks[j].forward
                 else:
-                    b.forward = f
+                    blocks[j].forward = f
             restore()
         return store.keep_all(inps), layer_kwargs
 
     def _run_block(self, run: _Run, block, inps, kwargs_list) -> list[torch.Tensor]:
         """The block's outputs for every batch (kept in the activation store)."""
         dev = run.store.device
-        return [run.store.keep(_output_tensor(block(run.store.fetch(x), **_nested_to(kw, dev))))
+        return [run.store.keep(_finite_output(_output_tensor(block(run.store.fetch(x), **_nested_to(kw, dev))), run))
                 for x, kw in zip(inps, kwargs_list)]
 
     def _observe(self, run: _Run, part: _Part, block, observers: dict[str, Observer], inps, kwargs_list,
@@ -538,7 +716,7 @@ class SlimGPTPruner:
         if not run.mlp_tail:
             return None
         for b in range(len(residual)):  # in place: no more activation memory than a full pass
-            residual[b] = store.keep(adapter.mlp_tail(block, store.fetch(residual[b])))
+            residual[b] = store.keep(_finite_output(adapter.mlp_tail(block, store.fetch(residual[b])), run))
         return residual
 
     @torch.no_grad()
@@ -591,6 +769,7 @@ class SlimGPTPruner:
                 name=f"layer {i} {adapter.layout.o_proj if part.name == 'attention' else adapter.layout.channel_out}",
             ))
             del stats
+            run.modified = True
             out.weight.data.copy_(res.W.to(out.weight.dtype))
             if res.bias is not None:
                 adapter.set_output_bias(out, res.bias)
@@ -601,11 +780,20 @@ class SlimGPTPruner:
     def _prune_blocks(self, run: _Run, inps, layer_kwargs) -> list[LayerReport]:
         from transformers.utils.logging import tqdm
 
+        self.kept = []
+        bar = tqdm(range(len(run.blocks)), desc=f"{self.label} blocks", unit="block")
+        try:
+            reports = self._block_loop(run, bar, inps, layer_kwargs)
+        finally:
+            bar.close()
+        run.block = len(run.blocks)
+        return reports
+
+    def _block_loop(self, run: _Run, bar, inps, layer_kwargs) -> list[LayerReport]:
         adapter, blocks, config, clock = run.adapter, run.blocks, run.model.config, run.clock
         reports: list[LayerReport] = []
-        self.kept = []
-        bar = tqdm(range(len(blocks)), desc=f"{self.label} blocks", unit="block")
         for i in bar:
+            run.block = i
             t_block, block, lp = time.perf_counter(), blocks[i], self.plan.layers[i]
             with self._on_device(block, run.store.device):
                 geom, lay = adapter.geometry(block, config), adapter.head_layout(block, config)
@@ -636,34 +824,47 @@ class SlimGPTPruner:
             bar.set_postfix(attn_err=f"{report.attn_error:.4f}", ffn_err=f"{report.ffn_error:.4f}")
             logger.debug("layer %d: heads %s kv %s channels %s, errors %.4g / %.4g", i, report.heads,
                          report.kv_heads, report.channels, report.attn_error, report.ffn_error)
-        bar.close()
         return reports
 
+    def _base_record(self, model, adapter: FamilyAdapter, blocks, pruned_blocks, config,
+                     dims: tuple[int, int, int]) -> PruningRecord:
+        """The structural part of a record: the base model (kept from an earlier record when a pruned model is
+        pruned again; else ``dims``, the unpruned heads, KV heads and channels of the first block), the sizes of
+        ``pruned_blocks`` and the family layout."""
+        prev = PruningRecord.of(model.config)
+        return PruningRecord(
+            pruning_method=self.config.method_name,
+            base_model_type=prev.base_model_type if prev else model.config.model_type,
+            base_architectures=prev.base_architectures if prev else list(getattr(model.config, "architectures", None)
+                                                                        or [type(model).__name__]),
+            base_dims=prev.base_dims if prev else dict(zip(("num_attention_heads", "num_key_value_heads",
+                                                            "intermediate_size"), dims)),
+            layers=[adapter.block_sizes(b, config) for b in pruned_blocks],
+            layout=record_layout(adapter, blocks[0]),
+        )
+
     def _record(self, model, adapter: FamilyAdapter, blocks, data: torch.Tensor, explicit: bool) -> PruningRecord:
-        """The provenance of this run (kept base fields of an earlier record when a pruned model is pruned again)."""
+        """The provenance of this run. A pruned model pruned again keeps its base model and the earlier runs (in
+        ``history``), and ``cumulative_ratio`` is measured against the base model's block parameters."""
         import transformers
 
-        c, cfg, s = self.config, model.config, self.summary
-        prev = PruningRecord.of(cfg)
-        layers = [adapter.block_sizes(b, cfg) for b in blocks]
-        dataset = c.describe_dataset()
-        if explicit or isinstance(c.dataset, torch.Tensor):
-            dataset = {"type": "token_ids", "shape": list(data.shape),
-                       "sha256": hashlib.sha256(data.detach().cpu().long().numpy().tobytes()).hexdigest()}
-        return PruningRecord(
-            pruning_method=c.method_name,
-            base_model_type=prev.base_model_type if prev else cfg.model_type,
-            base_architectures=prev.base_architectures if prev else list(getattr(cfg, "architectures", None) or [type(model).__name__]),
-            base_dims=prev.base_dims if prev else {"num_attention_heads": s.layers[0].heads[0],
-                                                   "num_key_value_heads": s.layers[0].kv_heads[0],
-                                                   "intermediate_size": s.layers[0].channels[0]},
-            layers=layers, pruning_ratio=c.pruning_ratio, achieved_ratio=round(s.achieved_ratio, 6), schedule=c.schedule,
+        c, s = self.config, self.summary
+        prev = PruningRecord.of(model.config)
+        first = s.layers[0]
+        rec = self._base_record(model, adapter, blocks, blocks, model.config,
+                                (first.heads[0], first.kv_heads[0], first.channels[0]))
+        base_params = self.plan.params_before if prev is None else prev.base_block_params
+        # the calibration facts live in rec.calibration (what was really used): not repeated from the config
+        calibration_fields = {"dataset", "dataset_split", "dataset_text_field", "num_samples", "seqlen", "seed"}
+        return dataclasses.replace(
+            rec, pruning_ratio=c.pruning_ratio, achieved_ratio=round(s.achieved_ratio, 6), schedule=c.schedule,
             layer_ratios=[round(lp.ratio, 6) for lp in self.plan.layers],
             ffn_ratios=[round(lp.ffn_ratio if lp.ffn_ratio is not None else lp.ratio, 6) for lp in self.plan.layers],
-            config={k: v for k, v in c.to_dict().items() if k != "dataset"},
-            calibration={"dataset": dataset, "split": c.dataset_split, "num_samples": int(data.shape[0]),
-                         "seqlen": int(data.shape[1]), "seed": c.seed},
-            layout=record_layout(adapter, blocks[0]),
+            config={k: v for k, v in c.to_dict().items() if k not in calibration_fields},
+            calibration=describe_source(c, data, explicit=explicit),
+            base_block_params=base_params,
+            cumulative_ratio=round(1 - s.block_params_after / base_params, 6) if base_params else None,
+            history=(prev.history + [prev.run_summary()]) if prev is not None else [],
             meta={"pruner": [f"optimum_slimgpt:{__version__}", f"transformers:{transformers.__version__}",
                              f"torch:{torch.__version__}"]},
         )

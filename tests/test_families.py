@@ -593,3 +593,30 @@ def test_blocks_with_accelerate_hooks_run_whole():
     got = model.state_dict()
     for k in ref:
         assert torch.equal(ref[k], got[k]), k
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_export_dry_run_agrees_with_the_real_save(family):
+    """``prune_model(export_format=...)`` decides before pruning, on a meta-device skeleton cut to the plan, what
+    the save will do: the same format (or the same refusal) as ``plan_export`` on the really pruned model."""
+    from optimum_slimgpt.saving import ExportError, plan_export
+
+    def outcome(fn):
+        try:
+            return fn().format
+        except ExportError as e:
+            return f"refused: {e.reason}"
+
+    for method, schedule in (("slimgpt", "log_increase"), ("slimgpt", "uniform"), ("slimllm", "uniform")):
+        pruner = SlimGPTPruner(slim_config(method, schedule=schedule))
+        model = dense(family)
+        def dry_run(fmt):
+            pruner.preflight(model, calibration=calibration(), export_format=fmt)
+            return pruner.export_plan
+
+        dry = {fmt: outcome(lambda: dry_run(fmt)) for fmt in ("auto", "uniform", "per_layer", "padded")}
+        pruner.prune_model(model, calibration=calibration())
+        real = {fmt: outcome(lambda: plan_export(model, fmt)) for fmt in dry}
+        assert dry == real, (method, schedule)
+        if method == "slimllm":
+            assert dry["uniform"].startswith("refused")

@@ -202,7 +202,7 @@ def test_bad_input_errors():
 def test_calibration_text_shorter_than_a_window(smollm2):
     _, tok = smollm2
     model = _tiny_llama()
-    cfg = SlimGPTConfig(dataset=["A single short sentence."], num_samples=4, seqlen=256)
+    cfg = SlimGPTConfig(dataset=["A single short sentence."], num_samples=4, seqlen=48)
     with pytest.raises(ValueError, match="calibration text is too short"):
         SlimGPTPruner(cfg).prune_model(model, tok)
 

@@ -109,6 +109,11 @@ class PruningMethod:
         """The statistics of ``part`` (``"attention"`` or ``"ffn"``) that the task's ``stats`` will hold."""
         return {"hessian": HESSIAN}
 
+    def output_bias(self, config: PruningConfig) -> bool:
+        """Whether the results will carry output-projection biases (``PruneResult.bias``); the pruner's dry run
+        of the export (``prune_model(export_format=...)``) needs to know before pruning."""
+        return False
+
     def prune_attention(self, task: AttentionTask) -> PruneResult:  # pragma: no cover - abstract
         raise NotImplementedError
 

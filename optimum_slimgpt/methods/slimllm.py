@@ -47,6 +47,9 @@ def _finish(W: torch.Tensor, bias, keep_cols: torch.Tensor, moments, recovery: b
 
 @register_method(SlimLLMConfig)
 class SlimLLMMethod(PruningMethod):
+    def output_bias(self, config) -> bool:
+        return config.recovery  # the regression fits an output bias
+
     def observers(self, part, config):
         # the input moments of o_proj/down_proj; for channels also the per-feature sums of squares of the MLP input
         obs = {"moments": HESSIAN}

@@ -55,10 +55,13 @@ __all__ = [
     "SlimGPTCausalLMMixin",
     "SlimGPTConfigMixin",
     "base_config_dict",
+    "UnusableModelError",
     "get_pruned_family",
+    "mark_unusable",
     "pruned_model_types",
     "register_pruned_family",
     "to_pruned_model",
+    "unusable_reason",
 ]
 
 
@@ -111,6 +114,36 @@ def get_pruned_family(model_type: str) -> Optional[PrunedFamily]:
 
 def pruned_model_types() -> list[str]:
     return sorted(_PRUNED_FAMILIES)
+
+
+# ---------------------------------------------------------------------------------------------- integrity
+_UNUSABLE = "_slimgpt_unusable"
+
+
+class UnusableModelError(RuntimeError):
+    """The model was left half-pruned by a failed run: its blocks no longer match any consistent architecture."""
+
+
+def mark_unusable(model: nn.Module, reason: str, blocks: Optional[nn.ModuleList] = None) -> None:
+    """Mark ``model`` as left inconsistent by a failed prune: its forward (and that of each of ``blocks``) raises
+    :class:`UnusableModelError`, and :func:`~optimum_slimgpt.saving.save_pruned_model` and
+    :meth:`~optimum_slimgpt.SlimGPTPruner.prune_model` refuse it. Reload the model to start again."""
+    if unusable_reason(model) is not None:
+        return
+    message = (f"this model was left partially pruned by a failed prune ({reason}); it cannot be run, saved or "
+               "pruned again: reload it from its checkpoint")
+
+    def refuse(module, args):
+        raise UnusableModelError(message)
+
+    object.__setattr__(model, _UNUSABLE, message)
+    for module in [model, *(blocks or [])]:
+        module.register_forward_pre_hook(refuse)
+
+
+def unusable_reason(model: nn.Module) -> Optional[str]:
+    """Why ``model`` may not be used (see :func:`mark_unusable`), or ``None``."""
+    return getattr(model, _UNUSABLE, None)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

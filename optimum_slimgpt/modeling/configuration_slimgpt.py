@@ -117,7 +117,10 @@ class PruningRecord:
     ``layers``: per-layer sizes (canonical keys); ``layer_ratios`` / ``ffn_ratios``: the schedule's per-layer
     ratio for the attention and the FFN; ``config``: the pruning config (``PruningConfig.to_dict``);
     ``layout``: the family's :class:`BlockLayout` as a dict; ``export_format`` / ``padded_to``: set in saved
-    checkpoints.
+    checkpoints. ``calibration``: what the run really used (source without local paths, windows, a hash of the
+    token ids). ``base_block_params``: the decoder-block parameters of the *unpruned* base model;
+    ``cumulative_ratio``: the fraction of them removed so far (``achieved_ratio`` is this run's, against its own
+    input); ``history``: the earlier runs when a pruned model was pruned again (oldest first).
     """
 
     pruning_method: str
@@ -136,7 +139,18 @@ class PruningRecord:
     meta: dict = field(default_factory=dict)
     export_format: Optional[str] = None
     padded_to: Optional[dict] = None
+    base_block_params: Optional[int] = None
+    cumulative_ratio: Optional[float] = None
+    history: list = field(default_factory=list)
     format_version: int = RECORD_VERSION
+
+    #: the fields of one run (what ``history`` keeps of each earlier run)
+    RUN_FIELDS = ("pruning_method", "pruning_ratio", "achieved_ratio", "schedule", "layer_ratios", "ffn_ratios",
+                  "config", "calibration", "layers", "meta")
+
+    def run_summary(self) -> dict:
+        """This run's own fields (method, ratios, config, calibration, sizes), as kept in a later run's history."""
+        return copy.deepcopy({k: getattr(self, k) for k in self.RUN_FIELDS})
 
     def to_dict(self) -> dict:
         """A JSON-ready copy; ``export_format`` / ``padded_to`` only once a checkpoint has set them."""
