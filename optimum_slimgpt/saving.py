@@ -26,18 +26,22 @@ place; an existing target is only replaced with ``overwrite=True`` and stays int
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import errno
 import json
 import logging
 import math
 import os
 import re
 import shutil
+import signal
+import socket
 import tempfile
-import uuid
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Union
+from typing import Any, ClassVar, Optional, Sequence, Union
 
 from huggingface_hub.errors import StrictDataclassError
 
@@ -45,12 +49,13 @@ from torch import nn
 
 from . import __version__
 from .families import FamilyAdapter, get_adapter
-from .modeling import BlockLayout, PruningRecord, base_config_dict, get_pruned_family
+from .modeling import (BlockLayout, PruningRecord, UnusableModelError, base_config_dict, get_pruned_family,
+                       unusable_reason)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["AUTO_ORDER", "EXPORTERS", "EXPORT_FORMATS", "ExportError", "ExportPlan", "Exporter", "SaveResult",
-           "plan_export", "register_exporter", "save_pruned_model"]
+           "check_output_dir", "checkpoint_layer_sizes", "clean_stale_work_dirs", "plan_export", "register_exporter", "save_pruned_model"]
 
 _SIZE_KEYS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
 
@@ -115,6 +120,8 @@ class ModelView:
 
     @classmethod
     def of(cls, model: nn.Module) -> "ModelView":
+        if (why := unusable_reason(model)) is not None:
+            raise UnusableModelError(why)
         record = PruningRecord.of(model.config)
         if record is None:
             raise ValueError("this model carries no pruning record (config.pruning_config); prune it with "
@@ -345,12 +352,15 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _base_model_id(model, base_model: Optional[str]) -> tuple[Optional[str], str]:
-    """(Hub id for the card metadata or None, human-readable name)."""
+    """(Hub id for the card metadata or None, human-readable name). A local path is never written (the card is
+    uploaded by ``push_to_hub``): only the folder's own name is shown."""
     if base_model:
         return base_model, base_model
     name = getattr(model.config, "name_or_path", "") or ""
     if name and _HUB_ID.match(name) and not os.path.exists(name):
         return name, name
+    if name and (os.path.isabs(name) or os.path.exists(name) or os.sep in name):
+        return None, Path(name).name or "unknown"
     return None, name or "unknown"
 
 
@@ -418,14 +428,135 @@ def _nonempty_dir(p: Path) -> bool:
     return p.is_dir() and any(p.iterdir())
 
 
+def _nearest_existing(p: Path) -> Path:
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_output_dir(save_dir: Union[str, os.PathLike], *, overwrite: bool = False, sources: Sequence = (),
+                     needed_bytes: Optional[int] = None) -> Path:
+    """Check, before any work, that a checkpoint can be written to ``save_dir``; return its absolute path.
+
+    Raises ``FileExistsError`` (a file is there, or a non-empty folder without ``overwrite``), ``ValueError``
+    (``save_dir`` is one of the ``sources`` (the model's own folder or file), lies inside one, or contains one:
+    saving there would replace the model being read), ``NotADirectoryError``/``PermissionError`` (it cannot be
+    created or written) and ``OSError(ENOSPC)`` (the file system has less free space than ``needed_bytes`` plus
+    5%; with ``overwrite`` the old checkpoint stays until the new one is complete, so its space is not counted).
+    """
+    target = Path(save_dir).expanduser().absolute()
+    real = target.resolve()
+    for src in sources:
+        if not src or not os.path.exists(src):
+            continue
+        s = Path(src).resolve()
+        if real == s or s in real.parents:
+            raise ValueError(f"the output {target} is the model's own source {s} or lies inside it: saving there "
+                             "would overwrite the model being pruned; choose another folder")
+        if real in s.parents:
+            raise ValueError(f"the output {target} contains the model's source {s}: replacing it would delete the "
+                             "model being pruned; choose another folder")
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target} exists and is not a directory")
+    if _nonempty_dir(target) and not overwrite:
+        raise FileExistsError(f"{target} is not empty; pass overwrite=True to replace it")
+    anchor = _nearest_existing(target)
+    if not anchor.is_dir():
+        raise NotADirectoryError(f"cannot create {target}: {anchor} is a file, not a folder")
+    try:
+        probe = tempfile.mkdtemp(prefix=".slimgpt-write-probe-", dir=anchor)
+        os.rmdir(probe)
+    except OSError as e:
+        raise PermissionError(f"the output {target} is not writable: cannot create files in {anchor} "
+                              f"({e.strerror or e})") from e
+    if needed_bytes:
+        free = shutil.disk_usage(anchor).free
+        if free < needed_bytes * 1.05:
+            raise OSError(errno.ENOSPC, f"not enough disk space for the checkpoint in {anchor}: about "
+                                        f"{needed_bytes / 2**30:.2f} GiB needed, {free / 2**30:.2f} GiB free")
+    return target
+
+
+# Temporary and replaced folders are named ``.<name>.tmp-<host>.<pid>-<random>`` / ``.<name>.old-...`` beside the
+# target, so that a later save can tell those of dead processes (SIGKILL, power loss) from those in use.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def _work_prefix(target: Path, kind: str) -> str:
+    return f".{target.name}.{kind}-{_HOST}.{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def clean_stale_work_dirs(target: Union[str, os.PathLike]) -> list[Path]:
+    """Remove the temporary folders that interrupted saves to ``target`` left beside it (their process, on this
+    host, is gone), and put back a checkpoint that an overwrite interrupted between its two renames moved aside
+    (only on file systems without an atomic exchange). Returns what was removed. Called by every save."""
+    target = Path(target).expanduser().absolute()
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(tmp|old)-(.+)\.(\d+)-[^/]*$")
+    removed: list[Path] = []
+    if not target.parent.is_dir():
+        return removed
+    for entry in sorted(target.parent.iterdir()):
+        m = pattern.match(entry.name)
+        if not m or not entry.is_dir() or m.group(2) != _HOST or _pid_alive(int(m.group(3))):
+            continue
+        if m.group(1) == "old" and not target.exists():
+            os.rename(entry, target)  # the overwrite died between its renames: the old checkpoint comes back
+            logger.warning("restored %s from %s (an interrupted overwrite had moved it aside)", target, entry.name)
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+        logger.info("removed %s, left by an interrupted save (process %s)", entry, m.group(3))
+    return removed
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); ``False`` where unsupported."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, f"cannot exchange {a} and {b}: {os.strerror(err)}")
+
+
 def _swap_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
+    """Move the finished checkpoint ``tmp`` to ``target``. A non-empty ``target`` (``overwrite``) is replaced by
+    one atomic exchange, so ``target`` always holds a complete checkpoint, the old or the new one; the old one
+    then sits in ``tmp`` and is deleted (a later save deletes it if this process dies first)."""
     if target.exists() or target.is_symlink():
         if not target.is_dir():
             raise FileExistsError(f"{target} exists and is not a directory")
         if _nonempty_dir(target):
             if not overwrite:
                 raise FileExistsError(f"{target} is not empty; pass overwrite=True to replace it")
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            if _exchange(tmp, target):
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            # no atomic exchange on this file system: two renames (a crash between them is repaired by the next
+            # save, see clean_stale_work_dirs)
+            old = Path(tempfile.mkdtemp(prefix=_work_prefix(target, "old"), dir=target.parent))
+            os.rmdir(old)
             os.rename(target, old)
             try:
                 os.rename(tmp, target)
@@ -434,8 +565,33 @@ def _swap_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
                 raise
             shutil.rmtree(old, ignore_errors=True)
             return
-        os.rmdir(target)
-    os.rename(tmp, target)
+    os.rename(tmp, target)  # onto nothing, or onto an empty folder (POSIX rename replaces it)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """While saving, SIGTERM raises ``KeyboardInterrupt`` so that the temporary folder is removed; afterwards the
+    previous handler is restored and the signal delivered again (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hit: list = []
+
+    def handler(signum, frame):
+        hit.append(signum)
+        raise KeyboardInterrupt("SIGTERM while saving")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # not allowed here (embedded interpreters)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if hit:  # cleaned up: now let the termination happen as it would have
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _umask() -> int:
@@ -453,6 +609,66 @@ def _checkpoint_params(folder: Path) -> int:
         with safe_open(f, framework="pt") as st:
             n += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())
     return n
+
+
+# ============================================================================================ reading back
+def _tensor_shapes(folder: Path) -> dict[str, tuple]:
+    """Name -> shape of every tensor in the folder's ``*.safetensors`` files (headers only)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(f, framework="pt") as st:
+            shapes.update({k: tuple(st.get_slice(k).get_shape()) for k in st.keys()})
+    return shapes
+
+
+def checkpoint_layer_sizes(folder: Union[str, os.PathLike]) -> list[dict]:
+    """The per-layer sizes of a saved checkpoint as its *weights* have them (``num_attention_heads``,
+    ``num_key_value_heads``, ``intermediate_size`` per layer), read from the safetensors headers with the
+    family layout (the record's, or the registered family's for an unpruned model). What ``optimum-slimgpt info``
+    shows: a record can be stale (a padded export, a file edited by hand), the weights cannot."""
+    from .modeling.configuration_slimgpt import KNOWN_LAYOUTS
+
+    folder = Path(folder)
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    record = PruningRecord.from_dict(cfg["pruning_config"]) if cfg.get("pruning_config") else None
+    model_type = record.base_model_type if record else cfg.get("model_type")
+    layout = record.block_layout() if record else KNOWN_LAYOUTS.get(model_type)
+    if layout is None:
+        get_adapter(model_type)  # raises the "unsupported architecture" error naming the supported families
+        layout = KNOWN_LAYOUTS[model_type]
+    text = cfg.get(layout.text_config) or cfg if layout.text_config else cfg
+    heads0 = text.get("num_attention_heads")
+    head_dim = text.get("head_dim") or (text["hidden_size"] // heads0 if heads0 else None)
+    shapes = _tensor_shapes(folder)
+    if not shapes:
+        raise FileNotFoundError(f"{folder} has no *.safetensors weights")
+    prefixes = [layout.blocks, layout.blocks.removeprefix("model."), f"model.{layout.blocks}"]
+    prefix = next((p for p in prefixes if any(k.startswith(p + ".0.") for k in shapes)), None)
+    if prefix is None:
+        raise ValueError(f"{folder}: no decoder-block tensors under '{layout.blocks}' in the weights")
+    n = 1 + max(int(k[len(prefix) + 1:].split(".")[0]) for k in shapes if k.startswith(prefix + "."))
+
+    def shape(i: int, *parts: str) -> tuple:
+        name = ".".join(x for x in (prefix, str(i), *parts, "weight") if x)
+        if name not in shapes:
+            raise ValueError(f"{folder}: tensor {name} is missing from the weights")
+        return shapes[name]
+
+    sizes = []
+    for i in range(n):
+        q = shape(i, layout.attention, layout.o_proj)[1]
+        heads = q // head_dim
+        if layout.size_keys.get("num_key_value_heads") is None:
+            kv = heads
+        elif layout.qkv_proj:
+            kv = (shape(i, layout.attention, layout.qkv_proj)[0] - q) // 2 // head_dim
+        else:
+            kv = shape(i, layout.attention, layout.kv_proj[0])[0] // head_dim
+        sizes.append({"num_attention_heads": heads, "num_key_value_heads": kv,
+                      "intermediate_size": shape(i, layout.mlp, layout.channel_out)[1]})
+    return sizes
 
 
 # ============================================================================================ entry point
@@ -497,29 +713,30 @@ def save_pruned_model(
     """
     if not safe_serialization:
         raise ValueError("only safetensors checkpoints are written (transformers 5 has no pickle format)")
-    target = Path(save_dir).expanduser().absolute()
-    if target.exists() and not target.is_dir():
-        raise FileExistsError(f"{target} exists and is not a directory")
-    if _nonempty_dir(target) and not overwrite:
-        raise FileExistsError(f"{target} is not empty; pass overwrite=True to replace it")
+    view = ModelView.of(model)  # refuses unpruned and half-pruned (failed) models
     plan = plan_export(model, export_format)
-    view = ModelView.of(model)
+    clean_stale_work_dirs(save_dir)
+    source = getattr(model.config, "name_or_path", None) or None
+    needed = sum(t.numel() * t.element_size() for t in {id(t): t for t in model.state_dict().values()}.values())
+    target = check_output_dir(save_dir, overwrite=overwrite, sources=[source] if source else [], needed_bytes=needed)
     logger.info("saving the pruned model to %s as '%s': %s", target, plan.format, plan.reason)
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())
-        EXPORTERS[plan.format].write(view, plan, tmp, max_shard_size)
-        num_params = _checkpoint_params(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if model_card:
-            (tmp / "README.md").write_text(_model_card(view, plan, num_params, eval_results, base_model), encoding="utf-8")
-        _swap_into_place(tmp, target, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _terminate_as_interrupt():
+        tmp = Path(tempfile.mkdtemp(prefix=_work_prefix(target, "tmp"), dir=target.parent))
+        try:
+            os.chmod(tmp, 0o777 & ~_umask())
+            EXPORTERS[plan.format].write(view, plan, tmp, max_shard_size)
+            num_params = _checkpoint_params(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            if model_card:
+                (tmp / "README.md").write_text(_model_card(view, plan, num_params, eval_results, base_model),
+                                               encoding="utf-8")
+            _swap_into_place(tmp, target, overwrite)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     result = SaveResult(
         path=target, format=plan.format, reason=plan.reason, layers=plan.layers, num_parameters=num_params,

@@ -15,6 +15,8 @@ import torch
 from optimum_slimgpt import PruningRecord, SlimGPTConfig, SlimGPTPruner, get_adapter, save_pruned_model, to_pruned_model
 from optimum_slimgpt.saving import ExportError
 
+from helpers import STORIES_BIN, have_shared, tok512_tokenizer
+
 VOCAB = 128
 CALIB = torch.randint(0, VOCAB, (8, 32), generator=torch.Generator().manual_seed(0))
 PROMPT = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
@@ -175,6 +177,7 @@ _REMOTE_SCRIPT = textwrap.dedent(
             if name == "optimum_slimgpt" or name.startswith("optimum_slimgpt."):
                 raise ImportError("optimum_slimgpt is blocked in this test")
             return None
+    import os
     sys.meta_path.insert(0, _Block())
     try:
         import optimum_slimgpt  # noqa: F401
@@ -203,6 +206,10 @@ _REMOTE_SCRIPT = textwrap.dedent(
                                     pad_token_id=0, cache_implementation="static")
         out[path] = {"module": type(model).__module__, "cls": type(model).__name__, "no_flag": no_flag,
                      "logits": logits, "greedy": greedy, "static": static}
+        if os.path.exists(os.path.join(path, "tokenizer.json")):  # the README's way: no prompt, no custom code
+            from transformers import AutoTokenizer
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            out[path]["tokens"] = tok("Once upon a time").input_ids
     torch.save(out, sys.argv[2])
     """
 )
@@ -213,7 +220,10 @@ def test_remote_code_without_the_package(tmp_path):
     refs, paths = {}, []
     for fam in families:
         model = _pruned(fam)
-        p = save_pruned_model(model, tmp_path / f"{fam}-slim").path
+        tok = tok512_tokenizer() if fam == "llama" and have_shared(STORIES_BIN) else None
+        p = save_pruned_model(model, tmp_path / f"{fam}-slim", tokenizer=tok).path
+        if tok is not None:
+            want_tokens = tok("Once upon a time").input_ids
         refs[str(p)] = (_logits(model), _greedy(model))
         paths.append(str(p))
     torch.save(PROMPT, tmp_path / "ids.pt")
@@ -235,6 +245,8 @@ def test_remote_code_without_the_package(tmp_path):
         ref_logits, ref_greedy = refs[p]
         torch.testing.assert_close(r["logits"], ref_logits, atol=1e-5, rtol=0)
         assert torch.equal(r["greedy"], ref_greedy) and torch.equal(r["static"], ref_greedy)
+    if have_shared(STORIES_BIN):  # the tokenizer of a per-layer checkpoint loads without the package or a prompt
+        assert out[paths[0]]["tokens"] == want_tokens
 
 
 # ------------------------------------------------------------------------------------------ uniform / padded

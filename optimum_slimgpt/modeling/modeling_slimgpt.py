@@ -218,7 +218,25 @@ def _decoder_layer_class(family_class: type, layout: BlockLayout) -> type:
     return getattr(module, names[0])
 
 
-class SlimGPTBaseModelMixin:
+class _StrictLoading:
+    """``from_pretrained`` of a pruned class refuses a checkpoint whose tensors do not all match the per-layer
+    architecture (missing, unexpected or mis-shaped): transformers would fill the gaps with random weights and
+    only warn. ``allow_missing_weights=True`` restores transformers' lenient behaviour."""
+
+    @classmethod
+    def from_pretrained(cls, *args, allow_missing_weights: bool = False, output_loading_info: bool = False, **kwargs):
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        bad = {k: sorted(info.get(k) or ()) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        if not allow_missing_weights and any(bad.values()):
+            what = "; ".join(f"{k.replace('_', ' ')} ({len(v)}): {', '.join(map(str, v[:4]))}"
+                             + (" ..." if len(v) > 4 else "") for k, v in bad.items() if v)
+            raise RuntimeError(f"the checkpoint does not match the pruned {cls.__name__} it describes ({what}); it is "
+                               "incomplete or corrupt. Pass allow_missing_weights=True to load it anyway (the missing "
+                               "weights are then random)")
+        return (model, info) if output_loading_info else model
+
+
+class SlimGPTBaseModelMixin(_StrictLoading):
     """Mixed in before the family base model (``LlamaModel``...): decoder layers with per-layer sizes."""
 
     slimgpt_family_class: type = None  # set by pruned_model_class
@@ -237,7 +255,7 @@ class SlimGPTBaseModelMixin:
         set_submodule(self, layout.blocks.removeprefix(self.base_model_prefix + "."), layers)
 
 
-class SlimGPTCausalLMMixin:
+class SlimGPTCausalLMMixin(_StrictLoading):
     """Mixed in before the family ``*ForCausalLM``: its base model becomes the pruned base model."""
 
     slimgpt_family_class: type = None
