@@ -39,26 +39,65 @@ def _dtype(name: str):
     return table[name]
 
 
+def check_device(device: Optional[str]) -> None:
+    """``CLIError`` unless ``device`` (``None``: the default) exists on this machine."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        torch.empty(1, device=torch.device(device))
+    except (RuntimeError, AssertionError, ValueError) as e:
+        avail = "CUDA is not available" if not torch.cuda.is_available() else f"{torch.cuda.device_count()} CUDA device(s)"
+        raise CLIError(f"--device {device}: not usable on this machine ({avail}; {str(e).splitlines()[0]})") from e
+
+
+def resolve_model_path(path: str, gguf_file: Optional[str] = None) -> tuple[str, Optional[str], Path]:
+    """``(folder or hub id, gguf file name or None, the source path on disk)`` for ``--model``/``--gguf-file``.
+
+    A ``.gguf`` file is split into its folder and name; a folder with no ``config.json`` but one ``.gguf`` file
+    uses that file (several: ``CLIError`` asking for ``--gguf-file``)."""
+    p = Path(path).expanduser()
+    if p.is_file() and p.suffix == ".gguf":
+        return str(p.parent), p.name, p
+    if not p.exists():
+        if os.sep in path or path.startswith(".") or path.startswith("~"):
+            raise CLIError(f"model path {path!r} does not exist")
+        return path, gguf_file, p  # a hub id (the Hub is only reached if the environment allows it)
+    if gguf_file:
+        if not (p / gguf_file).is_file():
+            raise CLIError(f"--gguf-file {gguf_file!r} is not a file in {path}")
+        return str(p), gguf_file, p / gguf_file
+    if p.is_dir() and not (p / "config.json").exists():
+        ggufs = sorted(f.name for f in p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            logging.getLogger(__name__).info("using %s (the only GGUF file in %s)", ggufs[0], path)
+            return str(p), ggufs[0], p / ggufs[0]
+        if ggufs:
+            raise CLIError(f"{path} has no config.json and several GGUF files ({', '.join(ggufs)}): choose one with "
+                           "--gguf-file")
+        raise CLIError(f"{path} is not a model folder: no config.json and no .gguf file in it")
+    return str(p), None, p
+
+
 def load_model(path: str, gguf_file: Optional[str] = None, dtype: str = "float32", device: Optional[str] = None):
     """Load a causal LM and its tokenizer from a folder/hub id (optionally a GGUF file in it)."""
     import optimum_slimgpt  # noqa: F401  (registers the pruned model classes)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    p = Path(path)
-    if p.is_file() and p.suffix == ".gguf":
-        gguf_file, path = p.name, str(p.parent)
-    elif not p.exists() and (os.sep in path or path.startswith(".")):
-        raise CLIError(f"model path {path!r} does not exist")
+    torch_dtype = _dtype(dtype)
+    check_device(device)
+    path, gguf_file, _ = resolve_model_path(path, gguf_file)
     kw = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         tok = AutoTokenizer.from_pretrained(path, **kw)
-    except Exception as e:  # a model without a tokenizer can still be pruned with token-id data
-        logging.getLogger(__name__).warning("no tokenizer loaded from %s: %s", path, e)
+    except Exception as e:  # noqa: BLE001 - a model without a tokenizer can still be pruned with token-id data
+        logging.getLogger(__name__).warning("no tokenizer loaded from %s: %s", path, str(e).splitlines()[0] if str(e) else e)
         tok = None
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(dtype), **kw)
-    except OSError as e:
-        raise CLIError(f"cannot load a model from {path!r}: {str(e).splitlines()[0]}") from e
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kw)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CLIError(f"cannot load a model from {path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     if device:
         model.to(device)
     return model.eval(), tok
@@ -101,7 +140,10 @@ def _config_from_args(args):
 
     schedule = args.schedule
     if schedule and "," in schedule:
-        schedule = [float(x) for x in schedule.split(",")]
+        try:
+            schedule = [float(x) for x in schedule.split(",")]
+        except ValueError:
+            raise CLIError(f"--schedule {schedule!r}: a per-layer list must be comma-separated numbers") from None
     # method-specific flags: passed only when given, and refused by a method that has no such knob
     specific = {"damp_percent": ("--damp", args.damp),
                 "compensate": ("--no-compensate", False if args.no_compensate else None)}
@@ -127,23 +169,34 @@ def _config_from_args(args):
 
 def cmd_prune(args) -> int:
     from .pruner import SlimGPTPruner
+    from .saving import check_output_dir
 
     cfg = _config_from_args(args)
+    check_device(args.device)
+    _, _, source = resolve_model_path(args.model, args.gguf_file)
     out = Path(args.output)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise CLIError(f"output folder {out} is not empty (pass --overwrite)")
+    # before loading anything: the output folder (not the source, writable); the disk space once the plan is known
+    check_output_dir(out, overwrite=args.overwrite, sources=[source] if source.exists() else [])
     model, tok = load_model(args.model, args.gguf_file, args.dtype)
     pruner = SlimGPTPruner(cfg)
-    pruner.prune_model(model, tok)
+    pruner.prune_model(model, tok, save_dir=out, export_format=args.format, overwrite=args.overwrite)
     print(pruner.summary.table())
     res = pruner.save(model, out, tokenizer=tok, export_format=args.format, overwrite=args.overwrite)
-    print(f"saved to {out} ({getattr(res, 'format', args.format)} format)")
+    print(f"saved to {out} ({res.format} format: {res.reason})")
     return 0
 
 
 def cmd_eval(args) -> int:
-    from .evaluation import evaluate_zero_shot, perplexity, wikitext2_test_text
+    from .evaluation import ZERO_SHOT_TASKS, evaluate_zero_shot, perplexity, wikitext2_test_text
 
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else []
+    unknown = [t for t in tasks if t not in ZERO_SHOT_TASKS]
+    if unknown:
+        raise CLIError(f"unknown zero-shot task(s) {', '.join(unknown)}; known: {', '.join(sorted(ZERO_SHOT_TASKS))}")
+    if not (args.text_file or args.wikitext_dir or tasks):
+        raise CLIError("nothing to evaluate: give --wikitext-dir, --text-file and/or --tasks")
+    if args.text_file and not Path(args.text_file).is_file():
+        raise CLIError(f"--text-file {args.text_file}: no such file")
     model, tok = load_model(args.model, args.gguf_file, args.dtype, args.device)
     if tok is None:
         raise CLIError(f"no tokenizer found in {args.model}")
@@ -157,64 +210,78 @@ def cmd_eval(args) -> int:
         results["perplexity"] = perplexity(model, tok, text, seqlen=args.seqlen, max_tokens=args.max_tokens,
                                            batch_size=args.batch_size)
         print(f"perplexity: {results['perplexity']:.3f}")
-    if args.tasks:
-        zs = evaluate_zero_shot(model, tok, args.tasks.split(","), limit=args.limit, data_dir=args.data_dir)
+    if tasks:
+        zs = evaluate_zero_shot(model, tok, tasks, limit=args.limit, data_dir=args.data_dir)
         results["zero_shot"] = zs
         for task, r in zs.items():
             print(f"{task}: acc {r['acc']:.4f} acc_norm {r['acc_norm']:.4f} (n={r['n']})")
-    if not results:
-        raise CLIError("nothing to evaluate: give --wikitext-dir, --text-file and/or --tasks")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
 
 
 def cmd_info(args) -> int:
+    from .modeling import PruningRecord
+    from .saving import checkpoint_layer_sizes
+
     path = Path(args.model)
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise CLIError(f"{cfg_file} not found")
-    cfg = json.loads(cfg_file.read_text())
-    from .modeling import PruningRecord
-
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CLIError(f"{cfg_file} is not valid JSON ({e})") from e
     try:
         record = PruningRecord.from_dict(cfg["pruning_config"]) if cfg.get("pruning_config") else None
     except (TypeError, ValueError) as e:
         raise CLIError(f"{cfg_file}: unreadable pruning_config ({e})") from e
+    layers = checkpoint_layer_sizes(path)  # from the weights themselves, not from the record
     print(f"model_type: {cfg.get('model_type')}  architectures: {cfg.get('architectures')}")
-    text = cfg.get("text_config") or cfg
-    layers = record.layers if record else None
-    if not layers:
-        n = text.get("num_hidden_layers", 0)
-        layers = [{k: text.get(k) for k in ("num_attention_heads", "num_key_value_heads", "intermediate_size")}] * n
     print(f"{'layer':>5} {'heads':>6} {'kv':>4} {'channels':>9} {'head ratio':>10} {'ffn ratio':>9}")
     ratios = (record.layer_ratios if record else None) or [None] * len(layers)
     ffn = (record.ffn_ratios if record else None) or [None] * len(layers)
     for i, lay in enumerate(layers):
-        hr = "-" if ratios[i] is None else f"{ratios[i]:.3f}"
-        fr = "-" if ffn[i] is None else f"{ffn[i]:.3f}"
-        print(f"{i:>5} {lay.get('num_attention_heads', '-'):>6} {lay.get('num_key_value_heads', '-'):>4} "
-              f"{lay.get('intermediate_size', '-'):>9} {hr:>10} {fr:>9}")
+        hr = "-" if i >= len(ratios) or ratios[i] is None else f"{ratios[i]:.3f}"
+        fr = "-" if i >= len(ffn) or ffn[i] is None else f"{ffn[i]:.3f}"
+        print(f"{i:>5} {lay['num_attention_heads']:>6} {lay['num_key_value_heads']:>4} "
+              f"{lay['intermediate_size']:>9} {hr:>10} {fr:>9}")
     if record:
         print(f"method: {record.pruning_method}  ratio: {record.pruning_ratio}  removed: {record.achieved_ratio}  "
               f"schedule: {record.schedule}  format: {record.export_format}  record v{record.format_version}")
+        if record.history:
+            print(f"pruned {len(record.history) + 1} times; removed from the base model: {record.cumulative_ratio}")
         print(f"calibration: {json.dumps(record.calibration)}")
+        canon = [{k: lay.get(k) for k in ("num_attention_heads", "num_key_value_heads", "intermediate_size")}
+                 for lay in record.layers]
+        if record.export_format == "padded" and canon != layers:
+            print("the weights are zero-padded to the largest layer; the sizes of the function are those of the "
+                  "pruning record: " + json.dumps(canon))
+        elif canon and canon != layers:
+            bad = [i for i, (a, b) in enumerate(zip(canon, layers)) if a != b] or ["count"]
+            print(f"warning: the pruning record disagrees with the weights in layer(s) {bad}: the table shows the "
+                  "weights", file=sys.stderr)
     return 0
 
 
 def cmd_demo(args) -> int:
     """Prune SmolLM2-135M-Instruct by 20% with self-generated calibration, evaluate, save, reload."""
     import copy
+    import tempfile
 
     import torch
     from transformers import AutoModelForCausalLM
 
     from .config import SlimGPTConfig
+    from .saving import check_output_dir
     from .evaluation import perplexity, wikitext2_test_text
     from .pruner import SlimGPTPruner
     from .selfgen import generate_calibration
 
     t0 = time.perf_counter()
+    # never into the current folder unasked: a fresh temporary folder unless --output names one
+    out_dir = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="optimum-slimgpt-demo-")) / "smollm2-135m-slim"
+    check_output_dir(out_dir, overwrite=args.overwrite)
     gguf = find_smollm2_gguf()
     print(f"[demo] loading SmolLM2-135M-Instruct from {gguf}")
     model, tok = load_model(str(gguf))
@@ -246,8 +313,7 @@ def cmd_demo(args) -> int:
     for name, m in (("dense", dense), ("pruned", model)):
         out = m.generate(ids, max_new_tokens=24, do_sample=False)
         print(f"[demo] {name:>6}: {tok.decode(out[0], skip_special_tokens=True)!r}")
-    out_dir = Path(args.output)
-    res = pruner.save(model, out_dir, tokenizer=tok, overwrite=True)
+    res = pruner.save(model, out_dir, tokenizer=tok, overwrite=args.overwrite)
     reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         diff = (reloaded(ids).logits - model(ids).logits).abs().max().item()
@@ -261,61 +327,85 @@ def cmd_demo(args) -> int:
 
 # ----------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from .config import SCHEDULES
     from .saving import EXPORT_FORMATS
 
-    p = argparse.ArgumentParser(prog="optimum-slimgpt", description="Structured pruning of causal LMs (SlimGPT, SlimLLM).")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="optimum-slimgpt", formatter_class=fmt,
+                                description="Structured pruning of Hugging Face causal LMs (SlimGPT, SlimLLM). "
+                                            "Bad input ends with exit status 2 and one 'error:' line.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging (and tracebacks on errors)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{prune,eval,info,demo}")
 
-    pr = sub.add_parser("prune", help="prune a model and save it")
-    pr.add_argument("--model", required=True, help="model folder, hub id, or .gguf file")
-    pr.add_argument("--gguf-file", default=None)
-    pr.add_argument("--ratio", type=float, default=0.2, help="fraction of decoder-block parameters to remove")
-    pr.add_argument("--schedule", default="log_increase", help="log_increase | linear_increase | uniform | comma list")
-    pr.add_argument("--method", default="slimgpt", help="a registered method: slimgpt | slimllm | ...")
-    pr.add_argument("--dataset", default="wikitext2", help="name (wikitext2, c4, ptb, self) or a local file")
-    pr.add_argument("--split", default="train")
-    pr.add_argument("--samples", type=int, default=128)
-    pr.add_argument("--seqlen", type=int, default=2048)
-    pr.add_argument("--batch-size", type=int, default=8)
-    pr.add_argument("--damp", type=float, default=None, help="SlimGPT: Hessian damping (default 0.01)")
-    pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--device", default=None)
-    pr.add_argument("--dtype", default="float32")
-    pr.add_argument("--channel-multiple", type=int, default=1)
+    pr = sub.add_parser("prune", help="prune a model and save it", formatter_class=fmt,
+                        description="Prune a causal LM (a folder with config.json, a .gguf file or a folder holding "
+                                    "one) and save the smaller model. Everything is checked before the work starts.")
+    pr.add_argument("--model", required=True, help="model folder, .gguf file, folder with one .gguf, or hub id")
+    pr.add_argument("--gguf-file", default=None, help="the GGUF file inside --model when it holds several")
+    pr.add_argument("--output", required=True, help="folder to write the pruned checkpoint to (not the model's own)")
+    pr.add_argument("--overwrite", action="store_true",
+                    help="replace a non-empty --output (atomically: the old checkpoint stays until the new is complete)")
+    pr.add_argument("--ratio", type=float, default=0.2,
+                    help="fraction of the decoder-block parameters (attention + MLP linears) to remove, in [0, 1)")
+    pr.add_argument("--method", default="slimgpt", help="a registered pruning method: slimgpt | slimllm | ...")
+    pr.add_argument("--schedule", default="log_increase",
+                    help=f"how the ratio grows with depth: {' | '.join(SCHEDULES)}, or a comma list of per-layer ratios")
+    pr.add_argument("--dataset", default="wikitext2",
+                    help="calibration data: a registered name (wikitext2, c4, ptb), 'self' (text the model "
+                         "generates) or a local .txt/.json/.jsonl/.csv/.parquet file or dataset folder")
+    pr.add_argument("--split", default="train", help="split of a registered dataset or dataset folder")
+    pr.add_argument("--samples", type=int, default=128, help="number of calibration windows")
+    pr.add_argument("--seqlen", type=int, default=2048,
+                    help="tokens per calibration window (at most the model's max_position_embeddings)")
+    pr.add_argument("--batch-size", type=int, default=8, help="windows per calibration forward")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the window sampler (and self-generated text)")
+    pr.add_argument("--device", default=None, help="where each block is pruned, e.g. cuda:0 (default: the model's)")
+    pr.add_argument("--dtype", default="float32", help="dtype to load the model in: float32 | bfloat16 | float16 | auto")
+    pr.add_argument("--damp", type=float, default=None, help="SlimGPT: Hessian damping, fraction of its mean diagonal "
+                                                             "(default 0.01)")
+    pr.add_argument("--channel-multiple", type=int, default=1,
+                    help="round each layer's kept FFN channels to a multiple of this (e.g. 64 for GPU kernels)")
     pr.add_argument("--no-heads", action="store_true", help="do not prune attention heads")
     pr.add_argument("--no-ffn", action="store_true", help="do not prune FFN channels")
     pr.add_argument("--no-compensate", action="store_true", help="SlimGPT: plain removal without the OBS update")
-    pr.add_argument("--output", required=True)
-    pr.add_argument("--format", default="auto", choices=list(EXPORT_FORMATS))
-    pr.add_argument("--overwrite", action="store_true")
+    pr.add_argument("--format", default="auto", choices=list(EXPORT_FORMATS),
+                    help="checkpoint format (auto: uniform when every layer has the same sizes, else per_layer); "
+                         "checked against the plan before pruning")
     pr.set_defaults(func=cmd_prune)
 
-    ev = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a saved model")
-    ev.add_argument("--model", required=True)
-    ev.add_argument("--gguf-file", default=None)
+    ev = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a saved model", formatter_class=fmt,
+                        description="Perplexity on WikiText-2 test or a text file, and zero-shot accuracy "
+                                    "(lm-eval-harness protocol) on local task files.")
+    ev.add_argument("--model", required=True, help="model folder, .gguf file or hub id")
+    ev.add_argument("--gguf-file", default=None, help="the GGUF file inside --model when it holds several")
     ev.add_argument("--wikitext-dir", default=None, help="folder with the WikiText-2 files (see ../shared/data)")
-    ev.add_argument("--text-file", default=None)
-    ev.add_argument("--seqlen", type=int, default=2048)
-    ev.add_argument("--max-tokens", type=int, default=None)
-    ev.add_argument("--batch-size", type=int, default=1)
+    ev.add_argument("--text-file", default=None, help="a UTF-8 text file to measure the perplexity on")
+    ev.add_argument("--seqlen", type=int, default=2048, help="perplexity window length")
+    ev.add_argument("--max-tokens", type=int, default=None, help="only the first N tokens of the text")
+    ev.add_argument("--batch-size", type=int, default=1, help="windows per forward")
     ev.add_argument("--tasks", default=None, help="comma-separated zero-shot tasks, e.g. piqa,hellaswag,arc_easy")
-    ev.add_argument("--limit", type=int, default=None)
+    ev.add_argument("--limit", type=int, default=None, help="first N items of each task")
     ev.add_argument("--data-dir", default=None, help="folder with the zero-shot data files")
-    ev.add_argument("--device", default=None)
-    ev.add_argument("--dtype", default="float32")
+    ev.add_argument("--device", default=None, help="e.g. cuda:0 (default: CPU)")
+    ev.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 | auto")
     ev.add_argument("--json", default=None, help="also write the results to this JSON file")
     ev.set_defaults(func=cmd_eval)
 
-    inf = sub.add_parser("info", help="per-layer layout of a saved model")
-    inf.add_argument("--model", required=True)
+    inf = sub.add_parser("info", help="per-layer layout of a saved model", formatter_class=fmt,
+                         description="The per-layer heads, KV heads and FFN channels as the weights have them, "
+                                     "the schedule's ratios and the pruning provenance.")
+    inf.add_argument("--model", required=True, help="a saved checkpoint folder")
     inf.set_defaults(func=cmd_info)
 
-    de = sub.add_parser("demo", help="prune SmolLM2-135M-Instruct by 20%% with self-generated calibration")
-    de.add_argument("--output", default="smollm2-135m-slim")
-    de.add_argument("--ratio", type=float, default=0.2)
-    de.add_argument("--samples", type=int, default=32)
-    de.add_argument("--seqlen", type=int, default=256)
+    de = sub.add_parser("demo", help="prune SmolLM2-135M-Instruct by 20%% with self-generated calibration",
+                        formatter_class=fmt,
+                        description="Prune SmolLM2-135M-Instruct with text it generates itself (no data, no Hub), "
+                                    "compare perplexity and generations, save, reload and compare logits.")
+    de.add_argument("--output", default=None, help="where to save the pruned model (default: a new temporary folder)")
+    de.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    de.add_argument("--ratio", type=float, default=0.2, help="fraction of decoder-block parameters to remove")
+    de.add_argument("--samples", type=int, default=32, help="self-generated calibration windows")
+    de.add_argument("--seqlen", type=int, default=256, help="tokens per window")
     de.set_defaults(func=cmd_demo)
     return p
 
@@ -326,11 +416,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         return int(args.func(args) or 0)
-    except CLIError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, TypeError, OSError, RuntimeError) as e:
+        # user-facing: bad arguments, files, devices, configs, exports (OSError: missing/unwritable paths, disk)
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        msg = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
+            msg = f"{msg}: {e.filename}"
+        print(f"error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -9,9 +9,21 @@ the end-of-sequence token suppressed until the window is full. The sampling is s
 from __future__ import annotations
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from .calibration import register_generator
 from .config import PruningConfig
+
+
+class _Progress(LogitsProcessor):
+    """Advances a progress bar by one token per generation step (scores pass through unchanged)."""
+
+    def __init__(self, bar, n: int) -> None:
+        self.bar, self.n = bar, n
+
+    def __call__(self, input_ids, scores):
+        self.bar.update(self.n)
+        return scores
 
 
 @torch.no_grad()
@@ -27,16 +39,24 @@ def generate_calibration(config: PruningConfig, tokenizer=None, model=None) -> t
     out = []
     bs = max(1, config.batch_size)
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(config.seed)
-        for start in range(0, config.num_samples, bs):
-            n = min(bs, config.num_samples - start)
-            prompt = torch.full((n, 1), int(bos), dtype=torch.long, device=device)
-            seq = model.generate(
-                prompt, attention_mask=torch.ones_like(prompt), do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=config.seqlen - 1,
-                min_new_tokens=config.seqlen - 1, pad_token_id=int(bos),
-            )
-            out.append(seq[:, : config.seqlen].cpu())
+    from transformers.utils.logging import tqdm
+
+    bar = tqdm(total=config.num_samples * (config.seqlen - 1), desc="generating calibration text", unit="tok",
+               unit_scale=True)
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(config.seed)
+            for start in range(0, config.num_samples, bs):
+                n = min(bs, config.num_samples - start)
+                prompt = torch.full((n, 1), int(bos), dtype=torch.long, device=device)
+                seq = model.generate(
+                    prompt, attention_mask=torch.ones_like(prompt), do_sample=True, temperature=1.0, top_k=0,
+                    top_p=1.0, max_new_tokens=config.seqlen - 1, min_new_tokens=config.seqlen - 1,
+                    pad_token_id=int(bos), logits_processor=LogitsProcessorList([_Progress(bar, n)]),
+                )
+                out.append(seq[:, : config.seqlen].cpu())
+    finally:
+        bar.close()
     return torch.cat(out)
 
 

@@ -82,8 +82,9 @@ def test_prune_writes_a_loadable_smaller_model(stories_dir, pruned_dir):
     # the summary table (one row per block) and the save line
     assert re.search(r"saved to .*stories-slim \((per_layer|uniform)", proc.stdout), proc.stdout[-2000:]
     assert len(re.findall(r"^\s*\d+\s", proc.stdout, flags=re.M)) >= 5
-    # a progress bar per block went to stderr
+    # a progress bar per block went to stderr, and the per-layer table was printed once
     assert "SlimGPT blocks" in proc.stderr
+    assert (proc.stdout + proc.stderr).count("attn err") == 1
     cfg = json.loads((out / "config.json").read_text())
     assert abs(cfg["pruning_config"]["achieved_ratio"] - 0.3) < 0.05
     dense = AutoModelForCausalLM.from_pretrained(stories_dir)
@@ -149,15 +150,44 @@ def test_info_prints_the_layout(pruned_dir, capsys):
     (["prune", "--model", "{model}", "--method", "slimllm", "--damp", "0.1", "--output", "{tmp}/o"],
      "--damp does not apply to --method slimllm"),
     (["prune", "--model", "{model}", "--method", "nosuch", "--output", "{tmp}/o"], "unknown pruning method"),
+    # preflight: all of these fail before the model is pruned (nothing is written, no progress bar)
+    (["prune", "--model", "{model}", "--device", "cuda:7", "--output", "{tmp}/o"], "--device cuda:7: not usable"),
+    (["prune", "--model", "{model}", "--output", "{model}", "--overwrite"], "model's own source"),
+    (["prune", "--model", "{model}", "--output", "{model}/slim"], "lies inside it"),
+    (["prune", "--model", "{model}", "--output", "{tmp}/tiny.txt/o"], "is a file, not a folder"),
+    (["prune", "--model", "{model}", "--output", "{tmp}/full"], "not empty"),
+    (["prune", "--model", "{model}", "--format", "uniform", "--dataset", "{tmp}/calib.txt", "--samples", "4",
+      "--seqlen", "32", "--output", "{tmp}/o"], "same sizes in every layer"),
+    (["prune", "--model", "{model}", "--seqlen", "4096", "--output", "{tmp}/o"], "max_position_embeddings=512"),
+    (["prune", "--model", "{model}", "--schedule", "0.1,x", "--output", "{tmp}/o"], "comma-separated numbers"),
+    (["prune", "--model", "{tmp}/two-ggufs", "--output", "{tmp}/o"], "several GGUF files (a.gguf, b.gguf)"),
+    (["prune", "--model", "{tmp}/full", "--output", "{tmp}/o"], "not a model folder"),
+    (["eval", "--model", "{model}", "--tasks", "piqa,nosuchtask"], "unknown zero-shot task(s) nosuchtask"),
+    (["eval", "--model", "{model}", "--text-file", "{tmp}/missing.txt"], "no such file"),
+    (["eval", "--model", "{model}", "--device", "cuda:7", "--text-file", "{tmp}/tiny.txt"], "not usable"),
+    (["info", "--model", "{tmp}/badjson"], "not valid JSON"),
 ])
 def test_bad_arguments_exit_non_zero_with_one_line(args, message, stories_dir, tmp_path, capsys):
     (tmp_path / "tiny.txt").write_text("Once upon a time.", encoding="utf-8")
+    (tmp_path / "calib.txt").write_text(TINYSTORIES_TXT.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("keep me", encoding="utf-8")
+    (tmp_path / "two-ggufs").mkdir()
+    for name in ("a.gguf", "b.gguf"):
+        (tmp_path / "two-ggufs" / name).write_bytes(b"GGUF")
+    (tmp_path / "badjson").mkdir()
+    (tmp_path / "badjson" / "config.json").write_text("{not json", encoding="utf-8")
+    before = sorted(p.name for p in stories_dir.iterdir())
     argv = [a.format(model=stories_dir, tmp=tmp_path) for a in args]
     rc, _, stderr = call_cli(capsys, *argv)
     assert rc == 2, (rc, stderr[-2000:])
     err_lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(err_lines) == 1 and message in err_lines[0], stderr[-2000:]
-    assert not (tmp_path / "o").exists()
+    assert "Traceback" not in stderr
+    assert "SlimGPT blocks" not in stderr  # nothing was pruned
+    assert not (tmp_path / "o").exists() and not (stories_dir / "slim").exists()
+    assert sorted(p.name for p in stories_dir.iterdir()) == before  # the source is untouched
+    assert (tmp_path / "full" / "notes.txt").read_text(encoding="utf-8") == "keep me"
 
 
 def test_argparse_errors_exit_non_zero(capsys):
@@ -167,3 +197,72 @@ def test_argparse_errors_exit_non_zero(capsys):
     assert rc == 2 and "invalid choice" in stderr
     rc, stdout, _ = call_cli(capsys, "--help")  # the help text renders (no stray % in it)
     assert rc == 0 and "prune" in stdout
+
+
+@pytest.mark.parametrize("command", ["prune", "eval", "info", "demo"])
+def test_every_subcommand_has_help(command, capsys):
+    rc, stdout, stderr = call_cli(capsys, command, "--help")
+    assert rc == 0, stderr
+    assert f"usage: optimum-slimgpt {command}" in stdout
+    if command == "prune":  # every schedule is named, options say what they do and their defaults
+        assert "layer_importance" in stdout and "(default: 0.2)" in stdout and "max_position_embeddings" in stdout
+
+
+def test_a_folder_with_one_gguf_file_needs_no_gguf_flag(tmp_path):
+    from optimum_slimgpt.cli import CLIError, resolve_model_path
+
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    assert resolve_model_path(str(tmp_path)) == (str(tmp_path), "m.gguf", tmp_path / "m.gguf")
+    assert resolve_model_path(str(tmp_path / "m.gguf"))[1] == "m.gguf"
+    with pytest.raises(CLIError, match="--gguf-file 'x.gguf' is not a file"):
+        resolve_model_path(str(tmp_path), "x.gguf")
+
+
+def test_demo_writes_into_a_temporary_folder_unless_told(tmp_path, monkeypatch, capsys):
+    """The demo's default output is a new temporary folder, never the current one; an explicit non-empty
+    --output is refused without --overwrite before the model is even looked for."""
+    from optimum_slimgpt import cli
+
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+
+    def stop(*a, **k):  # stop the demo right after it chose its output
+        raise cli.CLIError("stopped by the test")
+
+    import optimum_slimgpt.saving as saving
+
+    real = saving.check_output_dir
+
+    def spy(path, **kw):
+        seen["path"] = Path(path)
+        return real(path, **kw)
+
+    monkeypatch.setattr(saving, "check_output_dir", spy)
+    monkeypatch.setattr(cli, "find_smollm2_gguf", stop)
+    rc, _, err = call_cli(capsys, "demo")
+    assert rc == 2 and "stopped by the test" in err
+    assert tmp_path not in seen["path"].parents and seen["path"].parent.name.startswith("optimum-slimgpt-demo-")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "x").write_text("x")
+    rc, _, err = call_cli(capsys, "demo", "--output", "mine")
+    assert rc == 2 and "not empty" in err
+
+
+def test_info_reads_the_weights_not_the_record(pruned_dir, tmp_path, capsys):
+    import shutil
+
+    out, prune_proc = pruned_dir
+    assert prune_proc.returncode == 0, prune_proc.stderr[-3000:]
+    lied = tmp_path / "lied"
+    shutil.copytree(out, lied)
+    cfg = json.loads((lied / "config.json").read_text())
+    truth = [(lay["num_attention_heads"], lay["num_key_value_heads"], lay["intermediate_size"])
+             for lay in cfg["pruning_config"]["layers"]]
+    cfg["pruning_config"]["layers"][2]["intermediate_size"] = 1  # a stale or edited record
+    (lied / "config.json").write_text(json.dumps(cfg))
+    rc, stdout, stderr = call_cli(capsys, "info", "--model", str(lied))
+    assert rc == 0, stderr
+    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+", stdout, flags=re.M)
+    assert [tuple(int(x) for x in r[1:4]) for r in rows] == truth
+    assert "warning: the pruning record disagrees with the weights in layer(s) [2]" in stderr
