@@ -9,6 +9,7 @@ from .pruner import LayerReport, PruningSummary, SlimGPTPruner  # noqa: E402
 # registers the per-layer pruned classes (slimgpt_<family>) with AutoConfig/AutoModel/AutoModelForCausalLM
 from .modeling import PruningRecord, UnusableModelError, register_pruned_family, to_pruned_model  # noqa: E402
 from .saving import Exporter, SaveResult, register_exporter, save_pruned_model  # noqa: E402
+from .streaming import prune_pretrained  # noqa: E402
 from . import selfgen as _selfgen  # noqa: E402,F401  (registers dataset="self")
 
 __all__ = [
@@ -38,4 +39,5 @@ __all__ = [
     "register_exporter",
     "save_pruned_model",
     "SaveResult",
+    "prune_pretrained",
 ]

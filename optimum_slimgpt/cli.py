@@ -173,16 +173,60 @@ def cmd_prune(args) -> int:
 
     cfg = _config_from_args(args)
     check_device(args.device)
-    _, _, source = resolve_model_path(args.model, args.gguf_file)
+    path, gguf_file, source = resolve_model_path(args.model, args.gguf_file)
     out = Path(args.output)
     # before loading anything: the output folder (not the source, writable); the disk space once the plan is known
     check_output_dir(out, overwrite=args.overwrite, sources=[source] if source.exists() else [])
+    if args.resume and not args.low_memory:
+        raise CLIError("--resume continues an interrupted --low-memory run: add --low-memory")
+    streamed = args.low_memory or _too_big_for_memory(path, gguf_file, args.dtype)
+    if streamed:
+        return _prune_streamed(args, cfg, path, gguf_file, out)
     model, tok = load_model(args.model, args.gguf_file, args.dtype)
     pruner = SlimGPTPruner(cfg)
     pruner.prune_model(model, tok, save_dir=out, export_format=args.format, overwrite=args.overwrite)
     print(pruner.summary.table())
     res = pruner.save(model, out, tokenizer=tok, export_format=args.format, overwrite=args.overwrite)
     print(f"saved to {out} ({res.format} format: {res.reason})")
+    return 0
+
+
+def _too_big_for_memory(path: str, gguf_file: Optional[str], dtype: str) -> bool:
+    """A local safetensors checkpoint that would not fit in the available memory is pruned streamed."""
+    from .streaming import CheckpointError, fits_in_memory
+
+    if gguf_file or not Path(path).is_dir():
+        return False
+    try:
+        torch_dtype = _dtype(dtype)
+        fits = fits_in_memory(path, None if torch_dtype == "auto" else torch_dtype)
+    except CheckpointError:
+        return False  # not a safetensors folder: the normal loader reports what is wrong
+    if not fits:
+        logging.getLogger(__name__).warning("%s does not fit in the available memory: pruning it block by block "
+                                            "from disk (--low-memory)", path)
+    return not fits
+
+
+def _prune_streamed(args, cfg, path: str, gguf_file: Optional[str], out: Path) -> int:
+    from .streaming import prune_pretrained
+
+    if gguf_file:
+        raise CLIError("--low-memory reads safetensors checkpoints; a GGUF file is loaded whole (drop --low-memory)")
+    dtype = _dtype(args.dtype)
+    tok = None
+    if not isinstance(cfg.dataset, str) or cfg.dataset != "self":
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(path)
+        except Exception as e:  # noqa: BLE001 - token-id data need none
+            logging.getLogger(__name__).warning("no tokenizer loaded from %s: %s", path, str(e).splitlines()[0])
+    if cfg.dataset == "self":
+        raise CLIError("--dataset self generates text with the whole model: it cannot be combined with --low-memory")
+    res = prune_pretrained(path, out, cfg, tokenizer=tok, dtype=None if dtype == "auto" else dtype,
+                           export_format=args.format, overwrite=args.overwrite, resume=args.resume)
+    print(f"saved to {out} ({res.format} format, streamed block by block: {res.reason})")
     return 0
 
 
@@ -368,6 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-heads", action="store_true", help="do not prune attention heads")
     pr.add_argument("--no-ffn", action="store_true", help="do not prune FFN channels")
     pr.add_argument("--no-compensate", action="store_true", help="SlimGPT: plain removal without the OBS update")
+    pr.add_argument("--low-memory", action="store_true",
+                    help="stream the blocks from the safetensors shards (memory: about one block); chosen by itself "
+                         "when the checkpoint would not fit in the available memory")
+    pr.add_argument("--resume", action="store_true",
+                    help="with --low-memory: continue an interrupted run from its work folder beside --output")
     pr.add_argument("--format", default="auto", choices=list(EXPORT_FORMATS),
                     help="checkpoint format (auto: uniform when every layer has the same sizes, else per_layer); "
                          "checked against the plan before pruning")

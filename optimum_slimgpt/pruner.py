@@ -136,12 +136,14 @@ def _move_all_but(module: nn.Module, skip: nn.Module, device) -> Callable[[], No
                 continue
             if any(x is skip for x in child.modules()):
                 walk(child)
-            elif (home := _first_param_device(child)) != device:
+            elif (home := _first_param_device(child)).type == "meta":
+                continue  # not loaded (the streaming driver's output head): never runs while capturing
+            elif home != device:
                 child.to(device)
                 undo.append(lambda child=child, home=home: child.to(home))
         for store in (m._parameters, m._buffers):
             for t in store.values():
-                if t is not None and t.device != device:
+                if t is not None and t.device != device and t.device.type != "meta":
                     home = t.device
                     t.data = t.data.to(device)
                     undo.append(lambda t=t, home=home: setattr(t, "data", t.data.to(home)))
@@ -221,6 +223,11 @@ class _Run:
     mlp_tail: Optional[bool] = None  # see PruningSummary.mlp_tail
     modified: bool = False  # a block's weights were written: a failure from here on leaves the model inconsistent
     block: int = -1  # the block being pruned
+    # the streaming driver (optimum_slimgpt.streaming) loads each block before and writes it out after its turn;
+    # the in-memory run does neither. ``start``: the first block to prune (a resumed run).
+    load_block: Optional[Callable[[int, nn.Module], None]] = None
+    finish_block: Optional[Callable[[int, nn.Module, list, "LayerReport", dict], None]] = None
+    start: int = 0
 
 
 # ---------------------------------------------------------------------------------------------- parts
@@ -421,7 +428,7 @@ class SlimGPTPruner:
         adapter = get_adapter(model)
         blocks = adapter.get_blocks(model)
         self._check_materialised(model)
-        device = self._resolve_device(blocks)
+        device = self._resolve_device(_first_param_device(blocks[0]))
         self._check_finite(model)
         self._check_seqlen(model, adapter, calibration.shape[1] if isinstance(calibration, torch.Tensor) else None)
         if calibration is not None:
@@ -445,9 +452,10 @@ class SlimGPTPruner:
                 "pruner rewrites the weights themselves and cannot prune offloaded blocks: load the model onto "
                 "devices that hold it (device_map=None, or a map of GPUs only), then prune")
 
-    def _resolve_device(self, blocks) -> torch.device:
+    def _resolve_device(self, default: torch.device) -> torch.device:
+        """``config.device`` (else ``default``), checked to exist on this machine."""
         c = self.config
-        device = torch.device(c.device) if c.device else _first_param_device(blocks[0])
+        device = torch.device(c.device) if c.device else default
         try:
             torch.empty(1, device=device)
         except (RuntimeError, AssertionError, ValueError) as e:
@@ -554,16 +562,7 @@ class SlimGPTPruner:
                     self._check_export(model, adapter, blocks, self.plan, export_format)
             reports = self._prune_blocks(run, inps, layer_kwargs)
             del inps, layer_kwargs
-            block_after = sum(r.params[1] for r in reports)
-            self.summary = PruningSummary(
-                method=c.method_name, target_ratio=c.pruning_ratio,
-                achieved_ratio=1 - block_after / self.plan.params_before, block_params_before=self.plan.params_before,
-                block_params_after=block_after, total_params_before=total_before,
-                total_params_after=sum(p.numel() for p in model.parameters()), seconds=time.perf_counter() - t_start,
-                layers=reports, timings=clock.totals, mlp_tail=run.mlp_tail,
-            )
-            if not self.mask_only:
-                to_pruned_model(model, adapter, self._record(model, adapter, blocks, data, calibration is not None))
+            self._finish(run, reports, data, calibration is not None, total_before, t_start)
         except BaseException as e:
             if run.modified:
                 where = f"block {run.block}" if 0 <= run.block < len(blocks) else "after the block loop"
@@ -581,6 +580,21 @@ class SlimGPTPruner:
                     100 * c.pruning_ratio, self.summary.seconds)
         logger.debug("%s", self.summary.table())
         return model
+
+    def _finish(self, run: _Run, reports: list[LayerReport], data, explicit: bool, total_before: int,
+                t_start: float) -> None:
+        """The summary, the record and the per-layer class, once every block is pruned."""
+        c, model = self.config, run.model
+        block_after = sum(r.params[1] for r in reports)
+        self.summary = PruningSummary(
+            method=c.method_name, target_ratio=c.pruning_ratio,
+            achieved_ratio=1 - block_after / self.plan.params_before, block_params_before=self.plan.params_before,
+            block_params_after=block_after, total_params_before=total_before,
+            total_params_after=sum(p.numel() for p in model.parameters()), seconds=time.perf_counter() - t_start,
+            layers=reports, timings=run.clock.totals, mlp_tail=run.mlp_tail,
+        )
+        if not self.mask_only:
+            to_pruned_model(model, run.adapter, self._record(model, run.adapter, run.blocks, data, explicit))
 
     def save(self, model: nn.Module, save_dir, **kwargs: Any):
         """Save a pruned model so that ``AutoModelForCausalLM.from_pretrained(save_dir)`` loads it.
@@ -777,16 +791,21 @@ class SlimGPTPruner:
             part.apply(adapter, block, config, res, report, kept, self.mask_only)
         return residual
 
-    def _prune_blocks(self, run: _Run, inps, layer_kwargs) -> list[LayerReport]:
+    def _prune_blocks(self, run: _Run, inps, layer_kwargs, done: Optional[list[tuple["LayerReport", dict]]] = None
+                      ) -> list[LayerReport]:
+        """Prune blocks ``run.start..L-1`` (``done``: the reports and kept indices of the blocks before, from a
+        resumed run) and return every block's report."""
         from transformers.utils.logging import tqdm
 
-        self.kept = []
-        bar = tqdm(range(len(run.blocks)), desc=f"{self.label} blocks", unit="block")
+        done = done or []
+        self.kept = [k for _, k in done]
+        n = len(run.blocks)
+        bar = tqdm(range(run.start, n), total=n, initial=run.start, desc=f"{self.label} blocks", unit="block")
         try:
-            reports = self._block_loop(run, bar, inps, layer_kwargs)
+            reports = [r for r, _ in done] + self._block_loop(run, bar, inps, layer_kwargs)
         finally:
             bar.close()
-        run.block = len(run.blocks)
+        run.block = n
         return reports
 
     def _block_loop(self, run: _Run, bar, inps, layer_kwargs) -> list[LayerReport]:
@@ -795,6 +814,9 @@ class SlimGPTPruner:
         for i in bar:
             run.block = i
             t_block, block, lp = time.perf_counter(), blocks[i], self.plan.layers[i]
+            if run.load_block is not None:
+                with clock("load"):
+                    run.load_block(i, block)
             with self._on_device(block, run.store.device):
                 geom, lay = adapter.geometry(block, config), adapter.head_layout(block, config)
                 report = LayerReport(
@@ -821,6 +843,9 @@ class SlimGPTPruner:
                         residual = outs = None
             report.seconds = time.perf_counter() - t_block
             reports.append(report)
+            if run.finish_block is not None:
+                with clock("write"):
+                    run.finish_block(i, block, inps, report, kept)
             bar.set_postfix(attn_err=f"{report.attn_error:.4f}", ffn_err=f"{report.ffn_error:.4f}")
             logger.debug("layer %d: heads %s kv %s channels %s, errors %.4g / %.4g", i, report.heads,
                          report.kv_heads, report.channels, report.attn_error, report.ffn_error)

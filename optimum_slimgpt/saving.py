@@ -41,7 +41,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Sequence, Union
+from typing import Any, Callable, ClassVar, Optional, Sequence, Union
 
 from huggingface_hub.errors import StrictDataclassError
 
@@ -183,12 +183,25 @@ class Exporter:
     :class:`ExportError` when it cannot; :meth:`write` writes the planned checkpoint into a folder."""
 
     name: ClassVar[str] = ""
+    #: can write its checkpoint from weights streamed in by the caller (``prune_pretrained``): :meth:`write` with
+    #: ``weights=False`` writes everything but the tensors, :meth:`saved_names` says which tensors the caller writes
+    streamable: ClassVar[bool] = False
 
     def plan(self, view: ModelView) -> ExportPlan:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def write(self, view: ModelView, plan: ExportPlan, folder: Path, max_shard_size) -> None:  # pragma: no cover
+    def write(self, view: ModelView, plan: ExportPlan, folder: Path, max_shard_size, weights: bool = True) -> None:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def saved_names(self, view: ModelView, plan: ExportPlan) -> list[str]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _saved_keys(model: nn.Module) -> list[str]:
+    """The tensor names ``save_pretrained`` writes for ``model`` (tied weights once), also for meta tensors."""
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    return list(remove_tied_weights_from_state_dict(dict(model.state_dict()), model))
 
 
 EXPORTERS: dict[str, Exporter] = {}
@@ -239,20 +252,28 @@ class _PlainExporter(Exporter):
     def state_dict(self, view: ModelView, plan: ExportPlan) -> dict:
         return dict(view.model.state_dict())
 
-    def write(self, view: ModelView, plan: ExportPlan, folder: Path, max_shard_size) -> None:
+    def write(self, view: ModelView, plan: ExportPlan, folder: Path, max_shard_size, weights: bool = True) -> None:
         plain = view.plain_skeleton(plan.plain_config)
+        if getattr(view.model, "generation_config", None) is not None:
+            plain.generation_config = copy.deepcopy(view.model.generation_config)
+        if not weights:  # (the config records the dtype of the parameters: the model's, as after loading them)
+            plain.to(next(p.dtype for p in view.model.parameters() if p.is_floating_point()))
+            plain.eval().save_pretrained(folder, state_dict={})
+            return
         sd = self.state_dict(view, plan)
         self._check_shapes(view, plain, sd)
         plain.load_state_dict(sd, strict=True, assign=True)
         plain.tie_weights()  # assign=True unties the head from the embeddings: tie them again (stored once)
-        if getattr(view.model, "generation_config", None) is not None:
-            plain.generation_config = copy.deepcopy(view.model.generation_config)
         plain.eval().save_pretrained(folder, max_shard_size=max_shard_size)
+
+    def saved_names(self, view: ModelView, plan: ExportPlan) -> list[str]:
+        return _saved_keys(view.plain_skeleton(plan.plain_config))
 
 
 @register_exporter
 class UniformExporter(_PlainExporter):
     name = "uniform"
+    streamable = True
 
     def plan(self, view: ModelView) -> ExportPlan:
         if not view.uniform:
@@ -309,6 +330,7 @@ class PaddedExporter(_PlainExporter):
 @register_exporter
 class PerLayerExporter(Exporter):
     name = "per_layer"
+    streamable = True
 
     def plan(self, view: ModelView) -> ExportPlan:
         fam = None if view.layout.text_config else get_pruned_family(view.record.base_model_type)
@@ -318,14 +340,17 @@ class PerLayerExporter(Exporter):
                               reason=why)
         return ExportPlan("per_layer", "requested", view.sizes)
 
-    def write(self, view: ModelView, plan: ExportPlan, folder: Path, max_shard_size) -> None:
+    def write(self, view: ModelView, plan: ExportPlan, folder: Path, max_shard_size, weights: bool = True) -> None:
         cfg = view.model.config
         saved = cfg.pruning_config
         cfg.pruning_config = replace(view.record, export_format=self.name).to_dict()
         try:
-            view.model.save_pretrained(folder, max_shard_size=max_shard_size)
+            view.model.save_pretrained(folder, max_shard_size=max_shard_size, **({} if weights else {"state_dict": {}}))
         finally:
             cfg.pruning_config = saved
+
+    def saved_names(self, view: ModelView, plan: ExportPlan) -> list[str]:
+        return _saved_keys(view.model)
 
 
 def plan_export(model: nn.Module, export_format: str = "auto") -> ExportPlan:
@@ -688,6 +713,7 @@ def save_pruned_model(
     repo_id: Optional[str] = None,
     private: Optional[bool] = None,
     commit_message: Optional[str] = None,
+    write_weights: Optional[Callable[[Path, list[str]], None]] = None,
     **hub_kwargs: Any,
 ) -> SaveResult:
     """Save a pruned model so that ``AutoModelForCausalLM.from_pretrained(save_dir)`` loads it.
@@ -707,6 +733,9 @@ def save_pruned_model(
         push_to_hub: Upload the saved folder with ``huggingface_hub`` (``create_repo`` + ``upload_folder``).
         repo_id: Target repository (default: the folder name); ``private``, ``commit_message`` and ``hub_kwargs``
             (``token``, ``revision``, ``create_pr``...) go to ``huggingface_hub``.
+        write_weights: For a model whose weights are not in memory (:func:`~optimum_slimgpt.prune_pretrained`):
+            ``write_weights(folder, names)`` writes the tensors ``names`` (``*.safetensors`` and their index) into
+            the temporary folder; the exporter writes the rest. Only for exporters with ``streamable``.
 
     Returns:
         A :class:`SaveResult`.
@@ -715,9 +744,13 @@ def save_pruned_model(
         raise ValueError("only safetensors checkpoints are written (transformers 5 has no pickle format)")
     view = ModelView.of(model)  # refuses unpruned and half-pruned (failed) models
     plan = plan_export(model, export_format)
+    if write_weights is not None and not EXPORTERS[plan.format].streamable:
+        raise ExportError(f"export_format={plan.format!r} cannot be written from streamed weights; use 'per_layer' "
+                          "or 'uniform'", reason=f"{plan.format!r} is not streamable")
     clean_stale_work_dirs(save_dir)
     source = getattr(model.config, "name_or_path", None) or None
     needed = sum(t.numel() * t.element_size() for t in {id(t): t for t in model.state_dict().values()}.values())
+    # (for streamed weights this counts the whole checkpoint, of which the work folder holds the blocks already)
     target = check_output_dir(save_dir, overwrite=overwrite, sources=[source] if source else [], needed_bytes=needed)
     logger.info("saving the pruned model to %s as '%s': %s", target, plan.format, plan.reason)
 
@@ -726,7 +759,12 @@ def save_pruned_model(
         tmp = Path(tempfile.mkdtemp(prefix=_work_prefix(target, "tmp"), dir=target.parent))
         try:
             os.chmod(tmp, 0o777 & ~_umask())
-            EXPORTERS[plan.format].write(view, plan, tmp, max_shard_size)
+            exporter = EXPORTERS[plan.format]
+            if write_weights is None:
+                exporter.write(view, plan, tmp, max_shard_size)
+            else:
+                exporter.write(view, plan, tmp, max_shard_size, weights=False)
+                write_weights(tmp, exporter.saved_names(view, plan))
             num_params = _checkpoint_params(tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
