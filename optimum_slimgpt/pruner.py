@@ -39,6 +39,7 @@ from .families.registry import record_layout
 from .methods import AttentionTask, FFNTask, Observer, PruneResult, PruningMethod, get_method
 from .modeling import PruningRecord, UnusableModelError, mark_unusable, to_pruned_model, unusable_reason
 from .solvers import full_precision_matmul, solve_schedule
+from .solvers.hessian import all_finite
 from .solvers.schedule import LayerPlan, PruningPlan, layer_importance_shape
 
 logger = logging.getLogger(__name__)
@@ -609,7 +610,7 @@ class SlimGPTPruner:
     @staticmethod
     def _check_finite(model: nn.Module) -> None:
         for name, p in model.named_parameters():
-            if p.is_floating_point() and p.device.type != "meta" and not bool(torch.isfinite(p).all()):
+            if p.is_floating_point() and p.device.type != "meta" and not all_finite(p):
                 raise ValueError(f"parameter {name!r} contains NaN or Inf values; cannot prune a broken model")
 
     def _capture(self, run: _Run, data: torch.Tensor):
@@ -778,7 +779,7 @@ class SlimGPTPruner:
                 stats, residual = self._observe(run, part, block, observers, inps, kw, keep_input_of=entry)
         with clock(part.solve_key):
             res = part.solve(run.method, part.task(
-                adapter, block, config, lp, layer=i, W=out.weight.detach().float(), stats=stats, config=self.config,
+                adapter, block, config, lp, layer=i, W=out.weight.detach(), stats=stats, config=self.config,
                 bias=None if out.bias is None else out.bias.detach().float(),
                 name=f"layer {i} {adapter.layout.o_proj if part.name == 'attention' else adapter.layout.channel_out}",
             ))

@@ -28,6 +28,7 @@ activations (``offload_activations=True`` keeps those on the CPU).
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import hashlib
 import json
@@ -203,8 +204,26 @@ def _report_from_dict(d: dict) -> LayerReport:
 
 
 def _free(module: nn.Module) -> None:
-    """Back to the meta device (shapes kept, memory released)."""
+    """Back to the meta device (shapes kept, memory released, and returned to the OS)."""
     module.to("meta")
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Hand the heap's free memory back to the OS (glibc ``malloc_trim``): without it the freed pages of one block
+    stay in the process, fragmented, and the peak RSS creeps up block after block. A no-op off glibc."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None
 
 
 def _skeleton(model_path: Path, dtype: torch.dtype) -> nn.Module:

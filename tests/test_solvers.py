@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from optimum_slimgpt.solvers import (
+    reconstruction_error,
     HessianAccumulator,
     LayerGeometry,
     NotPositiveDefiniteError,
@@ -249,6 +250,50 @@ def test_hessian_accumulator_normalisation():
         acc.add(torch.randn(4, 6))
     with pytest.raises(ValueError, match="no calibration tokens"):
         HessianAccumulator(3).hessian()
+
+
+def test_take_hessian_hands_over_the_sum_with_the_same_values():
+    g = torch.Generator().manual_seed(3)
+    acc = HessianAccumulator(6)
+    acc.add(torch.randn(40, 6, generator=g))
+    ref = acc.hessian()
+    mean = acc.mean().clone()
+    H = acc.take_hessian()
+    assert torch.equal(H, ref)  # the same bits: sum * (2/n) in place
+    assert torch.equal(acc.mean(), mean)  # the mean stays available
+    for use in (acc.hessian, acc.take_hessian, acc.covariance, lambda: acc.add(torch.zeros(1, 6))):
+        with pytest.raises(RuntimeError, match="take_hessian"):
+            use()
+
+
+def test_damped_inverse_in_place_equals_the_textbook_computation():
+    # the memory-lean path (one d x d copy, factorised and inverted in place) gives the bits of
+    # cholesky_inverse(cholesky(H' + damp I)), H' = H with dead diagonals set to 1; the input is untouched
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(64, 12, generator=g)
+    x[:, 5] = 0  # a dead input
+    H = 2 * x.T @ x / 64
+    H0 = H.clone()
+    Hinv, damp = damped_inverse(H, 0.01)
+    assert torch.equal(H, H0)
+    Hd = H0.clone()
+    Hd[5, 5] = 1.0
+    assert damp == 0.01 * float(Hd.diagonal().mean())
+    ref = torch.cholesky_inverse(torch.linalg.cholesky(Hd + damp * torch.eye(12)))
+    assert torch.equal(Hinv, ref)
+    assert torch.equal(Hinv, Hinv.T)
+
+
+def test_reconstruction_error_in_row_blocks_and_mixed_dtypes():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(100, 24, generator=g, dtype=torch.float64)
+    H = 2 * x.T @ x / 100
+    W0 = torch.randn(600, 24, generator=g).to(torch.bfloat16)  # more rows than one block of 256
+    W = W0.float() + 0.1 * torch.randn(600, 24, generator=g)
+    err, base = reconstruction_error(W0, W, H.float())
+    D = W0.double() - W.double()
+    assert err == pytest.approx(float(((x @ D.T) ** 2).sum()) / 100, rel=1e-5)
+    assert base == pytest.approx(float(((x @ W0.double().T) ** 2).sum()) / 100, rel=1e-5)
 
 
 def test_damping_retries_then_fails_clearly():

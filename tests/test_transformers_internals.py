@@ -94,6 +94,16 @@ def _accelerate_hf_hook():
     assert hasattr(m, "_hf_hook")
 
 
+def _remove_tied_weights():
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, tie_word_embeddings=True))
+    kept = remove_tied_weights_from_state_dict(dict(model.state_dict()), model)
+    assert "model.embed_tokens.weight" in kept and "lm_head.weight" not in kept
+
+
 def _torch_module_stores():
     m = torch.nn.BatchNorm1d(2)
     assert "weight" in m._parameters and "running_mean" in m._buffers
@@ -119,6 +129,8 @@ CHECKS = {
         _remove_quantization_config,
     "accelerate's module._hf_hook: blocks under device_map/offload hooks always run whole": _accelerate_hf_hook,
     "torch.nn.Module._parameters / _buffers: move one block's tensors to the pruning device": _torch_module_stores,
+    "transformers.modeling_utils.remove_tied_weights_from_state_dict: the tensor names save_pretrained writes "
+    "(tied weights once), for the export dry run and the streamed output": _remove_tied_weights,
 }
 
 

@@ -50,7 +50,9 @@ HESSIAN = Observer("output", HessianAccumulator)
 @dataclass(kw_only=True)
 class _Task:
     layer: int
-    W: torch.Tensor  # the output projection's weight (hidden x units) in float32
+    # the output projection's weight (hidden x units), the model's own tensor in its dtype: read it, never write it;
+    # ``.float()`` for float32 math (a copy only when the model is not float32: one fewer at the peak)
+    W: torch.Tensor
     bias: Optional[torch.Tensor]  # its current bias or None
     stats: dict[str, Any]  # the accumulators of the method's observers, by name
     config: PruningConfig

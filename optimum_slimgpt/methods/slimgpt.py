@@ -15,7 +15,7 @@ class SlimGPTMethod(PruningMethod):
 
     def prune_attention(self, task: AttentionTask) -> PruneResult:
         c: SlimGPTConfig = task.config
-        H = task.stats["hessian"].hessian() if task.stats else None
+        H = task.stats["hessian"].take_hessian() if task.stats else None
         q_w, kv_w = task.head_weights() if c.head_selection == "magnitude" else ([], [])
         res = prune_heads(
             task.W, H, num_heads=task.num_heads, num_kv_heads=task.num_kv_heads, head_dim=task.head_dim,
@@ -26,7 +26,7 @@ class SlimGPTMethod(PruningMethod):
 
     def prune_ffn(self, task: FFNTask) -> PruneResult:
         c: SlimGPTConfig = task.config
-        H = task.stats["hessian"].hessian() if task.stats else None
+        H = task.stats["hessian"].take_hessian() if task.stats else None
         res = prune_channels(
             task.W, H, num_remove=task.num_remove, max_group=c.ffn_max_group, min_group=c.ffn_min_group,
             damp_percent=c.damp_percent, mode=c.channel_selection, compensate=c.compensate, name=task.name,

@@ -18,6 +18,8 @@ pruner accumulates, no token matrices). Differences from the official code (``gu
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..solvers.slimllm import (
@@ -56,6 +58,7 @@ class SlimLLMMethod(PruningMethod):
         return obs if part == "attention" else {**obs, "input_sq": Observer("input", SquareSumAccumulator)}
 
     def prune_attention(self, task: AttentionTask) -> PruneResult:
+        task = dataclasses.replace(task, W=task.W.float())
         c = task.config
         mom = moments_from_stats(task.stats["moments"])
         G = head_pair_moments(task.W, mom.cov, task.num_heads, task.head_dim)
@@ -70,6 +73,7 @@ class SlimLLMMethod(PruningMethod):
         return PruneResult(sel.kept_heads, W, kept_kv=sel.kept_kv_heads, bias=bias, error=err, option=sel.option)
 
     def prune_ffn(self, task: FFNTask) -> PruneResult:
+        task = dataclasses.replace(task, W=task.W.float())
         c = task.config
         mom = moments_from_stats(task.stats["moments"])
         scores = channel_scores(task.W, mom, task.channel_weights(), task.stats["input_sq"].sum)

@@ -89,7 +89,7 @@ def group_obs_remove(
     if compensate:
         W.sub_(B @ A)  # W_S Hinv_SS⁻¹ Hinv[S, :]
     W[:, S] = 0
-    Hinv.sub_(A.T @ A)
+    Hinv.addmm_(A.T, A, alpha=-1)  # Hinv -= Aᵀ A without a d x d temporary
     Hinv[S, :] = 0
     Hinv[:, S] = 0
     Hinv[S, S] = 1
@@ -135,10 +135,13 @@ def unit_scores(
 
 def reconstruction_error(W0: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> tuple[float, float]:
     """``(||(W0 − W) X||², ||W0 X||²)`` per token, i.e. ``tr(ΔW H ΔWᵀ)/2`` and ``tr(W0 H W0ᵀ)/2``."""
-    D = (W0 - W).to(torch.float32)
-    err = float(((D @ H) * D).sum()) / 2
-    base = float(((W0.float() @ H) * W0.float()).sum()) / 2
-    return err, base
+    err = base = 0.0
+    for i in range(0, W0.shape[0], 256):  # by row blocks: no full-size temporaries (W0 may be bf16, W float32)
+        A = W0[i:i + 256].float()
+        D = A - W[i:i + 256].float()
+        err += float(((D @ H) * D).sum())
+        base += float(((A @ H) * A).sum())
+    return err / 2, base / 2
 
 
 # --------------------------------------------------------------------------------------- heads
@@ -377,8 +380,8 @@ def prune_channels(
     cols = W.shape[1]
     if not 0 <= num_remove < cols:
         raise ValueError(f"{name}: cannot remove {num_remove} of {cols} channels")
-    W0 = W.detach().to(torch.float32)
-    Wc = W0.clone()
+    W0 = W.detach()  # the original, in its own dtype (no float32 copy: only read again for the error)
+    Wc = W0.to(torch.float32, copy=True)
     removed = torch.zeros(cols, dtype=torch.bool, device=W.device)
     groups = dgs_group_sizes(num_remove, max_group, min_group) if num_remove else []
     if mode == "magnitude":
@@ -391,7 +394,7 @@ def prune_channels(
         removed[S] = True
         Wc[:, S] = 0
         if compensate and H is not None and num_remove:
-            Wc = W0.clone()
+            Wc = W0.to(torch.float32, copy=True)
             Hinv, _ = damped_inverse(H, damp_percent, name=name)
             group_obs_remove(Wc, Hinv, S, compensate=True)
     else:
