@@ -109,6 +109,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pruned", nargs="*", default=None,
+                    help="saved pruned checkpoints to measure instead of pruning (--ratios is then ignored)")
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense rows (they are in an earlier --out)")
+    ap.add_argument("--dense-from", default=None, help="JSONL with the dense rows of an earlier run (for the ratios)")
     ap.add_argument("--work", default="bench_out/gguf")
     ap.add_argument("--out", default="bench_out/gguf.json")
     args = ap.parse_args()
@@ -120,10 +124,25 @@ def main() -> None:
     wins = windows(ids, args.seqlen)
     prompt = tok("The history of the city begins", add_special_tokens=False)["input_ids"]
     rows = []
-    models = [("dense", None)] + [(f"pruned-{int(r * 100)}", r) for r in args.ratios]
+    models = [] if args.no_dense else [("dense", None)]
+    if args.pruned is not None:
+        models += [(Path(d).name, d) for d in args.pruned]
+    else:
+        models += [(f"pruned-{int(r * 100)}", r) for r in args.ratios]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.dense_from:
+        rows += [json.loads(ln) for ln in Path(args.dense_from).read_text().splitlines() if ln.strip()]
     for name, ratio in models:
         model, info = dense, {"removed": 0.0}
-        if ratio is not None:
+        if isinstance(ratio, str):  # a saved checkpoint
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(ratio, dtype=torch.float32).eval()
+            rec = model.config.pruning_config
+            info = {"removed": rec.get("achieved_ratio"), "calibration": rec.get("calibration"),
+                    "method": rec.get("pruning_method")}
+        elif ratio is not None:
             cfg = SlimGPTConfig(pruning_ratio=ratio, dataset=wikitext2_validation_rows(WIKI), num_samples=args.samples,
                                 seqlen=args.seqlen_calib, batch_size=8, seed=0)
             t0 = time.perf_counter()
@@ -147,6 +166,8 @@ def main() -> None:
                        bytes_per_token=bytes_per_token(path), ppl_llama_cpp=round(ppl, 3), ppl_transformers=round(ref, 3),
                        decode_tok_s=round(tps, 1) if tps else None, tokens=len(wins) * args.seqlen, **info)
             rows.append(row)
+            with out.with_suffix(".jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
             print(json.dumps({k: v for k, v in row.items() if k not in ("heads", "channels")}), flush=True)
     dense_rows = {r["type"]: r for r in rows if r["model"] == "dense"}
     for r in rows:
@@ -155,8 +176,7 @@ def main() -> None:
         if r["decode_tok_s"] and d["decode_tok_s"]:
             r["speedup"] = round(r["decode_tok_s"] / d["decode_tok_s"], 3)
             r["of_limit"] = round(r["speedup"] / r["bandwidth_limit"], 3)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=1))
+    out.write_text(json.dumps(rows, indent=1))
     print("\n| model | type | file MiB | ppl llama.cpp | ppl transformers (fp32) | decode tok/s | speed-up | bandwidth limit | of limit |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:

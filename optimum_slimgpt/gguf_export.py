@@ -194,7 +194,8 @@ def _plan(src: _Source, arch: str = "auto") -> GGUFPlan:
                         arch=PLAIN_ARCH[fam], family=fam)
     for i, (s, b) in enumerate(zip(src.sizes, src.blocks)):
         o = b.self_attn.o_proj
-        if s["num_attention_heads"] == 0 and o.bias is not None and bool(o.bias.detach().abs().max() > 0):
+        if s["num_attention_heads"] == 0 and o.bias is not None and not o.bias.is_meta and \
+                bool(o.bias.detach().abs().max() > 0):
             why = f"layer {i} has no attention heads left but an o_proj bias, which 'deci' drops with the attention"
             raise ExportError(f"GGUF export cannot write this model: {why}", reason=why)
     why = "per-layer sizes: llama.cpp's 'deci' architecture (per-layer head, KV-head and FFN arrays)"
