@@ -99,6 +99,27 @@ def bytes_per_token(path: Path) -> int:
     return sum(int(t.n_bytes) for t in r.tensors if t.name != "token_embd.weight" or tied)
 
 
+def decode_only(args) -> None:
+    from transformers import AutoTokenizer
+
+    from _common import GGUF, MODEL_DIR
+
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR, gguf_file=GGUF)
+    prompt = tok("The history of the city begins", add_special_tokens=False)["input_ids"]
+    paths = [Path(p) for p in args.decode_only]
+    best = {p: 0.0 for p in paths}
+    for _ in range(args.repeats):
+        for p in paths:
+            best[p] = max(best[p], cpp_decode(p, prompt, args.new_tokens, args.threads, 1))
+    ref = paths[0]
+    print("| file | bytes per token | decode tok/s | speed-up | bandwidth limit | of limit |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for p in paths:
+        limit = bytes_per_token(ref) / bytes_per_token(p)
+        up = best[p] / best[ref]
+        print(f"| {p.name} | {bytes_per_token(p):,} | {best[p]:.1f} | {up:.3f} | {limit:.3f} | {up / limit:.3f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5])
@@ -115,7 +136,12 @@ def main() -> None:
     ap.add_argument("--dense-from", default=None, help="JSONL with the dense rows of an earlier run (for the ratios)")
     ap.add_argument("--work", default="bench_out/gguf")
     ap.add_argument("--out", default="bench_out/gguf.json")
+    ap.add_argument("--decode-only", nargs="*", default=None,
+                    help="only time the decode of these .gguf files, in interleaved rounds (best of --repeats), so "
+                         "that a busy machine slows every file alike; the first file is the reference")
     args = ap.parse_args()
+    if args.decode_only:
+        return decode_only(args)
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
