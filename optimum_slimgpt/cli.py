@@ -3,6 +3,7 @@
     optimum-slimgpt prune --model PATH --ratio 0.2 --dataset wikitext2 --output OUT
     optimum-slimgpt eval  --model OUT --wikitext-dir ../shared/data/wikitext-2 --tasks piqa --limit 100
     optimum-slimgpt info  --model OUT
+    optimum-slimgpt export --model OUT --format gguf --outtype f16 --quantize Q4_K_M --output model.gguf
     optimum-slimgpt demo  [--output DIR]
 
 Bad input ends with exit status 2 and a one-line ``error: ...`` on stderr.
@@ -308,6 +309,33 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """Convert a saved pruned checkpoint into another format (GGUF for llama.cpp)."""
+    from .gguf_export import check_gguf_output, check_quant_type, export_gguf
+
+    check_quant_type(args.quantize)  # bad input first, before anything is loaded
+    target = check_gguf_output(args.output, overwrite=args.overwrite)
+    path = Path(args.model)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise CLIError(f"--model {args.model}: not a saved checkpoint folder (no config.json)")
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CLIError(f"{cfg_file} is not valid JSON ({e})") from e
+    if not cfg.get("pruning_config"):
+        raise CLIError(f"--model {args.model}: not a pruned checkpoint (its config.json has no pruning_config); "
+                       "prune it first with 'optimum-slimgpt prune'")
+    model, tok = load_model(str(path), dtype="float32")
+    if tok is None:
+        raise CLIError(f"no tokenizer found in {args.model}: the GGUF file needs it")
+    res = export_gguf(model, target, tokenizer=tok, outtype=args.outtype, quantize=args.quantize, arch=args.arch,
+                      overwrite=args.overwrite, threads=args.threads, tokenizer_pre=args.tokenizer_pre)
+    q = f", quantised to {res.quantize}" if res.quantize else ""
+    print(f"wrote {res.path} ({res.file_bytes / 2**20:.1f} MiB): llama.cpp '{res.arch}', {res.outtype}{q}; {res.reason}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """Prune SmolLM2-135M-Instruct by 20% with self-generated calibration, evaluate, save, reload."""
     import copy
@@ -379,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Structured pruning of Hugging Face causal LMs (SlimGPT, SlimLLM). "
                                             "Bad input ends with exit status 2 and one 'error:' line.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (and tracebacks on errors)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{prune,eval,info,demo}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{prune,eval,info,export,demo}")
 
     pr = sub.add_parser("prune", help="prune a model and save it", formatter_class=fmt,
                         description="Prune a causal LM (a folder with config.json, a .gguf file or a folder holding "
@@ -446,6 +474,28 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--model", required=True, help="a saved checkpoint folder")
     inf.set_defaults(func=cmd_info)
 
+    ex = sub.add_parser("export", help="convert a pruned checkpoint for another runtime (GGUF for llama.cpp)",
+                        formatter_class=fmt,
+                        description="Write a saved pruned checkpoint as one GGUF file that llama.cpp (ollama, LM "
+                                    "Studio...) loads: per-layer sizes as llama.cpp's 'deci' architecture, a uniform "
+                                    "model as its plain one; optional quantisation by llama.cpp's own quantiser.")
+    ex.add_argument("--model", required=True, help="a pruned checkpoint folder (saved by 'optimum-slimgpt prune')")
+    ex.add_argument("--format", default="gguf", choices=["gguf"], help="output format")
+    ex.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"],
+                    help="type of the 2-D weights written (norms and biases stay f32); the input of --quantize")
+    ex.add_argument("--quantize", default=None,
+                    help="a llama.cpp quantisation type applied after writing, e.g. Q4_K_M, Q5_K_M, Q8_0 "
+                         "(needs llama-cpp-python: pip install 'optimum-slimgpt[gguf]')")
+    ex.add_argument("--arch", default="auto", choices=["auto", "deci", "plain"],
+                    help="llama.cpp architecture: auto = the plain one (llama, qwen2, qwen3) for a uniform model "
+                         "without extra biases, else deci")
+    ex.add_argument("--output", required=True, help="the .gguf file to write (written to a temporary name, then renamed)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    ex.add_argument("--threads", type=int, default=None, help="threads for the quantiser (default: llama.cpp's)")
+    ex.add_argument("--tokenizer-pre", default=None,
+                    help="llama.cpp's name of the BPE pre-tokenizer (default: recognised from the tokenizer)")
+    ex.set_defaults(func=cmd_export)
+
     de = sub.add_parser("demo", help="prune SmolLM2-135M-Instruct by 20%% with self-generated calibration",
                         formatter_class=fmt,
                         description="Prune SmolLM2-135M-Instruct with text it generates itself (no data, no Hub), "
@@ -468,7 +518,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, TypeError, OSError, RuntimeError) as e:
+    except (CLIError, ValueError, TypeError, OSError, RuntimeError, ImportError) as e:
         # user-facing: bad arguments, files, devices, configs, exports (OSError: missing/unwritable paths, disk)
         if args.verbose:
             import traceback

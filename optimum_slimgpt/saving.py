@@ -186,6 +186,8 @@ class Exporter:
     #: can write its checkpoint from weights streamed in by the caller (``prune_pretrained``): :meth:`write` with
     #: ``weights=False`` writes everything but the tensors, :meth:`saved_names` says which tensors the caller writes
     streamable: ClassVar[bool] = False
+    #: :meth:`write` takes ``tokenizer=`` (the format stores the tokenizer inside its own file, as GGUF does)
+    needs_tokenizer: ClassVar[bool] = False
 
     def plan(self, view: ModelView) -> ExportPlan:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -761,7 +763,9 @@ def save_pruned_model(
             os.chmod(tmp, 0o777 & ~_umask())
             exporter = EXPORTERS[plan.format]
             if write_weights is None:
-                exporter.write(view, plan, tmp, max_shard_size)
+                # (an exporter that writes the tokenizer into its own file, e.g. gguf, is given it)
+                extra = {"tokenizer": tokenizer} if exporter.needs_tokenizer else {}
+                exporter.write(view, plan, tmp, max_shard_size, **extra)
             else:
                 exporter.write(view, plan, tmp, max_shard_size, weights=False)
                 write_weights(tmp, exporter.saved_names(view, plan))

@@ -1,0 +1,415 @@
+"""GGUF export for llama.cpp: engine parity in llama-cpp-python, the tokenizer, quantisation, bad input.
+
+Parity: a model pruned with per-layer sizes is written as an f32 GGUF (llama.cpp's ``deci`` architecture) and
+run in llama-cpp-python; its logits on real prompts equal the transformers logits (same argmax at every
+position, max |diff| below a measured bound) and 32 greedy tokens are identical. Measured max |logit diff| (f32
+weights, f32 KV cache, CPU): SmolLM2-135M pruned 20 % (SlimGPT): 8.4e-5 (max |logit| 35); pruned 50 %
+(magnitude, per-layer): 3.4e-3 (max |logit| 45); the tiny Qwen2-style model (q/k/v biases, GQA), the SlimLLM
+model with output biases and the uniform Qwen3: 1.1e-5 to 1.3e-5 (max |logit| ~9). The tests allow 1e-2 (float32
+summation order: llama.cpp's kernels add in another order than torch's, over 30 layers).
+
+The parity tests skip when llama-cpp-python is not installed (``pip install -e '.[test,gguf]'``, as CI does).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from helpers import SMOLLM2_DIR, WIKITEXT_DIR, have_shared
+
+from optimum_slimgpt import PruningConfig, SlimGPTPruner, export_gguf, register_method, save_pruned_model
+from optimum_slimgpt.methods import PruneResult, PruningMethod, unregister_method
+from optimum_slimgpt.saving import ExportError
+
+gguf = pytest.importorskip("gguf")
+
+ATOL = 1e-2
+PROMPTS = ["The capital of France is", "Once upon a time, there was a little girl who",
+           "def fibonacci(n):\n    "]
+
+
+def _llama_cpp():
+    return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (the [gguf] extra)")
+
+
+def _wikitext_rows(split: str = "valid") -> list[str]:
+    if not have_shared(WIKITEXT_DIR / f"wiki.{split}.tokens"):
+        pytest.skip("../shared WikiText-2 missing")
+    return (WIKITEXT_DIR / f"wiki.{split}.tokens").read_text(encoding="utf-8").splitlines()
+
+
+def _open(path: Path, n_ctx: int = 256, **kw):
+    _llama_cpp()
+    from optimum_slimgpt.gguf_export import open_in_llama_cpp
+
+    return open_in_llama_cpp(path, n_ctx=n_ctx, threads=torch.get_num_threads(), **kw)
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models: one thread in torch and llama.cpp (two threads spin-wait badly on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _cpp_logits(llm, ids: list[int]) -> torch.Tensor:
+    llm.reset()
+    llm.eval(ids)
+    return torch.from_numpy(llm.scores[: len(ids)].copy()).double()
+
+
+def _cpp_greedy(llm, ids: list[int], n: int) -> list[int]:
+    llm.reset()
+    llm.eval(ids)
+    out = []
+    for _ in range(n):
+        tok = int(llm.scores[llm.n_tokens - 1].argmax())
+        out.append(tok)
+        llm.eval([tok])
+    return out
+
+
+def _hf_logits(model, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].double()
+
+
+def _hf_greedy(model, ids: list[int], n: int) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, min_new_tokens=n,
+                             pad_token_id=0)
+    return out[0, len(ids):].tolist()
+
+
+def check_parity(model, tok, path: Path, n_greedy: int = 32, atol: float = ATOL) -> float:
+    """Logits and greedy tokens of the GGUF in llama.cpp against transformers; returns the max |diff|.
+    (transformers runs first: llama.cpp's OpenMP threads would compete with torch's afterwards.)"""
+    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    refs = [_hf_logits(model, ids) for ids in prompts]
+    ref_greedy = _hf_greedy(model, prompts[0], n_greedy) if n_greedy else None
+    llm = _open(path)
+    try:
+        gots = [_cpp_logits(llm, ids) for ids in prompts]
+        got_greedy = _cpp_greedy(llm, prompts[0], n_greedy) if n_greedy else None
+    finally:
+        llm.close()
+    worst = 0.0
+    for i, (ref, got) in enumerate(zip(refs, gots)):
+        assert got.shape == ref.shape
+        diff = (got - ref).abs().max().item()
+        worst = max(worst, diff)
+        assert diff < atol, f"prompt {i}: max |logit diff| {diff:.2e}"
+        assert torch.equal(got.argmax(-1), ref.argmax(-1)), f"prompt {i}: argmax differs"
+    assert got_greedy == ref_greedy
+    print(f"{path.name}: max |logit diff| {worst:.2e} (max |logit| {max(r.abs().max().item() for r in refs):.1f})")
+    return worst
+
+
+def _sizes(model) -> set:
+    from optimum_slimgpt.saving import ModelView
+
+    return {tuple(s.values()) for s in ModelView.of(model).sizes}
+
+
+# ------------------------------------------------------------------------------------------ SmolLM2
+@dataclass
+class _MagnitudeConfig(PruningConfig):
+    """Keep the heads (whole KV groups first) and channels with the largest output-projection column norms: no
+    statistics, so no calibration pass, only the slicing (the OBS solve of 30 SmolLM2 blocks takes minutes on
+    2 cores, and parity is about the exported shapes and weights, not about which heads were kept)."""
+
+    method_name = "gguf_test_magnitude"
+
+
+class _MagnitudeMethod(PruningMethod):
+    def observers(self, part, config):
+        return {}
+
+    def prune_attention(self, task):
+        kv, m = task.options[0]
+        per_kv = task.num_heads // task.num_kv_heads
+        norms = task.W.reshape(task.W.shape[0], task.num_heads, task.head_dim).norm(dim=(0, 2))
+        groups = norms.reshape(task.num_kv_heads, per_kv)
+        kept_kv = sorted(groups.sum(1).topk(kv).indices.tolist())
+        kept = [g * per_kv + int(j) for g in kept_kv for j in sorted(groups[g].topk(m).indices.tolist())]
+        return PruneResult(kept, task.W, kept_kv=kept_kv, option=(kv, m))
+
+    def prune_ffn(self, task):
+        kept = sorted(task.W.norm(dim=0).topk(task.W.shape[1] - task.num_remove).indices.tolist())
+        return PruneResult(kept, task.W)
+
+
+@pytest.fixture(scope="module")
+def smollm2_pruned50(smollm2):
+    model, tok = smollm2
+    register_method(_MagnitudeConfig)(_MagnitudeMethod)
+    try:
+        cfg = _MagnitudeConfig(pruning_ratio=0.5, dataset=_wikitext_rows(), num_samples=2, seqlen=32, batch_size=2)
+        yield SlimGPTPruner(cfg).prune_model(copy.deepcopy(model), tok)
+    finally:
+        unregister_method(_MagnitudeConfig)
+
+
+def test_smollm2_pruned_20_percent_runs_in_llama_cpp(smollm2_pruned20, tmp_path):
+    _llama_cpp()
+    model, tok, _ = smollm2_pruned20
+    assert len(_sizes(model)) > 1  # per-layer sizes
+    res = export_gguf(model, tmp_path / "p20.gguf", tokenizer=tok)
+    assert res.arch == "deci" and res.path.is_file()
+    fields = gguf.GGUFReader(res.path).fields
+    assert list(fields["deci.attention.head_count"].contents()) == [s["num_attention_heads"] for s in res.layers]
+    assert list(fields["deci.feed_forward_length"].contents()) == [s["intermediate_size"] for s in res.layers]
+    assert check_parity(model, tok, res.path) < ATOL
+
+
+def test_smollm2_pruned_50_percent_runs_in_llama_cpp(smollm2_pruned50, smollm2, tmp_path):
+    _llama_cpp()
+    model, tok = smollm2_pruned50, smollm2[1]
+    assert len(_sizes(model)) > 1
+    res = export_gguf(model, tmp_path / "p50.gguf", tokenizer=tok)
+    assert res.arch == "deci"
+    assert check_parity(model, tok, res.path) < ATOL
+
+
+# ------------------------------------------------------------------------------------------ tiny models
+def _tiny(family: str, **kw):
+    """A tiny random model with SmolLM2's vocabulary (so the real tokenizer goes into the GGUF)."""
+    torch.manual_seed(0)
+    base = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=8,
+                num_key_value_heads=2, head_dim=8, max_position_embeddings=256, tie_word_embeddings=False,
+                initializer_range=0.2, bos_token_id=1, eos_token_id=2, rope_parameters={"rope_type": "default",
+                                                                                       "rope_theta": 10000.0})
+    base.update(kw)
+    base = {k: v for k, v in base.items() if v is not None}
+    cls = {"qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+           "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+           "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+           "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM)}[family]
+    model = cls[1](cls[0](**base)).float().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+def _calibration(n: int = 8, seq: int = 32) -> torch.Tensor:
+    return torch.randint(3, 49152, (n, seq), generator=torch.Generator().manual_seed(0))
+
+
+def _prune(model, method: str = "slimgpt", ratio: float = 0.4, **kw):
+    cfg = PruningConfig.for_method(method, pruning_ratio=ratio, dataset=None, num_samples=8, seqlen=32,
+                                   batch_size=8, **kw)
+    SlimGPTPruner(cfg).prune_model(model, calibration=_calibration())
+    return model
+
+
+@pytest.fixture(scope="module")
+def smol_tok(smollm2):
+    """SmolLM2's tokenizer (the session's SmolLM2 fixture, loaded once for the whole suite)."""
+    return smollm2[1]
+
+
+@lru_cache(maxsize=None)
+def _pruned_tiny_llama():
+    return _prune(_tiny("llama", num_hidden_layers=2))
+
+
+def pruned_tiny_llama():
+    """A private copy of a 2-layer tiny Llama pruned 40 % with per-layer sizes."""
+    return copy.deepcopy(_pruned_tiny_llama())
+
+
+def test_tiny_qwen2_with_qkv_biases_and_gqa_runs_in_llama_cpp(one_thread, smol_tok, tmp_path):
+    _llama_cpp()
+    model = _prune(_tiny("qwen2"))
+    blk = model.model.layers[0].self_attn
+    assert blk.q_proj.bias is not None and blk.k_proj.bias is not None  # q/k/v biases (permuted with their rows)
+    assert len(_sizes(model)) > 1
+    assert all(h > kv for h, kv, _ in _sizes(model))  # GQA
+    res = export_gguf(model, tmp_path / "qwen2.gguf", tokenizer=smol_tok)
+    assert res.arch == "deci"
+    check_parity(model, smol_tok, res.path)
+
+
+def test_slimllm_output_biases_run_in_llama_cpp(one_thread, smol_tok, tmp_path):
+    _llama_cpp()
+    model = _prune(_tiny("llama"), method="slimllm")
+    o = model.model.layers[1].self_attn.o_proj.bias
+    d = model.model.layers[1].mlp.down_proj.bias
+    assert o is not None and d is not None and o.abs().max() > 0 and d.abs().max() > 0  # real output biases
+    res = export_gguf(model, tmp_path / "slimllm.gguf", tokenizer=smol_tok)
+    names = {t.name for t in gguf.GGUFReader(res.path).tensors}
+    assert {"blk.1.attn_output.bias", "blk.1.ffn_down.bias"} <= names
+    check_parity(model, smol_tok, res.path)
+
+
+def test_uniform_qwen3_goes_out_as_plain_qwen3(one_thread, smol_tok, tmp_path):
+    _llama_cpp()
+    model = _prune(_tiny("qwen3"), schedule="uniform")
+    assert len(_sizes(model)) == 1
+    res = export_gguf(model, tmp_path / "qwen3.gguf", tokenizer=smol_tok)
+    assert res.arch == "qwen3"
+    check_parity(model, smol_tok, res.path, n_greedy=0)
+
+
+# ------------------------------------------------------------------------------------------ tokenizer
+def test_llama_cpp_tokenizes_wikitext2_like_hf(one_thread, smol_tok, tmp_path):
+    """The first 4k tokens of WikiText-2 test: llama.cpp's tokenizer (from the exported file) gives the same ids."""
+    _llama_cpp()
+    from optimum_slimgpt.evaluation import wikitext2_test_text
+
+    if not have_shared(WIKITEXT_DIR):
+        pytest.skip("../shared WikiText-2 missing")
+    text = wikitext2_test_text(WIKITEXT_DIR)[:24_000]
+    ref = smol_tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ref) >= 4096
+    model = pruned_tiny_llama()
+    res = export_gguf(model, tmp_path / "tok.gguf", tokenizer=smol_tok)
+    llm = _open(res.path, vocab_only=True)
+    try:
+        got = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        assert got[:4096] == ref[:4096]
+        assert got == ref
+        assert llm.detokenize(got[:4096]).decode("utf-8") == smol_tok.decode(ref[:4096])
+    finally:
+        llm.close()
+    meta = gguf.GGUFReader(res.path).fields
+    assert meta["tokenizer.ggml.pre"].contents() == "smollm"
+    assert "im_start" in meta["tokenizer.chat_template"].contents()
+
+
+# ------------------------------------------------------------------------------------------ quantisation
+def test_quantised_exports_are_smaller_and_close(one_thread, smol_tok, tmp_path):
+    """llama.cpp's own quantiser: Q8_0 and Q4_K_M files, smaller, without temporaries, and their logits close to
+    the transformers ones (Q8_0 closer than Q4_K_M; measured relative L2 error on this random model: Q8_0 0.05,
+    Q4_K_M 0.25, f16 0.002)."""
+    model = _prune(_tiny("llama", hidden_size=256, intermediate_size=512, head_dim=32))
+    f32 = export_gguf(model, tmp_path / "f32.gguf", tokenizer=smol_tok)
+    ids = smol_tok(PROMPTS[0], add_special_tokens=False)["input_ids"]
+    ref = _hf_logits(model, ids)
+    rel = {}
+    for qtype in ("Q8_0", "Q4_K_M"):
+        q = export_gguf(model, tmp_path / f"{qtype}.gguf", tokenizer=smol_tok, outtype="f16", quantize=qtype)
+        assert q.quantize == qtype and q.file_bytes < f32.file_bytes / 2.5
+        types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(q.path).tensors}
+        assert types["blk.0.attn_q.weight"] == ("Q8_0" if qtype == "Q8_0" else "Q4_K")
+        llm = _open(q.path)
+        try:
+            got = _cpp_logits(llm, ids)
+        finally:
+            llm.close()
+        rel[qtype] = ((got - ref).norm() / ref.norm()).item()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Q4_K_M.gguf", "Q8_0.gguf", "f32.gguf"]  # no temporaries
+    assert rel["Q8_0"] < 0.1 and rel["Q8_0"] < rel["Q4_K_M"] < 0.5, rel
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def test_unknown_quant_type_is_refused_before_any_work(one_thread, smol_tok, tmp_path):
+    model = pruned_tiny_llama()
+    with pytest.raises(ValueError, match="unknown quantisation type 'Q4_Z'.*Q4_K_M"):
+        export_gguf(model, tmp_path / "m.gguf", tokenizer=smol_tok, quantize="Q4_Z")
+    with pytest.raises(ValueError, match="outtype"):
+        export_gguf(model, tmp_path / "m.gguf", tokenizer=smol_tok, outtype="q4")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unpruned_model_is_refused(one_thread, smol_tok, tmp_path):
+    with pytest.raises(ValueError, match="no pruning record"):
+        export_gguf(_tiny("llama", num_hidden_layers=2), tmp_path / "m.gguf", tokenizer=smol_tok)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("family,match", [("qwen3", "q_norm"), ("phi3", "Phi-3")])
+def test_unsupported_family_names_what_is_supported(one_thread, smol_tok, tmp_path, family, match):
+    kw = {"head_dim": 8} if family == "qwen3" else {}
+    model = _tiny(family, **kw) if family != "phi3" else _tiny("phi3", head_dim=None, num_key_value_heads=8)
+    _prune(model)
+    with pytest.raises(ExportError, match=f"(?s){match}.*|supports per-layer Llama, Mistral and Qwen2") as e:
+        export_gguf(model, tmp_path / "m.gguf", tokenizer=smol_tok)
+    assert "per-layer Llama, Mistral and Qwen2" in str(e.value) and match in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_kept(one_thread, smol_tok, tmp_path):
+    model = pruned_tiny_llama()
+    out = tmp_path / "m.gguf"
+    out.write_bytes(b"old")
+    with pytest.raises(FileExistsError, match="exists"):
+        export_gguf(model, out, tokenizer=smol_tok)
+    assert out.read_bytes() == b"old"
+    res = export_gguf(model, out, tokenizer=smol_tok, overwrite=True)
+    assert res.file_bytes > 1000 and out.read_bytes()[:4] == b"GGUF"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
+
+
+def test_failure_mid_write_leaves_no_partial_file(one_thread, smol_tok, tmp_path, monkeypatch):
+    from optimum_slimgpt import gguf_export
+
+    model = pruned_tiny_llama()
+    real, calls = gguf_export._encode, []
+
+    def failing(t, outtype, name):
+        calls.append(name)
+        if len(calls) == 6:
+            raise RuntimeError("disk on fire")
+        return real(t, outtype, name)
+
+    monkeypatch.setattr(gguf_export, "_encode", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        export_gguf(model, tmp_path / "m.gguf", tokenizer=smol_tok)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_pruned_model_with_gguf_format_writes_model_gguf(one_thread, smol_tok, tmp_path):
+    model = pruned_tiny_llama()
+    res = save_pruned_model(model, tmp_path / "ckpt", tokenizer=smol_tok, export_format="gguf")
+    assert res.format == "gguf" and (res.path / "model.gguf").is_file()
+    assert gguf.GGUFReader(res.path / "model.gguf").fields["general.architecture"].contents() == "deci"
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _cli(*argv) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    from optimum_slimgpt.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(list(argv))
+    return rc, err.getvalue()
+
+
+def test_cli_export(one_thread, smol_tok, tmp_path, capsys):
+    model = pruned_tiny_llama()
+    save_pruned_model(model, tmp_path / "ckpt", tokenizer=smol_tok)
+    out = tmp_path / "m.gguf"
+    assert _cli("export", "--model", str(tmp_path / "ckpt"), "--format", "gguf", "--outtype", "f16",
+                "--output", str(out))[0] == 0
+    assert "llama.cpp 'deci'" in capsys.readouterr().out
+    assert gguf.GGUFReader(out).fields["general.file_type"].contents() == 1  # MOSTLY_F16
+    before = out.read_bytes()
+    # bad input: one error line, exit 2, nothing written
+    rc, err = _cli("export", "--model", str(tmp_path / "ckpt"), "--output", str(out))
+    assert rc == 2 and err.startswith("error: ") and "exists" in err and err.count("\n") == 1
+    assert out.read_bytes() == before
+    rc, err = _cli("export", "--model", str(tmp_path / "ckpt"), "--quantize", "Q9", "--output", str(tmp_path / "x.gguf"))
+    assert rc == 2 and "unknown quantisation type" in err
+    dense = tmp_path / "dense"
+    _tiny("llama", num_hidden_layers=2).save_pretrained(dense)
+    rc, err = _cli("export", "--model", str(dense), "--output", str(tmp_path / "x.gguf"))
+    assert rc == 2 and "not a pruned checkpoint" in err
+    rc, err = _cli("export", "--model", str(tmp_path / "nothing"), "--output", str(tmp_path / "x.gguf"))
+    assert rc == 2 and "no config.json" in err
+    assert not (tmp_path / "x.gguf").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
