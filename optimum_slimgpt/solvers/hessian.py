@@ -95,6 +95,24 @@ def full_precision_matmul():
         torch.set_float32_matmul_precision(prev)
 
 
+def affine_hessian(H: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """The Hessian of the inputs augmented with a constant 1: ``[[H, 2μ], [2μᵀ, 2]]`` (``(d+1) x (d+1)``).
+
+    With ``H = 2/n Σ x xᵀ`` and ``μ = 1/n Σ x`` this is ``2/n Σ [x; 1][x; 1]ᵀ``: the last column is the input
+    that multiplies an output bias (see ``docs/algorithms.md``, *Affine OBS compensation*).
+    """
+    d = H.shape[0]
+    if mean.shape != (d,):
+        raise ValueError(f"the input mean has shape {tuple(mean.shape)}, expected ({d},)")
+    Ha = H.new_zeros(d + 1, d + 1)
+    Ha[:d, :d] = H
+    m = 2 * mean.to(H)
+    Ha[:d, d] = m
+    Ha[d, :d] = m
+    Ha[d, d] = 2
+    return Ha
+
+
 def damped_inverse(
     H: torch.Tensor,
     damp_percent: float = 0.01,
@@ -102,6 +120,7 @@ def damped_inverse(
     max_tries: int = 8,
     growth: float = 10.0,
     name: str = "layer",
+    constant_last: bool = False,
 ) -> tuple[torch.Tensor, float]:
     """Return ``(H + λI)⁻¹`` via Cholesky, and the damping ``λ`` that was used.
 
@@ -111,6 +130,10 @@ def damped_inverse(
     (too few tokens, nearly collinear inputs, fp32 round-off), the damping is multiplied by
     ``growth`` and retried, with a warning; only when that cannot help (non-finite values, an all-zero
     Hessian, or ``max_tries`` exhausted) a :class:`NotPositiveDefiniteError` is raised.
+
+    ``constant_last``: ``H`` is an :func:`affine_hessian`; its last row/column (the constant input) is left
+    undamped and out of the mean diagonal, so ``λ`` is the plain Hessian's (the augmented matrix stays positive
+    definite: its Schur complement ``2 − 4μᵀ(H_xx + λI)⁻¹μ`` is positive whenever ``H_xx + λI`` is).
     """
     if H.dim() != 2 or H.shape[0] != H.shape[1]:
         raise ValueError(f"{name}: Hessian must be square, got {tuple(H.shape)}")
@@ -119,7 +142,10 @@ def damped_inverse(
             f"{name}: the Hessian contains NaN or Inf: the layer inputs are not finite "
             "(NaN/Inf in the model weights or activations?)"
         )
-    H = H.to(torch.float32).clone()
+    H = H.to(torch.promote_types(H.dtype, torch.float32)).clone()  # float32 (float64 stays float64: tests)
+    full = H
+    if constant_last:
+        H = full[:-1, :-1]  # a view: the damping below goes into the data columns of ``full`` only
     diag = H.diagonal()
     dead = diag == 0
     if bool(dead.all()):
@@ -130,6 +156,9 @@ def damped_inverse(
     mean = float(diag.mean())
     damp = damp_percent * mean
     eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    if constant_last:
+        eye = torch.nn.functional.pad(eye, (0, 1, 0, 1))
+        H = full
     for attempt in range(max_tries):
         L, info = torch.linalg.cholesky_ex(H + damp * eye if damp > 0 else H)
         if int(info) == 0:
