@@ -63,6 +63,9 @@ for _r in (20, 50):
     SETTINGS[f"slimgpt-imp-{_r}"] = dict(pruning_ratio=_r / 100, schedule="layer_importance")
 for _r in (20, 50):
     SETTINGS[f"slimgpt-m64-{_r}"] = dict(pruning_ratio=_r / 100, channel_multiple=64)
+for _r in (20, 50):
+    SETTINGS[f"affine-{_r}"] = dict(pruning_ratio=_r / 100, bias_compensation=True)
+    SETTINGS[f"flap-{_r}"] = dict(pruning_ratio=_r / 100, method="flap")
 
 ZERO_SHOT_SETTINGS = {"dense"} | {f"{k}-{r}" for k in ("slimgpt", "magnitude", "nocomp", "uniform", "slimllm")
                                   for r in (20, 50)}
@@ -77,6 +80,8 @@ LABELS = {
     "slimgpt-imp": "SlimGPT + layer_importance schedule",
     "self": "SlimGPT, self-generated calibration",
     "slimgpt-m64": "SlimGPT, FFN channels kept in multiples of 64",
+    "affine": "SlimGPT + affine OBS compensation (bias_compensation=True)",
+    "flap": "FLAP (fluctuation metric, global adaptive structure, bias compensation)",
 }
 
 
