@@ -24,6 +24,7 @@ Rows (``--settings``, default all, in this order):
 - ``slimgpt-m64-{20,50}``: SlimGPT with every layer's kept FFN channels rounded to a multiple of 64
 - ``affine-{20,50}``: SlimGPT with affine OBS compensation (``bias_compensation=True``)
 - ``flap-{20,50}``: FLAP (fluctuation metric, global adaptive structure, bias compensation)
+- ``flap-sched-{20,50}``: FLAP's metric and bias with the log_increase per-layer sizes (no global allocation)
 
 ``--zero-shot-set big`` replaces the zero-shot subsets by the evaluation big enough to rank methods: full PIQA
 validation (1,838), 1,000 HellaSwag items, full ARC-Easy (2,376), BoolQ (3,270), OpenBookQA (500), and the mean
@@ -76,6 +77,7 @@ for _r in (20, 50):
 for _r in (20, 50):
     SETTINGS[f"affine-{_r}"] = dict(pruning_ratio=_r / 100, bias_compensation=True)
     SETTINGS[f"flap-{_r}"] = dict(pruning_ratio=_r / 100, method="flap")
+    SETTINGS[f"flap-sched-{_r}"] = dict(pruning_ratio=_r / 100, method="flap", global_allocation=False)
 
 ZERO_SHOT_SETTINGS = {"dense"} | {f"{k}-{r}" for k in ("slimgpt", "magnitude", "nocomp", "uniform", "slimllm",
                                                           "affine", "flap") for r in (20, 50)}
@@ -92,6 +94,7 @@ LABELS = {
     "slimgpt-m64": "SlimGPT, FFN channels kept in multiples of 64",
     "affine": "SlimGPT + affine OBS compensation (bias_compensation=True)",
     "flap": "FLAP (fluctuation metric, global adaptive structure, bias compensation)",
+    "flap-sched": "FLAP metric + bias compensation, log_increase sizes (global_allocation=False)",
 }
 
 
