@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .config import ConfigError, PruningConfig, SlimGPTConfig, SlimLLMConfig  # noqa: E402
+from .config import ConfigError, FLAPConfig, PruningConfig, SlimGPTConfig, SlimLLMConfig  # noqa: E402
 from .families import BlockLayout, FamilyAdapter, get_adapter, register_family, supported_model_types  # noqa: E402
 from .methods import Observer, PruningMethod, get_method, register_method, unregister_method  # noqa: E402
 from .pruner import LayerReport, PruningSummary, SlimGPTPruner  # noqa: E402
@@ -19,6 +19,7 @@ __all__ = [
     "PruningConfig",
     "SlimGPTConfig",
     "SlimLLMConfig",
+    "FLAPConfig",
     "SlimGPTPruner",
     "PruningSummary",
     "LayerReport",

@@ -147,7 +147,8 @@ def _config_from_args(args):
             raise CLIError(f"--schedule {schedule!r}: a per-layer list must be comma-separated numbers") from None
     # method-specific flags: passed only when given, and refused by a method that has no such knob
     specific = {"damp_percent": ("--damp", args.damp),
-                "compensate": ("--no-compensate", False if args.no_compensate else None)}
+                "compensate": ("--no-compensate", False if args.no_compensate else None),
+                "bias_compensation": ("--bias-compensation/--no-bias-compensation", args.bias_compensation)}
     try:
         cls = _config_class_for(args.method)
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -419,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="replace a non-empty --output (atomically: the old checkpoint stays until the new is complete)")
     pr.add_argument("--ratio", type=float, default=0.2,
                     help="fraction of the decoder-block parameters (attention + MLP linears) to remove, in [0, 1)")
-    pr.add_argument("--method", default="slimgpt", help="a registered pruning method: slimgpt | slimllm | ...")
+    pr.add_argument("--method", default="slimgpt", help="a registered pruning method: slimgpt | slimllm | flap | ...")
     pr.add_argument("--schedule", default="log_increase",
                     help=f"how the ratio grows with depth: {' | '.join(SCHEDULES)}, or a comma list of per-layer ratios")
     pr.add_argument("--dataset", default="wikitext2",
@@ -440,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-heads", action="store_true", help="do not prune attention heads")
     pr.add_argument("--no-ffn", action="store_true", help="do not prune FFN channels")
     pr.add_argument("--no-compensate", action="store_true", help="SlimGPT: plain removal without the OBS update")
+    pr.add_argument("--bias-compensation", action=argparse.BooleanOptionalAction, default=None,
+                    help="SlimGPT: affine OBS compensation (the update also moves an output bias of o_proj/down_proj); "
+                         "FLAP: its mean-shift bias (on by default); default: the method's own default")
     pr.add_argument("--low-memory", action="store_true",
                     help="stream the blocks from the safetensors shards (memory: about one block); chosen by itself "
                          "when the checkpoint would not fit in the available memory")

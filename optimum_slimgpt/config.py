@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["ConfigError", "PruningConfig", "SlimGPTConfig", "SlimLLMConfig", "SCHEDULES", "DatasetLike"]
+__all__ = ["ConfigError", "PruningConfig", "SlimGPTConfig", "SlimLLMConfig", "FLAPConfig", "SCHEDULES", "DatasetLike"]
 
 SCHEDULES = ("log_increase", "linear_increase", "uniform", "layer_importance")
 DatasetLike = Union[str, Sequence[str], torch.Tensor, None]
@@ -277,6 +277,13 @@ class SlimGPTConfig(PruningConfig):
             get the OBS update.
         channel_selection: ``"obs"`` (default) or ``"magnitude"`` (a baseline: L2 norm of the channel's
             ``gate/up_proj`` rows and ``down_proj`` column).
+        bias_compensation: Affine OBS compensation: the reconstruction of ``o_proj``/``down_proj`` is the best
+            linear-*plus-bias* map of the kept inputs (the inputs get a constant 1 that is never pruned, so the
+            OBS update also moves an output bias), never worse on the calibration data than the plain update.
+            Adds output biases to ``o_proj``/``down_proj`` (saved by the ``per_layer`` format, and by
+            ``uniform`` for families with ``attention_bias``/``mlp_bias`` flags such as Llama). With
+            ``compensate=False`` only the bias is repaired (the mean shift ``W_S μ_S`` of FLAP). See
+            ``docs/algorithms.md``.
     """
 
     method_name: ClassVar[str] = "slimgpt"
@@ -288,6 +295,7 @@ class SlimGPTConfig(PruningConfig):
     compensate: bool = True
     head_selection: str = "obs"
     channel_selection: str = "obs"
+    bias_compensation: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -298,7 +306,7 @@ class SlimGPTConfig(PruningConfig):
                                                f"({self.ffn_max_group})")
         _check(_is_number(self.damp_percent) and 0.0 <= self.damp_percent < 10.0, "damp_percent", "in [0, 10)",
                self.damp_percent)
-        _check_bool(self, "compensate")
+        _check_bool(self, "compensate", "bias_compensation")
         _check(self.head_selection in ("obs", "obs_official", "magnitude"), "head_selection",
                "'obs', 'obs_official' or 'magnitude'", self.head_selection)
         _check(self.channel_selection in ("obs", "magnitude"), "channel_selection", "'obs' or 'magnitude'",
@@ -329,6 +337,32 @@ class SlimLLMConfig(PruningConfig):
         super().validate()
         _check_bool(self, "recovery", "swap_search")
         _check(_is_number(self.keep_lowest) and 0.0 <= self.keep_lowest < 1.0, "keep_lowest", "in [0, 1)", self.keep_lowest)
+
+
+@dataclass
+class FLAPConfig(PruningConfig):
+    """FLAP (An et al., AAAI 2024), a baseline: fluctuation-based head/channel scores, a globally adaptive
+    structure and bias compensation, no weight update. The shared fields are those of :class:`PruningConfig`
+    (``schedule`` is used only with ``global_allocation=False``); FLAP's own:
+
+    Args:
+        global_allocation: FLAP's adaptive structure (``AL-AM``): the scores of every layer's heads and channels
+            are standardised per module and ranked together against one threshold, so the per-layer sizes come
+            from one dense calibration pass, not from ``schedule``. ``False``: the sizes of ``schedule``, FLAP's
+            scores inside each layer.
+        bias_compensation: Replace the removed channels by their calibration mean, ``b ← b + W[:, S] μ_S`` on
+            ``o_proj``/``down_proj`` (adds output biases to the model); ``False``: plain removal.
+    """
+
+    method_name: ClassVar[str] = "flap"
+    label: ClassVar[str] = "FLAP"
+
+    global_allocation: bool = True
+    bias_compensation: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        _check_bool(self, "global_allocation", "bias_compensation")
 
 
 def _method_names() -> list[str]:

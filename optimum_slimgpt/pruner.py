@@ -434,7 +434,7 @@ class SlimGPTPruner:
         self._check_seqlen(model, adapter, calibration.shape[1] if isinstance(calibration, torch.Tensor) else None)
         if calibration is not None:
             self._check_tokens(model, calibration)
-        plan = None if c.schedule == "layer_importance" else self.plan_model(model)
+        plan = None if self._dense_plan(c) else self.plan_model(model)
         if export_format is not None and plan is not None:
             self._check_export(model, adapter, blocks, plan, export_format)
         if save_dir is not None:
@@ -442,6 +442,10 @@ class SlimGPTPruner:
             check_output_dir(save_dir, overwrite=overwrite, sources=[source] if source else [],
                              needed_bytes=self._estimate_bytes(model, plan))
         return adapter, blocks, device, plan
+
+    def _dense_plan(self, c: PruningConfig) -> bool:
+        """The plan needs a dense calibration pass (``layer_importance``, or a method that allocates globally)."""
+        return c.schedule == "layer_importance" or self.method.plans_globally(c)
 
     @staticmethod
     def _check_materialised(model: nn.Module) -> None:
@@ -555,7 +559,12 @@ class SlimGPTPruner:
         try:
             with clock("capture"):
                 inps, layer_kwargs = self._capture(run, data)
-            if importance:  # SlimLLM layer ratios: one dense pass over the blocks before any pruning
+            if importance and self.method.plans_globally(c):  # the method's own allocation (FLAP): one dense pass
+                with clock("global_plan"):
+                    self.plan = self._global_plan(run, inps, layer_kwargs)
+                if export_format is not None:
+                    self._check_export(model, adapter, blocks, self.plan, export_format)
+            elif importance:  # SlimLLM layer ratios: one dense pass over the blocks before any pruning
                 with clock("layer_importance"):
                     self.layer_scores = self._layer_cosines(run, inps, layer_kwargs)
                     self.plan = self.plan_model(model, self.layer_scores)
@@ -752,6 +761,42 @@ class SlimGPTPruner:
                     cur[b] = run.store.keep(y) if i < len(run.blocks) - 1 else None
             scores.append(total / max(count, 1))
         return scores
+
+    @torch.no_grad()
+    def _global_plan(self, run: _Run, inps, layer_kwargs) -> PruningPlan:
+        """The plan of a method that allocates sizes itself (:meth:`PruningMethod.plans_globally`): the dense
+        blocks run layer by layer on copies of the captured inputs with the method's observers on every pruned
+        part; each block's statistics become scores (:meth:`PruningMethod.dense_scores`) at once, and the scores
+        of all blocks become the plan (:meth:`PruningMethod.allocate`). No weight changes."""
+        adapter, mconfig, c, dev = run.adapter, run.model.config, self.config, run.store.device
+        parts = [p for p in _PARTS if (c.prune_heads if p.name == "attention" else c.prune_ffn)]
+        scores: list[dict[str, Optional[torch.Tensor]]] = []
+        cur = list(inps)
+        n = len(run.blocks)
+        for i, block in enumerate(run.blocks):
+            with self._on_device(block, dev):
+                stats: dict[str, dict] = {}
+                handles = []
+                try:
+                    for part in parts:
+                        sites = {"output": part.out_proj(adapter, block), "input": part.in_linear(adapter, block)}
+                        obs = run.method.observers(part.name, c)
+                        stats[part.name] = {k: o.make(sites[o.site].in_features, dev) for k, o in obs.items()}
+                        for k, o in obs.items():
+                            handles.append(sites[o.site].register_forward_pre_hook(
+                                lambda m, a, acc=stats[part.name][k]: acc.add(a[0])))
+                    for b, kw in enumerate(layer_kwargs[i]):
+                        y = _output_tensor(block(run.store.fetch(cur[b]), **_nested_to(kw, dev)))
+                        cur[b] = run.store.keep(_finite_output(y, run)) if i < n - 1 else None
+                finally:
+                    for h in handles:
+                        h.remove()
+                lay = adapter.head_layout(block, mconfig)
+                scores.append({part.name: run.method.dense_scores(
+                    part.name, part.out_proj(adapter, block).weight.detach().float(), stats[part.name],
+                    lay.num_heads, lay.head_dim, c) for part in parts})
+                del stats
+        return run.method.allocate(scores, [adapter.geometry(b, mconfig) for b in run.blocks], c)
 
     @staticmethod
     @contextlib.contextmanager

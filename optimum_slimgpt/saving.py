@@ -45,6 +45,7 @@ from typing import Any, Callable, ClassVar, Optional, Sequence, Union
 
 from huggingface_hub.errors import StrictDataclassError
 
+import torch
 from torch import nn
 
 from . import __version__
@@ -225,6 +226,41 @@ def __getattr__(name: str):  # EXPORT_FORMATS follows the registry
     raise AttributeError(name)
 
 
+#: family-config flags that give every attention / MLP linear a bias (Llama's ``attention_bias``, ``mlp_bias``): a
+#: plain checkpoint with them set holds the extra output biases, the other biases stored as zeros
+BIAS_FLAGS = ("attention_bias", "mlp_bias")
+
+
+def _bias_config(view: ModelView, cfg):
+    """``cfg`` with the family's :data:`BIAS_FLAGS` set when the model has extra output biases, checked on the plain
+    skeleton to hold them (every output projection biased; the only other new tensors are biases, saved as zeros);
+    ``None`` when the family has no such flags."""
+    text = getattr(cfg, view.layout.text_config) if view.layout.text_config else cfg
+    flags = [f for f in BIAS_FLAGS if hasattr(text, f)]
+    if not flags:
+        return None
+    for f in flags:
+        setattr(text, f, True)
+    have = dict(view.model.state_dict())
+    want = view.plain_skeleton(cfg).state_dict()
+    prefix = view.layout.blocks + "."
+    outs = [f"{prefix}{i}.{p}.bias" for i in range(len(view.blocks)) for p in view.layout.out_projections]
+    if any(k not in want for k in outs) or any(not k.endswith(".bias") for k in want if k not in have):
+        return None
+    return cfg
+
+
+def _zero_biases(plain: nn.Module, sd: dict) -> dict:
+    """The state dict with zeros for the plain model's biases that the pruned one does not have (see
+    :func:`_bias_config`)."""
+    sd = dict(sd)
+    for name, t in plain.state_dict().items():
+        if name not in sd and name.endswith(".bias"):
+            weight = sd[name[: -len("bias")] + "weight"]
+            sd[name] = torch.zeros(t.shape, dtype=weight.dtype, device=weight.device)
+    return sd
+
+
 class _PlainExporter(Exporter):
     """Shared by the formats that save the plain family architecture."""
 
@@ -263,6 +299,8 @@ class _PlainExporter(Exporter):
             plain.eval().save_pretrained(folder, state_dict={})
             return
         sd = self.state_dict(view, plan)
+        if view.extra_bias:
+            sd = _zero_biases(plain, sd)
         self._check_shapes(view, plain, sd)
         plain.load_state_dict(sd, strict=True, assign=True)
         plain.tie_weights()  # assign=True unties the head from the embeddings: tie them again (stored once)
@@ -283,15 +321,23 @@ class UniformExporter(_PlainExporter):
             raise ExportError(f"export_format='uniform' needs the same sizes in every layer, but the layers have "
                               f"{len(distinct)} different (heads, kv_heads, channels) sizes {distinct}; use 'per_layer' "
                               "or 'padded'", reason="layers have different sizes")
-        self._no_bias(view)
         heads = view.sizes[0]["num_attention_heads"]
         if view.layout.full_size_attention and heads * view.head_dim != view.hidden_size:
             why = (f"the plain {view.record.base_model_type!r} attention derives head_dim from hidden_size / heads, so it "
                    f"cannot hold {heads} heads of {view.head_dim}")
             raise ExportError(f"{why}; use 'per_layer' or 'padded'", reason=why)
         cfg = self._config(view, view.sizes[0])
-        self._check_shapes(view, view.plain_skeleton(cfg), dict(view.model.state_dict()))
-        return ExportPlan("uniform", "every layer has the same sizes and the plain config is valid", view.sizes, cfg)
+        reason = "every layer has the same sizes and the plain config is valid"
+        sd = dict(view.model.state_dict())
+        if view.extra_bias:  # output biases (SlimLLM, affine OBS, FLAP): only with the family's bias flags
+            if _bias_config(view, cfg) is None:
+                self._no_bias(view)
+            plain = view.plain_skeleton(cfg)
+            sd = _zero_biases(plain, sd)
+            reason += "; the output biases are held by the family's bias flags (attention_bias/mlp_bias=True, the " \
+                      "other linears' biases stored as zeros)"
+        self._check_shapes(view, view.plain_skeleton(cfg), sd)
+        return ExportPlan("uniform", reason, view.sizes, cfg)
 
 
 @register_exporter

@@ -285,6 +285,12 @@ def prune_pretrained(
     if config.schedule == "layer_importance":
         raise ValueError("schedule='layer_importance' needs a dense pass over every block before pruning; "
                          "prune_pretrained does not stream that pass yet: use prune_model or another schedule")
+    from .methods import get_method
+
+    if get_method(config).plans_globally(config):
+        raise ValueError(f"method {config.method_name!r} sets the per-layer sizes from a dense pass over every block "
+                         "(global allocation), which prune_pretrained does not stream yet: use prune_model, or "
+                         "global_allocation=False")
     if export_format == "padded":
         raise ValueError("export_format='padded' pads every layer to the largest one, which is only known at the end; "
                          "prune_pretrained writes 'per_layer' or 'uniform' ('auto')")
@@ -409,9 +415,14 @@ def prune_pretrained(
             model.config.use_cache = was_cache
 
     def write_weights(folder: Path, names: list[str]) -> None:
-        # output biases that to_pruned_model gave the blocks written before it (zeros: pruned_out_bias)
+        # output biases that to_pruned_model gave the blocks written before it (zeros: pruned_out_bias), and the
+        # zero q/k/v/gate/up biases of a uniform export that holds them through attention_bias/mlp_bias
         shapes = dict(model.state_dict())
-        zeros = {n: torch.zeros(shapes[n].shape, dtype=shapes[n].dtype) for n in names if n.startswith(prefix)
+
+        def shape_of(n: str) -> torch.Tensor:
+            return shapes[n] if n in shapes else shapes[n[: -len("bias")] + "weight"][:, 0]
+
+        zeros = {n: torch.zeros(shape_of(n).shape, dtype=shape_of(n).dtype) for n in names if n.startswith(prefix)
                  and n.endswith(".bias") and not any(n in _header_shapes(work / f"block-{i:05d}.safetensors")
                                                      for i in [int(n[len(prefix):].split(".")[0])])}
         _write_output_shards(folder, names, ckpt, work, blocks, prefix, dtype, max_shard_size, zeros)

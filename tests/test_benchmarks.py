@@ -53,3 +53,16 @@ def test_speed_script_gpu_smoke(tmp_path):
     rows = _speed(tmp_path, "--device", "cuda", "--model-device", "cpu", "--dtype", "bfloat16",
                   "--offload-activations")
     assert all(abs(r["removed"] - r["ratio"]) < 0.01 for r in rows)
+
+
+def test_quality_mean_accuracy_and_its_standard_error():
+    """benchmarks/quality.py's mean over tasks: the mean of the accuracies, s.e. sqrt(Σ se²) / T."""
+    q = runpy.run_path(str(ROOT / "benchmarks" / "quality.py"))
+    res = {"piqa": {"acc": 0.6, "acc_norm": 0.5, "acc_stderr": 0.03, "acc_norm_stderr": 0.04, "n": 100},
+           "boolq": {"acc": 0.4, "acc_norm": 0.7, "acc_stderr": 0.04, "acc_norm_stderr": 0.03, "n": 100}}
+    m = q["mean_accuracy"](res)
+    assert (m["acc"], m["acc_norm"], m["tasks"]) == (0.5, 0.6, ["piqa", "boolq"])
+    assert m["acc_stderr"] == m["acc_norm_stderr"] == 0.025
+    table = q["big_table"]({"affine-50": {"ppl": 50.0, "zero_shot_big": res}})
+    assert "0.5000 ± 0.0250" in table and "affine-50" in table
+    assert set(q["ZERO_SHOT_BIG"]) == {"piqa", "hellaswag", "arc_easy", "boolq", "openbook_qa"}

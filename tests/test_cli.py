@@ -150,6 +150,8 @@ def test_info_prints_the_layout(pruned_dir, capsys):
     (["prune", "--model", "{model}", "--method", "slimllm", "--damp", "0.1", "--output", "{tmp}/o"],
      "--damp does not apply to --method slimllm"),
     (["prune", "--model", "{model}", "--method", "nosuch", "--output", "{tmp}/o"], "unknown pruning method"),
+    (["prune", "--model", "{model}", "--method", "slimllm", "--bias-compensation", "--output", "{tmp}/o"],
+     "--bias-compensation/--no-bias-compensation does not apply to --method slimllm"),
     # preflight: all of these fail before the model is pruned (nothing is written, no progress bar)
     (["prune", "--model", "{model}", "--device", "cuda:7", "--output", "{tmp}/o"], "--device cuda:7: not usable"),
     (["prune", "--model", "{model}", "--output", "{model}", "--overwrite"], "model's own source"),
@@ -188,6 +190,17 @@ def test_bad_arguments_exit_non_zero_with_one_line(args, message, stories_dir, t
     assert not (tmp_path / "o").exists() and not (stories_dir / "slim").exists()
     assert sorted(p.name for p in stories_dir.iterdir()) == before  # the source is untouched
     assert (tmp_path / "full" / "notes.txt").read_text(encoding="utf-8") == "keep me"
+
+
+def test_bias_compensation_flag_builds_the_config():
+    from optimum_slimgpt.cli import _config_from_args, build_parser
+
+    def cfg(*extra):
+        return _config_from_args(build_parser().parse_args(["prune", "--model", "m", "--output", "o", *extra]))
+
+    assert cfg().bias_compensation is False and cfg("--bias-compensation").bias_compensation is True
+    flap = cfg("--method", "flap", "--no-bias-compensation")
+    assert type(flap).__name__ == "FLAPConfig" and flap.bias_compensation is False
 
 
 def test_argparse_errors_exit_non_zero(capsys):

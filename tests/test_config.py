@@ -24,7 +24,8 @@ def test_each_method_config_carries_only_its_own_knobs():
     shared = {f.name for f in dataclasses.fields(PruningConfig)}
     gpt = {f.name for f in dataclasses.fields(SlimGPTConfig)} - shared
     llm = {f.name for f in dataclasses.fields(SlimLLMConfig)} - shared
-    assert gpt == {"damp_percent", "ffn_max_group", "ffn_min_group", "compensate", "head_selection", "channel_selection"}
+    assert gpt == {"damp_percent", "ffn_max_group", "ffn_min_group", "compensate", "head_selection", "channel_selection",
+                   "bias_compensation"}
     assert llm == {"recovery", "swap_search", "keep_lowest"}
     with pytest.raises(TypeError, match="compensate"):
         SlimLLMConfig(compensate=False)  # SlimLLM has no OBS update: the knob is refused, not ignored
@@ -41,7 +42,7 @@ def test_from_dict_dispatches_on_the_method_name():
     assert PruningConfig.for_method("slimgpt", pruning_ratio=0.1) == SlimGPTConfig(pruning_ratio=0.1)
     with pytest.raises(ValueError, match="got the config of SlimLLMConfig"):
         SlimGPTConfig.from_dict(d)
-    with pytest.raises(ValueError, match="unknown pruning method 'foo'; registered: \\['slimgpt', 'slimllm'"):
+    with pytest.raises(ValueError, match="unknown pruning method 'foo'; registered: \\['flap', 'slimgpt', 'slimllm'"):
         PruningConfig.for_method("foo")
 
 

@@ -434,15 +434,29 @@ def test_output_biases_are_carried_by_the_per_layer_format(tmp_path):
     assert all(b.self_attn.o_proj.bias is not None and b.mlp.down_proj.bias is not None for b in blocks)
     torch.testing.assert_close(_logits(model), ref, atol=0, rtol=0)  # zeros were added elsewhere
 
-    res = save_pruned_model(model, tmp_path / "bias")
-    assert res.format == "per_layer" and "bias" in res.reason
+    res = save_pruned_model(model, tmp_path / "bias", export_format="per_layer")
     assert json.loads((res.path / "config.json").read_text())["pruned_out_bias"] is True
     loaded = _load(res.path)
     assert loaded.model.layers[0].self_attn.o_proj.bias is not None
     torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
-    for fmt in ("uniform", "padded"):
-        with pytest.raises(ExportError, match="bias"):
-            save_pruned_model(model, tmp_path / fmt, export_format=fmt)
+    # Llama's attention_bias / mlp_bias flags hold them in a plain checkpoint (q/k/v/gate/up biases zero)
+    res = save_pruned_model(model, tmp_path / "plain")
+    assert res.format == "uniform" and "attention_bias" in res.reason
+    cfg = json.loads((res.path / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and cfg["attention_bias"] is True and cfg["mlp_bias"] is True
+    loaded = _load(res.path)
+    assert type(loaded).__name__ == "LlamaForCausalLM"
+    assert float(loaded.model.layers[1].self_attn.q_proj.bias.detach().abs().max()) == 0
+    torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
+    with pytest.raises(ExportError, match="bias"):
+        save_pruned_model(model, tmp_path / "padded", export_format="padded")
+    # a family without such flags (Mistral) still refuses the plain formats
+    mis = _pruned("mistral", 0.3, "uniform")
+    mis.model.layers[0].mlp.down_proj.bias = torch.nn.Parameter(torch.full((64,), 0.1))
+    to_pruned_model(mis, get_adapter(mis), PruningRecord.of(mis.config))
+    with pytest.raises(ExportError, match="bias"):
+        save_pruned_model(mis, tmp_path / "mis", export_format="uniform")
+    assert save_pruned_model(mis, tmp_path / "mis2").format == "per_layer"
 
 
 # ------------------------------------------------------------------------------------------ card and hub

@@ -68,7 +68,7 @@ def _in_memory(src: Path, out: Path, config, dtype, export_format="auto") -> Non
     pruner.save(model, out, export_format=export_format)
 
 
-@pytest.mark.parametrize("case", ["bf16-sharded", "fp16-tied-qwen2", "slimllm-biases", "uniform"])
+@pytest.mark.parametrize("case", ["bf16-sharded", "fp16-tied-qwen2", "slimllm-biases", "uniform", "uniform-affine"])
 def test_streamed_prune_equals_the_in_memory_prune_and_save(case, tmp_path):
     dtype = {"fp16-tied-qwen2": torch.float16}.get(case, torch.bfloat16)
     src = _source(tmp_path / "src", dtype=dtype, tied=case == "fp16-tied-qwen2",
@@ -76,11 +76,16 @@ def test_streamed_prune_equals_the_in_memory_prune_and_save(case, tmp_path):
     if case != "fp16-tied-qwen2":
         assert json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]  # really sharded
     make = {"slimllm-biases": lambda: SlimLLMConfig(pruning_ratio=0.3, dataset=None, batch_size=4),
-            "uniform": lambda: SlimGPTConfig(pruning_ratio=0.3, schedule="uniform", dataset=None, batch_size=4)
+            "uniform": lambda: SlimGPTConfig(pruning_ratio=0.3, schedule="uniform", dataset=None, batch_size=4),
+            # output biases in a plain Llama checkpoint (attention_bias/mlp_bias, zero q/k/v/gate/up biases)
+            "uniform-affine": lambda: SlimGPTConfig(pruning_ratio=0.3, schedule="uniform", dataset=None, batch_size=4,
+                                                    bias_compensation=True),
             }.get(case, lambda: SlimGPTConfig(pruning_ratio=0.3, dataset=None, batch_size=4))
     _in_memory(src, tmp_path / "mem", make(), dtype)
     res = prune_pretrained(src, tmp_path / "stream", make(), calibration=CALIB)
-    assert res.format == ("uniform" if case == "uniform" else "per_layer")
+    assert res.format == ("uniform" if case.startswith("uniform") else "per_layer")
+    if case == "uniform-affine":
+        assert json.loads((tmp_path / "stream" / "config.json").read_text())["mlp_bias"] is True
     _assert_same_checkpoint(tmp_path / "mem", tmp_path / "stream")
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # the work folder is gone
     from transformers import AutoModelForCausalLM

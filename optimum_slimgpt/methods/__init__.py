@@ -1,4 +1,4 @@
-"""Pruning methods (SlimGPT, SlimLLM) behind one interface, registered for their config classes."""
+"""Pruning methods (SlimGPT, SlimLLM, FLAP) behind one interface, registered for their config classes."""
 
 from .base import (
     HESSIAN,
@@ -14,6 +14,7 @@ from .base import (
 )
 from . import slimgpt  # noqa: F401  (registers SlimGPTConfig)
 from . import slimllm  # noqa: F401  (registers SlimLLMConfig)
+from . import flap  # noqa: F401  (registers FLAPConfig)
 
 __all__ = ["HESSIAN", "AttentionTask", "FFNTask", "Observer", "PruneResult", "PruningMethod", "get_method",
            "register_method", "registered_configs", "unregister_method"]

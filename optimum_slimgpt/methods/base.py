@@ -116,6 +116,24 @@ class PruningMethod:
         of the export (``prune_model(export_format=...)``) needs to know before pruning."""
         return False
 
+    def plans_globally(self, config: PruningConfig) -> bool:
+        """Whether this method sets the per-layer sizes itself from statistics of the *dense* model (FLAP's
+        global allocation) instead of ``config.schedule``. Then the pruner runs one dense pass over every block,
+        hands each part's output-projection weight and filled :meth:`observers` to :meth:`dense_scores`, and
+        builds the plan with :meth:`allocate`, all before any weight changes."""
+        return False
+
+    def dense_scores(self, part: str, W: torch.Tensor, stats: dict[str, Any], num_heads: int, head_dim: int,
+                     config: PruningConfig) -> torch.Tensor:  # pragma: no cover - only with plans_globally
+        """Per-unit scores (query heads for ``"attention"``, channels for ``"ffn"``) of one dense block."""
+        raise NotImplementedError
+
+    def allocate(self, scores: list[dict[str, Optional[torch.Tensor]]], geoms: list, config: PruningConfig
+                 ):  # pragma: no cover - only with plans_globally
+        """The :class:`~optimum_slimgpt.solvers.PruningPlan` from every layer's :meth:`dense_scores` (``None`` for
+        a part that is not pruned) and :class:`~optimum_slimgpt.solvers.LayerGeometry`."""
+        raise NotImplementedError
+
     def prune_attention(self, task: AttentionTask) -> PruneResult:  # pragma: no cover - abstract
         raise NotImplementedError
 

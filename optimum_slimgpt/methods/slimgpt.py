@@ -9,9 +9,21 @@ from .base import HESSIAN, AttentionTask, FFNTask, PruneResult, PruningMethod, r
 
 @register_method(SlimGPTConfig)
 class SlimGPTMethod(PruningMethod):
+    def output_bias(self, config: SlimGPTConfig) -> bool:
+        return config.bias_compensation  # affine compensation moves an output bias
+
     def observers(self, part, config: SlimGPTConfig):
         selection = config.head_selection if part == "attention" else config.channel_selection
-        return {} if selection == "magnitude" and not config.compensate else {"hessian": HESSIAN}
+        if selection == "magnitude" and not config.compensate and not config.bias_compensation:
+            return {}
+        return {"hessian": HESSIAN}  # (the accumulator also holds the input mean that bias_compensation uses)
+
+    @staticmethod
+    def _affine(task) -> dict:
+        c: SlimGPTConfig = task.config
+        if not (c.bias_compensation and task.stats):
+            return {}
+        return {"mean": task.stats["hessian"].mean(), "bias": task.bias}
 
     def prune_attention(self, task: AttentionTask) -> PruneResult:
         c: SlimGPTConfig = task.config
@@ -20,9 +32,10 @@ class SlimGPTMethod(PruningMethod):
         res = prune_heads(
             task.W, H, num_heads=task.num_heads, num_kv_heads=task.num_kv_heads, head_dim=task.head_dim,
             options=task.options, damp_percent=c.damp_percent, mode=c.head_selection, compensate=c.compensate,
-            name=task.name, q_weights=q_w, kv_weights=kv_w,
+            name=task.name, q_weights=q_w, kv_weights=kv_w, **self._affine(task),
         )
-        return PruneResult(res.kept_heads, res.W, kept_kv=res.kept_kv_heads, error=res.relative_error, option=res.option)
+        return PruneResult(res.kept_heads, res.W, kept_kv=res.kept_kv_heads, bias=res.bias, error=res.relative_error,
+                           option=res.option)
 
     def prune_ffn(self, task: FFNTask) -> PruneResult:
         c: SlimGPTConfig = task.config
@@ -30,6 +43,6 @@ class SlimGPTMethod(PruningMethod):
         res = prune_channels(
             task.W, H, num_remove=task.num_remove, max_group=c.ffn_max_group, min_group=c.ffn_min_group,
             damp_percent=c.damp_percent, mode=c.channel_selection, compensate=c.compensate, name=task.name,
-            in_weights=task.channel_weights() if c.channel_selection == "magnitude" else [],
+            in_weights=task.channel_weights() if c.channel_selection == "magnitude" else [], **self._affine(task),
         )
-        return PruneResult(res.kept, res.W, error=res.relative_error)
+        return PruneResult(res.kept, res.W, bias=res.bias, error=res.relative_error)

@@ -116,6 +116,24 @@ def all_finite(A: torch.Tensor, rows: int = 1024) -> bool:
     return all(bool(torch.isfinite(A[i:i + rows]).all()) for i in range(0, A.shape[0], rows))
 
 
+def affine_hessian(H: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """The Hessian of the inputs augmented with a constant 1: ``[[H, 2μ], [2μᵀ, 2]]`` (``(d+1) x (d+1)``).
+
+    With ``H = 2/n Σ x xᵀ`` and ``μ = 1/n Σ x`` this is ``2/n Σ [x; 1][x; 1]ᵀ``: the last column is the input
+    that multiplies an output bias (see ``docs/algorithms.md``, *Affine OBS compensation*).
+    """
+    d = H.shape[0]
+    if mean.shape != (d,):
+        raise ValueError(f"the input mean has shape {tuple(mean.shape)}, expected ({d},)")
+    Ha = H.new_zeros(d + 1, d + 1)
+    Ha[:d, :d] = H
+    m = 2 * mean.to(H)
+    Ha[:d, d] = m
+    Ha[d, :d] = m
+    Ha[d, d] = 2
+    return Ha
+
+
 def damped_inverse(
     H: torch.Tensor,
     damp_percent: float = 0.01,
@@ -123,6 +141,7 @@ def damped_inverse(
     max_tries: int = 8,
     growth: float = 10.0,
     name: str = "layer",
+    constant_last: bool = False,
 ) -> tuple[torch.Tensor, float]:
     """Return ``(H + λI)⁻¹`` via Cholesky, and the damping ``λ`` that was used.
 
@@ -132,6 +151,10 @@ def damped_inverse(
     (too few tokens, nearly collinear inputs, fp32 round-off), the damping is multiplied by
     ``growth`` and retried, with a warning; only when that cannot help (non-finite values, an all-zero
     Hessian, or ``max_tries`` exhausted) a :class:`NotPositiveDefiniteError` is raised.
+
+    ``constant_last``: ``H`` is an :func:`affine_hessian`; its last row/column (the constant input) is left
+    undamped and out of the mean diagonal, so ``λ`` is the plain Hessian's (the augmented matrix stays positive
+    definite: its Schur complement ``2 − 4μᵀ(H_xx + λI)⁻¹μ`` is positive whenever ``H_xx + λI`` is).
     """
     if H.dim() != 2 or H.shape[0] != H.shape[1]:
         raise ValueError(f"{name}: Hessian must be square, got {tuple(H.shape)}")
@@ -141,8 +164,11 @@ def damped_inverse(
             "(NaN/Inf in the model weights or activations?)"
         )
     # Memory: besides the caller's H, one d x d matrix at any time (the damped copy, factorised and inverted in
-    # place); the values are those of cholesky_inverse(cholesky(H' + damp I)), H' = H with dead diagonals set to 1.
-    diag = H.diagonal().to(torch.float32)
+    # place); the values are those of cholesky_inverse(cholesky(H' + damp I)), H' = H with dead diagonals set to 1
+    # (with ``constant_last``, the constant's row and column take no damping and do not count in the mean).
+    dt = torch.promote_types(H.dtype, torch.float32)  # float32 (float64 stays float64: tests)
+    n = H.shape[0] - 1 if constant_last else H.shape[0]
+    diag = H.diagonal()[:n].to(dt)
     dead = diag == 0
     if bool(dead.all()):
         raise NotPositiveDefiniteError(
@@ -153,11 +179,8 @@ def damped_inverse(
     damp = damp_percent * mean
     info = torch.empty((), dtype=torch.int32, device=H.device)
     for attempt in range(max_tries):
-        A = H.to(torch.float32, copy=True)
-        if damp > 0:
-            A.diagonal().copy_(diag + damp)
-        else:
-            A.diagonal().copy_(diag)
+        A = H.to(dt, copy=True)
+        A.diagonal()[:n].copy_(diag + damp if damp > 0 else diag)
         F = A.mT  # A is symmetric: its transpose is the column-major matrix LAPACK works on, so no copy is made
         torch.linalg.cholesky_ex(F, out=(F, info))  # F = L (lower triangle), in place
         if int(info) == 0:

@@ -32,7 +32,7 @@ from typing import Sequence
 
 import torch
 
-from .hessian import damped_inverse
+from .hessian import affine_hessian, damped_inverse
 
 __all__ = [
     "closed_form_group_obs",
@@ -44,6 +44,7 @@ __all__ = [
     "HeadPruneResult",
     "ChannelPruneResult",
     "reconstruction_error",
+    "affine_least_squares",
 ]
 
 
@@ -134,14 +135,97 @@ def unit_scores(
 
 
 def reconstruction_error(W0: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> tuple[float, float]:
-    """``(||(W0 − W) X||², ||W0 X||²)`` per token, i.e. ``tr(ΔW H ΔWᵀ)/2`` and ``tr(W0 H W0ᵀ)/2``."""
+    """``(||(W0 − W) X||², ||W0 X||²)`` per token, i.e. ``tr(ΔW H ΔWᵀ)/2`` and ``tr(W0 H W0ᵀ)/2``.
+
+    With ``W = [W | b]`` and ``H`` an :func:`~optimum_slimgpt.solvers.hessian.affine_hessian`, the error of the
+    affine map ``W x + b`` (the bias is the weight of the constant input). Computed by row blocks, so there are
+    no full-size temporaries (``W0`` may be in the model's dtype)."""
+    dt = torch.promote_types(H.dtype, torch.float32)
     err = base = 0.0
-    for i in range(0, W0.shape[0], 256):  # by row blocks: no full-size temporaries (W0 may be bf16, W float32)
-        A = W0[i:i + 256].float()
-        D = A - W[i:i + 256].float()
+    for i in range(0, W0.shape[0], 256):
+        A = W0[i:i + 256].to(dt)
+        D = A - W[i:i + 256].to(dt)
         err += float(((D @ H) * D).sum())
         base += float(((A @ H) * A).sum())
     return err / 2, base / 2
+
+
+def affine_least_squares(W0: torch.Tensor, b0: torch.Tensor | None, H: torch.Tensor, mean: torch.Tensor,
+                         kept: torch.Tensor, damp: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference: the best affine map from the ``kept`` inputs, ``argmin_{W_K, b} ||W0 X + b0 − W_K X_K − b||²``
+    (plus ``damp/2 · n ||W_K − W0_K||²``), from the moments only: the normal equations of ``[X_K; 1]``.
+    Returns ``(W, b)`` with ``W`` at full width (removed columns zero)."""
+    d = W0.shape[1]
+    b0 = torch.zeros(W0.shape[0], dtype=W0.dtype, device=W0.device) if b0 is None else b0.to(W0)
+    Ha = affine_hessian(H.to(W0), mean.to(W0))
+    idx = torch.cat([kept.to(torch.long), torch.tensor([d], device=kept.device)])
+    A = Ha[idx][:, idx].clone()
+    A.diagonal()[:-1] += damp
+    rhs = torch.cat([W0, b0[:, None]], 1) @ Ha[:, idx]  # E[(W0 x + b0) [x_K; 1]ᵀ] · 2
+    rhs[:, :-1] += damp * W0[:, kept]
+    sol = torch.linalg.solve(A, rhs.T).T
+    W = torch.zeros_like(W0)
+    W[:, kept] = sol[:, :-1]
+    return W, sol[:, -1]
+
+
+class _Affine:
+    """The augmented problem of affine compensation (``mean`` given): ``W = [W | b]`` and
+    ``H = [[H, 2μ], [2μᵀ, 2]]``; the constant column (index ``d``) is never a candidate for removal.
+
+    With ``compensate=True`` the OBS solvers run on the augmented matrices, so the update of the constant
+    column is the optimal bias change. With ``compensate=False`` they run on the plain ones and only the
+    bias is repaired afterwards, ``b ← b + (W0 − W) μ``: the mean shift of FLAP (the best bias for fixed
+    weights). Without ``mean`` nothing changes (the plain path)."""
+
+    def __init__(self, W0: torch.Tensor, H: torch.Tensor | None, mean: torch.Tensor | None,
+                 bias: torch.Tensor | None, compensate: bool, name: str) -> None:
+        self.on = mean is not None
+        self.d = W0.shape[1]
+        if not self.on:
+            return
+        if H is None:
+            raise ValueError(f"{name}: affine compensation needs the input Hessian and mean")
+        self.mean = mean.to(W0)
+        self.b0 = torch.zeros(W0.shape[0], dtype=W0.dtype, device=W0.device) if bias is None else bias.detach().to(W0)
+        self.Ha = affine_hessian(H.to(W0), self.mean)
+        self.solve_augmented = compensate
+        self.W0a = torch.cat([W0, self.b0[:, None]], 1)
+
+    def inputs(self, W0: torch.Tensor, H: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """(weight, Hessian, constant_last) the OBS solver works on."""
+        if self.on and self.solve_augmented:
+            return self.W0a, self.Ha, True
+        return W0, H, False
+
+    def finish(self, W0: torch.Tensor, Wc: torch.Tensor, H: torch.Tensor | None):
+        """(full-width W, bias or None, (error, base)) from the solver's weight ``Wc``."""
+        if not self.on:
+            return Wc, None, reconstruction_error(W0, Wc, H) if H is not None else (0.0, 0.0)
+        if self.solve_augmented:
+            Wa = Wc
+        else:
+            Wa = torch.cat([Wc, (self.b0 + (W0 - Wc) @ self.mean)[:, None]], 1)
+        return Wa[:, : self.d].contiguous(), Wa[:, self.d].clone(), reconstruction_error(self.W0a, Wa, self.Ha)
+
+
+def _guard_affine(aff: _Affine, W0: torch.Tensor, plain_W: torch.Tensor, plain_kept_cols: list[int],
+                  damp_percent: float, name: str) -> list[tuple[float, float, torch.Tensor, torch.Tensor]]:
+    """The candidates that make affine compensation never worse than plain OBS on the calibration inputs:
+    plain OBS's own kept columns refitted with the affine OBS update (one group removal on the augmented
+    problem), and plain OBS's weights with only the mean shift ``b0 + (W0 − W) μ`` (the best bias for those
+    weights: its error is plain OBS's minus ``||(W0 − W) μ||²``, never more). Returns
+    ``[(error, base, W, bias), ...]``."""
+    out = []
+    removed = torch.tensor(sorted(set(range(aff.d)) - set(plain_kept_cols)), dtype=torch.long, device=W0.device)
+    if len(removed):
+        Wa = aff.W0a.clone()
+        Hinv, _ = damped_inverse(aff.Ha, damp_percent, name=name, constant_last=True)
+        group_obs_remove(Wa, Hinv, removed, compensate=True)
+        out.append((*reconstruction_error(aff.W0a, Wa, aff.Ha), Wa[:, : aff.d].contiguous(), Wa[:, aff.d].clone()))
+    Wa = torch.cat([plain_W, (aff.b0 + (W0 - plain_W) @ aff.mean)[:, None]], 1)
+    out.append((*reconstruction_error(aff.W0a, Wa, aff.Ha), Wa[:, : aff.d].contiguous(), Wa[:, aff.d].clone()))
+    return out
 
 
 # --------------------------------------------------------------------------------------- heads
@@ -161,6 +245,7 @@ class HeadPruneResult:
     option: tuple[int, int]
     option_errors: dict[tuple[int, int], float] = field(default_factory=dict)
     base_error: float = 0.0  # ||W0 X||² per token (0 without a Hessian): obs_error / base_error is relative
+    bias: torch.Tensor | None = None  # the compensated output bias (affine compensation only)
 
     @property
     def relative_error(self) -> float:
@@ -261,6 +346,9 @@ def prune_heads(
     name: str = "o_proj",
     q_weights: Sequence[torch.Tensor] = (),
     kv_weights: Sequence[torch.Tensor] = (),
+    mean: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    _guard: bool = True,
 ) -> HeadPruneResult:
     """Remove whole attention heads from an ``o_proj`` weight (columns grouped by query head).
 
@@ -278,24 +366,47 @@ def prune_heads(
             heads (``q_proj``, ``num_heads·head_dim`` rows) and to KV heads (``k_proj``, ``v_proj``), so
             the baseline ranks a head by the L2 norm of all its weights (q rows + o columns, plus the k/v
             rows when a whole KV group goes), not of ``o_proj`` alone.
+        mean, bias: Affine compensation: the mean ``μ`` of ``o_proj``'s input (with ``H``) and its current
+            bias (``None``: zero). The input gets a constant 1 that is never removed (``H`` augmented with
+            ``2μ`` and ``2``, ``W`` with ``b``), so selection and update are those of the best linear-plus-bias
+            reconstruction and the result carries the new ``bias`` (see :class:`_Affine`). The greedy selection
+            on the augmented problem is not guaranteed to beat plain OBS's, so plain OBS also runs and its kept
+            heads get the affine update too (and its weights the mean shift): the lowest calibration error wins,
+            which is never above plain OBS's (the solve takes about twice as long).
     """
+    if _guard and mean is not None and compensate and H is not None:
+        kw = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, options=options,
+                  damp_percent=damp_percent, mode=mode, compensate=compensate, name=name, q_weights=q_weights,
+                  kv_weights=kv_weights)
+        res = prune_heads(W, H, mean=mean, bias=bias, _guard=False, **kw)
+        plain = prune_heads(W, H, **kw)
+        W0 = W.detach().to(torch.promote_types(W.dtype, torch.float32))
+        aff = _Affine(W0, H, mean, bias, compensate, name)
+        cols = [c for h in plain.kept_heads for c in _head_cols(h, head_dim)]
+        for err, base, Wn, bn in _guard_affine(aff, W0, plain.W, cols, damp_percent, name):
+            if err < res.obs_error:
+                res = HeadPruneResult(plain.kept_heads, plain.kept_kv_heads, Wn, err, plain.option,
+                                      plain.option_errors, base_error=base, bias=bn)
+        return res
     if num_heads % num_kv_heads:
         raise ValueError(f"{name}: {num_heads} query heads are not a multiple of {num_kv_heads} KV heads")
     if W.shape[1] != num_heads * head_dim:
         raise ValueError(f"{name}: expected {num_heads * head_dim} input columns, got {W.shape[1]}")
-    W0 = W.detach().to(torch.float32)
+    W0 = W.detach().to(torch.promote_types(W.dtype, torch.float32))
+    aff = _Affine(W0, H, mean, bias, compensate, name)
+    Ws, Hs, const = aff.inputs(W0, H)  # what the solver works on (augmented with the constant input or not)
     Hinv0 = dead = col_extra = kv_extra = None
     if mode == "magnitude":
         col_extra = _row_sq(q_weights, num_heads * head_dim, W0.device, name)
         kv_sq = _row_sq(kv_weights, num_kv_heads * head_dim, W0.device, name)
         kv_extra = None if kv_sq is None else kv_sq.view(num_kv_heads, head_dim).sum(1)
         if compensate and H is not None:  # magnitude selection, OBS compensation (as prune_channels does)
-            Hinv0, _ = damped_inverse(H, damp_percent, name=name)
+            Hinv0, _ = damped_inverse(Hs, damp_percent, name=name, constant_last=const)
     else:
         if H is None:
             raise ValueError(f"{name}: mode {mode!r} needs a Hessian")
-        Hinv0, _ = damped_inverse(H, damp_percent, name=name)
-        dead = H.diagonal() == 0
+        Hinv0, _ = damped_inverse(Hs, damp_percent, name=name, constant_last=const)
+        dead = Hs.diagonal() == 0
     best: HeadPruneResult | None = None
     errors = {}
     base = 0.0
@@ -303,19 +414,20 @@ def prune_heads(
     for kv_keep, q_keep in options:
         if not (1 <= kv_keep <= num_kv_heads and 1 <= q_keep <= n_rep):
             raise ValueError(f"{name}: invalid head structure ({kv_keep} KV heads x {q_keep} query heads)")
-        Wc = W0.clone()
+        Wc = Ws.clone()
         Hinv = Hinv0.clone() if Hinv0 is not None else None
         kept_kv, removed, err = _greedy_heads(
             Wc, Hinv, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, kv_keep=kv_keep,
             q_per_kv_keep=q_keep, mode=mode, compensate=compensate, dead=dead, col_extra=col_extra,
             kv_extra=kv_extra,
         )
+        Wc, b, errs = aff.finish(W0, Wc, H)
         if H is not None:
-            err, base = reconstruction_error(W0, Wc, H)
+            err, base = errs
         errors[(kv_keep, q_keep)] = err
         if best is None or err < best.obs_error:
             kept = [h for g in kept_kv for h in range(g * n_rep, (g + 1) * n_rep) if h not in removed]
-            best = HeadPruneResult(kept, kept_kv, Wc, err, (kv_keep, q_keep), base_error=base)
+            best = HeadPruneResult(kept, kept_kv, Wc, err, (kv_keep, q_keep), base_error=base, bias=b)
     assert best is not None
     best.option_errors = errors
     return best
@@ -350,6 +462,7 @@ class ChannelPruneResult:
     obs_error: float
     groups: list[int]
     base_error: float = 0.0  # ||W0 X||² per token (0 without a Hessian)
+    bias: torch.Tensor | None = None  # the compensated output bias (affine compensation only)
 
     @property
     def relative_error(self) -> float:
@@ -368,6 +481,9 @@ def prune_channels(
     compensate: bool = True,
     name: str = "down_proj",
     in_weights: Sequence[torch.Tensor] = (),
+    mean: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    _guard: bool = True,
 ) -> ChannelPruneResult:
     """Remove ``num_remove`` FFN channels (input columns of ``down_proj``) by Dynamic Group Size OBS.
 
@@ -376,16 +492,35 @@ def prune_channels(
     group OBS update, and down-dates ``Hinv``; group sizes follow :func:`dgs_group_sizes`.
     ``mode="magnitude"`` ranks channels once by the L2 norm of all their weights (a baseline, no Hessian
     needed): the ``down_proj`` column plus the channel's rows of ``in_weights`` (gate/up or fc1).
+    ``mean``, ``bias``: affine compensation, as in :func:`prune_heads` (the result carries the new ``bias``;
+    never a higher calibration error than plain OBS).
     """
+    if _guard and mean is not None and compensate and H is not None and num_remove:
+        kw = dict(num_remove=num_remove, max_group=max_group, min_group=min_group, damp_percent=damp_percent,
+                  mode=mode, compensate=compensate, name=name, in_weights=in_weights)
+        res = prune_channels(W, H, mean=mean, bias=bias, _guard=False, **kw)
+        plain = prune_channels(W, H, **kw)
+        W0 = W.detach().to(torch.promote_types(W.dtype, torch.float32))
+        aff = _Affine(W0, H, mean, bias, compensate, name)
+        for err, base, Wn, bn in _guard_affine(aff, W0, plain.W, plain.kept, damp_percent, name):
+            if err < res.obs_error:
+                res = ChannelPruneResult(plain.kept, Wn, err, plain.groups, base_error=base, bias=bn)
+        return res
     cols = W.shape[1]
     if not 0 <= num_remove < cols:
         raise ValueError(f"{name}: cannot remove {num_remove} of {cols} channels")
-    W0 = W.detach()  # the original, in its own dtype (no float32 copy: only read again for the error)
-    Wc = W0.to(torch.float32, copy=True)
-    removed = torch.zeros(cols, dtype=torch.bool, device=W.device)
+    W0 = W.detach()  # the original, in its own dtype (no float32 copy on the plain path: only read for the error)
+    work_dtype = torch.promote_types(W.dtype, torch.float32)  # float32 (float64 stays float64: tests)
+    if mean is not None:
+        W0 = W0.to(work_dtype)
+    aff = _Affine(W0, H, mean, bias, compensate, name)
+    Ws, Hs, const = aff.inputs(W0, H)  # what the solver works on (augmented with the constant input or not)
+    Wc = Ws.to(work_dtype, copy=True)
+    n = Ws.shape[1]  # cols, or cols + 1 with the constant input (never removed)
+    removed = torch.zeros(n, dtype=torch.bool, device=W.device)
     groups = dgs_group_sizes(num_remove, max_group, min_group) if num_remove else []
     if mode == "magnitude":
-        score = (Wc * Wc).sum(0)
+        score = (Wc[:, :cols] * Wc[:, :cols]).sum(0)
         extra = _row_sq(in_weights, cols, Wc.device, name)
         if extra is not None:
             score = score + extra
@@ -394,22 +529,24 @@ def prune_channels(
         removed[S] = True
         Wc[:, S] = 0
         if compensate and H is not None and num_remove:
-            Wc = W0.to(torch.float32, copy=True)
-            Hinv, _ = damped_inverse(H, damp_percent, name=name)
+            Wc = Ws.to(work_dtype, copy=True)
+            Hinv, _ = damped_inverse(Hs, damp_percent, name=name, constant_last=const)
             group_obs_remove(Wc, Hinv, S, compensate=True)
     else:
         if H is None:
             raise ValueError(f"{name}: mode {mode!r} needs a Hessian")
         if num_remove:
-            Hinv, _ = damped_inverse(H, damp_percent, name=name)
-            dead = H.diagonal() == 0
+            Hinv, _ = damped_inverse(Hs, damp_percent, name=name, constant_last=const)
+            dead = Hs.diagonal() == 0
             for cnt in groups:
                 score = (Wc * Wc).sum(0) / Hinv.diagonal().clamp_min(1e-30)
                 score = torch.where(dead, torch.zeros_like(score), score)
                 score[removed] = float("inf")
+                if const:
+                    score[cols] = float("inf")  # the constant input stays
                 S = torch.argsort(score, stable=True)[:cnt]
                 removed[S] = True
                 group_obs_remove(Wc, Hinv, S, compensate=compensate)
-    err, base = reconstruction_error(W0, Wc, H) if H is not None else (0.0, 0.0)
-    kept = torch.nonzero(~removed).flatten().tolist()
-    return ChannelPruneResult(kept, Wc, err, groups, base_error=base)
+    Wc, b, (err, base) = aff.finish(W0, Wc, H)
+    kept = torch.nonzero(~removed[:cols]).flatten().tolist()
+    return ChannelPruneResult(kept, Wc, err, groups, base_error=base, bias=b)
