@@ -10,6 +10,7 @@ from .pruner import LayerReport, PruningSummary, SlimGPTPruner  # noqa: E402
 from .modeling import PruningRecord, UnusableModelError, register_pruned_family, to_pruned_model  # noqa: E402
 from .saving import Exporter, SaveResult, register_exporter, save_pruned_model  # noqa: E402
 from .streaming import prune_pretrained  # noqa: E402
+from .recovery import RecoveryConfig, recover  # noqa: E402
 from . import selfgen as _selfgen  # noqa: E402,F401  (registers dataset="self")
 
 __all__ = [
@@ -40,4 +41,6 @@ __all__ = [
     "save_pruned_model",
     "SaveResult",
     "prune_pretrained",
+    "RecoveryConfig",
+    "recover",
 ]
