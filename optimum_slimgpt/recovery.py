@@ -424,6 +424,11 @@ def _vocab(model: nn.Module) -> int:
     return int(cfg.vocab_size)
 
 
+def _max_positions(model: nn.Module) -> Optional[int]:
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return getattr(cfg, "max_position_embeddings", None)
+
+
 def _check_models(student: nn.Module, teacher: Optional[nn.Module], config: RecoveryConfig) -> None:
     from .modeling import unusable_reason
 
@@ -432,6 +437,9 @@ def _check_models(student: nn.Module, teacher: Optional[nn.Module], config: Reco
     reason = unusable_reason(student)
     if reason:
         raise ValueError(reason)
+    limit = _max_positions(student)
+    if limit and not isinstance(config.dataset, torch.Tensor) and config.seqlen > limit:
+        raise ValueError(f"seqlen={config.seqlen} exceeds the model's max_position_embeddings={limit}")
     if teacher is None:
         if config.needs_teacher:
             why = "dataset='self' samples from it" if config.loss == "lm" else f"loss={config.loss!r} distils from it"
@@ -457,8 +465,7 @@ def _check_windows(data: torch.Tensor, student: nn.Module) -> None:
     if lo < 0 or hi >= vocab:
         raise ValueError(f"the recovery data has token ids in [{lo}, {hi}], outside the model's vocabulary of "
                          f"{vocab}: is it the model's tokenizer?")
-    limit = getattr(student.config.get_text_config() if hasattr(student.config, "get_text_config") else student.config,
-                    "max_position_embeddings", None)
+    limit = _max_positions(student)
     if limit and data.shape[1] > limit:
         raise ValueError(f"seqlen={data.shape[1]} exceeds the model's max_position_embeddings={limit}")
 

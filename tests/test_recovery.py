@@ -190,3 +190,88 @@ def test_missing_teacher_and_short_dataset_are_refused(_stories_dense, pruned, w
         recover(copy.deepcopy(pruned), _stories_dense, tok, _config(dataset=["Once upon a time."]))
     with pytest.raises(ValueError, match="teacher is the student"):
         recover(pruned, pruned, None, _config(), train_data=windows[0])
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    from optimum_slimgpt import cli
+
+    capsys.readouterr()
+    try:
+        rc = cli.main(list(args))
+    except SystemExit as e:  # argparse
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def cli_dirs(_stories_dense, windows, tmp_path_factory):
+    """(dense folder, pruned folder, training text, a model with another vocabulary), saved once."""
+    d = tmp_path_factory.mktemp("recover-cli")
+    tok = tok512_tokenizer()
+    _stories_dense.save_pretrained(d / "dense")
+    tok.save_pretrained(d / "dense")
+    save_pruned_model(_pruned(_stories_dense, windows[0]), d / "pruned", tokenizer=tok)
+    text = d / "train.txt"
+    text.write_text(TINYSTORIES_TXT.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                 num_attention_heads=8, num_key_value_heads=4)).save_pretrained(d / "other")
+    return d / "dense", d / "pruned", text, d / "other"
+
+
+def test_cli_recover_and_prune_with_recovery(cli_dirs, tmp_path, capsys):
+    dense, pruned, text, _ = cli_dirs
+    rc, out, err = _cli(capsys, "recover", "--model", str(pruned), "--teacher", str(dense), "--dataset", str(text),
+                        "--seqlen", "64", "--steps", "3", "--batch-size", "4", "--lr", "1e-3", "--output",
+                        str(tmp_path / "rec"))
+    assert rc == 0, err
+    assert "recovered: 3 steps, 768 tokens, loss kd (full fine-tuning)" in out
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "rec", dtype=torch.float32)
+    rec = PruningRecord.of(back.config)
+    assert rec.recovery[0]["steps"] == 3 and rec.recovery[0]["data"]["dataset"]["name"] == "train.txt"
+    assert rec.layers == PruningRecord.of(AutoModelForCausalLM.from_pretrained(pruned).config).layers
+
+    rc, out, err = _cli(capsys, "prune", "--model", str(dense), "--ratio", "0.3", "--dataset", str(text), "--samples",
+                        "8", "--seqlen", "64", "--recover-steps", "2", "--recover-lora-r", "4", "--output",
+                        str(tmp_path / "pr"))
+    assert rc == 0, err
+    assert "recovered: 2 steps" in out and "LoRA r=4, merged" in out
+    rec = PruningRecord.of(AutoModelForCausalLM.from_pretrained(tmp_path / "pr").config)
+    assert rec.achieved_ratio == pytest.approx(0.3, abs=0.02) and rec.recovery[0]["lora_r"] == 4
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--steps", "0"], "--steps: max_steps must be a positive int"),
+    (["--lr", "0"], "--lr: learning_rate must be a number > 0"),
+    (["--lr", "-0.001"], "--lr: learning_rate must be a number > 0"),
+    (["--loss", "mse"], "--loss: loss must be one of"),
+    (["--seqlen", "100000"], "max_position_embeddings"),
+    (["--teacher", "OTHER"], "vocabulary has 1000 tokens but the student's has 512"),
+    (["--dataset", "SHORT"], "too short"),
+    (["--teacher", None], "--loss kd needs --teacher"),
+])
+def test_cli_recover_bad_input(cli_dirs, tmp_path, capsys, extra, message):
+    dense, pruned, text, other = cli_dirs
+    short = tmp_path / "short.txt"
+    short.write_text("Once upon a time.", encoding="utf-8")
+    args = {"--model": str(pruned), "--teacher": str(dense), "--dataset": str(text), "--seqlen": "64",
+            "--output": str(tmp_path / "out")}
+    for k, v in zip(extra[::2], extra[1::2]):
+        args[k] = {"OTHER": str(other), "SHORT": str(short)}.get(v, v)
+    argv = [x for k, v in args.items() if v is not None for x in (k, v)]
+    rc, out, err = _cli(capsys, "recover", *argv)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_prune_recover_flags_are_checked_first(cli_dirs, tmp_path, capsys):
+    dense, _, text, _ = cli_dirs
+    base = ["prune", "--model", str(dense), "--dataset", str(text), "--seqlen", "64", "--output", str(tmp_path / "o")]
+    for extra, message in ((["--recover-steps", "0"], "--recover-steps: max_steps must be a positive int"),
+                           (["--recover-steps", "2", "--recover-lr", "0"], "--recover-lr: learning_rate must be"),
+                           (["--recover-lr", "1e-4"], "--recover-lr needs --recover-steps N")):
+        rc, _, err = _cli(capsys, *base, *extra)
+        assert rc == 2 and err.strip().splitlines() == [err.strip()] and message in err, err
