@@ -398,6 +398,10 @@ def cmd_info(args) -> int:
         if record.history:
             print(f"pruned {len(record.history) + 1} times; removed from the base model: {record.cumulative_ratio}")
         print(f"calibration: {json.dumps(record.calibration)}")
+        for r in record.recovery:
+            print(f"recovered: {r.get('steps')} steps, {r.get('tokens')} tokens, loss {r.get('loss')}, "
+                  f"LoRA r={r.get('lora_r')}, data {json.dumps(r.get('data', {}).get('dataset'))}, "
+                  f"final train loss {r.get('final_train_loss')}")
         canon = [{k: lay.get(k) for k in ("num_attention_heads", "num_key_value_heads", "intermediate_size")}
                  for lay in record.layers]
         if record.export_format == "padded" and canon != layers:

@@ -231,6 +231,8 @@ def test_cli_recover_and_prune_with_recovery(cli_dirs, tmp_path, capsys):
     rec = PruningRecord.of(back.config)
     assert rec.recovery[0]["steps"] == 3 and rec.recovery[0]["data"]["dataset"]["name"] == "train.txt"
     assert rec.layers == PruningRecord.of(AutoModelForCausalLM.from_pretrained(pruned).config).layers
+    rc, out, _ = _cli(capsys, "info", "--model", str(tmp_path / "rec"))
+    assert rc == 0 and "recovered: 3 steps, 768 tokens, loss kd, LoRA r=0" in out
 
     rc, out, err = _cli(capsys, "prune", "--model", str(dense), "--ratio", "0.3", "--dataset", str(text), "--samples",
                         "8", "--seqlen", "64", "--recover-steps", "2", "--recover-lora-r", "4", "--output",
