@@ -351,6 +351,16 @@ def _final_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask=None
     return out.hidden_states[-1]
 
 
+def _teacher_hidden(teacher: nn.Module, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
+    """The teacher's final hidden states from its base model (no per-layer hidden states kept, no logits)."""
+    base = getattr(teacher, "base_model", None)
+    if isinstance(base, nn.Module) and base is not teacher:
+        out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        if getattr(out, "last_hidden_state", None) is not None:
+            return out.last_hidden_state
+    return _final_hidden(teacher, input_ids, attention_mask)
+
+
 def _unwrap_lm(model: nn.Module) -> nn.Module:
     """The causal LM under DDP/peft wrappers (its ``get_output_embeddings`` and ``config``)."""
     while True:
@@ -389,7 +399,7 @@ def _make_trainer_class():
             if rc.loss != "lm":
                 t_dev = _device_of(self.teacher)
                 with torch.no_grad():
-                    h_t = _final_hidden(self.teacher, ids.to(t_dev), None if mask is None else mask.to(t_dev))[:, :-1]
+                    h_t = _teacher_hidden(self.teacher, ids.to(t_dev), None if mask is None else mask.to(t_dev))[:, :-1]
                 t_head, t_cap = self.teacher.get_output_embeddings(), _softcap(self.teacher.config)
             parts = chunked_losses(h_s, lm.get_output_embeddings(), labels.to(h_s.device), h_teacher=h_t,
                                    teacher_head=t_head, temperature=rc.temperature, chunk_size=rc.chunk_size,

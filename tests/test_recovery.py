@@ -13,7 +13,7 @@ from transformers.utils import logging as hf_logging
 
 from helpers import STORIES_BIN, TINYSTORIES_TXT, have_shared, tok512_tokenizer
 from optimum_slimgpt import ConfigError, PruningRecord, RecoveryConfig, SlimGPTConfig, SlimGPTPruner, recover
-from optimum_slimgpt.recovery import _final_hidden, chunked_losses
+from optimum_slimgpt.recovery import _final_hidden, _teacher_hidden, chunked_losses
 from optimum_slimgpt.saving import save_pruned_model
 
 pytestmark = pytest.mark.skipif(not have_shared(STORIES_BIN, TINYSTORIES_TXT), reason="../shared stories260K missing")
@@ -74,7 +74,8 @@ def test_chunked_losses_equal_the_plain_losses(_stories_dense, pruned, windows):
         T = 2.0
         kd = (torch.softmax(t / T, -1) * (torch.log_softmax(t / T, -1) - torch.log_softmax(s / T, -1))).sum(-1).mean() * T * T
         lm = torch.nn.functional.cross_entropy(s.flatten(0, 1), ids[:, 1:].flatten())
-        hs, ht = _final_hidden(pruned, ids)[:, :-1], _final_hidden(_stories_dense, ids)[:, :-1]
+        hs, ht = _final_hidden(pruned, ids)[:, :-1], _teacher_hidden(_stories_dense, ids)[:, :-1]
+        torch.testing.assert_close(ht, _final_hidden(_stories_dense, ids)[:, :-1], atol=0, rtol=0)
         got = chunked_losses(hs, pruned.get_output_embeddings(), ids[:, 1:], h_teacher=ht,
                              teacher_head=_stories_dense.get_output_embeddings(), temperature=T, chunk_size=7)
     assert abs(float(got["kd"]) - float(kd)) < 1e-4 * max(1.0, float(kd))
