@@ -288,3 +288,15 @@ def test_cli_prune_recover_flags_are_checked_first(cli_dirs, tmp_path, capsys):
                            (["--recover-lr", "1e-4"], "--recover-lr needs --recover-steps N")):
         rc, _, err = _cli(capsys, *base, *extra)
         assert rc == 2 and err.strip().splitlines() == [err.strip()] and message in err, err
+
+
+def test_same_seed_same_model(_stories_dense, pruned, windows):
+    pytest.importorskip("peft")
+    runs = []
+    for _ in range(2):
+        student = copy.deepcopy(pruned)
+        recover(student, _stories_dense, None, _config(lora_r=4, lora_dropout=0.1, max_steps=2, learning_rate=3e-3),
+                train_data=windows[0])
+        runs.append(student.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not torch.equal(runs[0]["model.layers.0.mlp.down_proj.weight"], pruned.state_dict()["model.layers.0.mlp.down_proj.weight"])
