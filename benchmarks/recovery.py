@@ -140,13 +140,11 @@ def table(path: str) -> str:
     for line in Path(path).read_text().splitlines():
         if line.strip():
             r = json.loads(line)
-            rows[r["run"]] = r
+            rows[(r["run"], r.get("steps"))] = r  # the last run of a setting and budget wins
     out = ["| run | pruned | recovery | data | steps × tokens | train s | WikiText-2 test PPL | PIQA acc / norm | "
            "HellaSwag acc / norm | ARC-Easy acc / norm |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name in RUNS:
-        if name not in rows:
-            continue
-        r = rows[name]
+    for key in sorted(rows, key=lambda k: (list(RUNS).index(k[0]), k[1] or 0)):
+        name, r = key[0], rows[key]
         if "loss" in r:
             how = f"{r['loss']}, " + (f"LoRA r={r['lora_r']}" if r["lora_r"] else "full") + f", lr {r['lr']:g}"
             data = f"{r['dataset']} ({r['windows']} windows)"

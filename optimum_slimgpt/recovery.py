@@ -32,13 +32,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import random
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
