@@ -543,11 +543,14 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], tokenizer, config:
         weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, logging_steps=config.logging_steps,
         report_to=config.report_to, seed=config.seed, data_seed=config.seed, save_strategy="no",
         eval_strategy="no", remove_unused_columns=False, dataloader_pin_memory=False,
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         bf16=config.dtype == "bfloat16", fp16=config.dtype == "float16",
         use_cpu=student_device.type == "cpu", **steps,
     )
+    if config.gradient_checkpointing:  # named activation_checkpointing in newer transformers
+        names = {f.name for f in dataclasses.fields(TrainingArguments)}
+        key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+        kw[key] = True
+        kw[f"{key}_kwargs"] = {"use_reentrant": False}
     kw.update(config.training_args)
     try:
         args = TrainingArguments(**kw)
@@ -569,8 +572,10 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], tokenizer, config:
     for n, p in student.named_parameters():
         if "lora_" not in n:
             p.requires_grad_(grads.get(n, False))
-    if config.gradient_checkpointing and hasattr(student, "gradient_checkpointing_disable"):
-        student.gradient_checkpointing_disable()
+    if config.gradient_checkpointing:
+        off = getattr(student, "activation_checkpointing_disable", None) or getattr(student, "gradient_checkpointing_disable", None)
+        if off is not None:
+            off()
     student.eval()
 
     _record(student, config, data, step_count, result, history, time.perf_counter() - t0, gen_seconds,

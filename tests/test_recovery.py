@@ -116,7 +116,9 @@ def test_lm_loss_needs_no_teacher_and_lowers_the_held_out_loss(pruned, windows):
     student = copy.deepcopy(pruned)
     with torch.no_grad():
         before = float(student(held, labels=held).loss)
-    recover(student, None, None, _config(loss="lm"), train_data=train)
+    recover(student, None, None, _config(loss="lm", gradient_checkpointing=True), train_data=train)
+    flag = "is_activation_checkpointing" if hasattr(type(student), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    assert getattr(student, flag) is False  # switched off again after training
     with torch.no_grad():
         after = float(student(held, labels=held).loss)
     assert after < before - 0.05
