@@ -302,3 +302,11 @@ def test_same_seed_same_model(_stories_dense, pruned, windows):
         runs.append(student.state_dict())
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     assert not torch.equal(runs[0]["model.layers.0.mlp.down_proj.weight"], pruned.state_dict()["model.layers.0.mlp.down_proj.weight"])
+
+
+def test_self_generated_data_needs_no_dataset(_stories_dense, pruned):
+    student = copy.deepcopy(pruned)
+    recover(student, _stories_dense, None, _config(dataset="self", seqlen=32, num_samples=8, max_steps=4))
+    rec = PruningRecord.of(student.config).recovery[0]
+    assert rec["data"]["dataset"] == "self" and rec["data"]["num_samples"] == 8 and rec["data"]["seqlen"] == 32
+    assert rec["data"]["seed"] == 0 and rec["tokens"] == 4 * 8 * 32
