@@ -11,6 +11,7 @@ from .modeling import PruningRecord, UnusableModelError, register_pruned_family,
 from .saving import Exporter, SaveResult, register_exporter, save_pruned_model  # noqa: E402
 from .streaming import prune_pretrained  # noqa: E402
 from .gguf_export import GGUFExporter, GGUFResult, export_gguf  # noqa: E402  (registers export_format="gguf")
+from .recovery import RecoveryConfig, recover  # noqa: E402
 from . import selfgen as _selfgen  # noqa: E402,F401  (registers dataset="self")
 
 __all__ = [
@@ -45,4 +46,6 @@ __all__ = [
     "export_gguf",
     "GGUFExporter",
     "GGUFResult",
+    "RecoveryConfig",
+    "recover",
 ]

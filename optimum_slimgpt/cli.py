@@ -4,6 +4,7 @@
     optimum-slimgpt eval  --model OUT --wikitext-dir ../shared/data/wikitext-2 --tasks piqa --limit 100
     optimum-slimgpt info  --model OUT
     optimum-slimgpt export --model OUT --format gguf --outtype f16 --quantize Q4_K_M --output model.gguf
+    optimum-slimgpt recover --model OUT --teacher PATH --dataset wikitext2 --steps 200 --output OUT-RECOVERED
     optimum-slimgpt demo  [--output DIR]
 
 Bad input ends with exit status 2 and a one-line ``error: ...`` on stderr.
@@ -174,6 +175,7 @@ def cmd_prune(args) -> int:
     from .saving import check_output_dir
 
     cfg = _config_from_args(args)
+    rcfg = _prune_recovery_config(args, cfg)
     check_device(args.device)
     path, gguf_file, source = resolve_model_path(args.model, args.gguf_file)
     out = Path(args.output)
@@ -182,13 +184,113 @@ def cmd_prune(args) -> int:
     if args.resume and not args.low_memory:
         raise CLIError("--resume continues an interrupted --low-memory run: add --low-memory")
     streamed = args.low_memory or _too_big_for_memory(path, gguf_file, args.dtype)
+    if streamed and rcfg is not None:
+        raise CLIError("--recover-steps trains the whole model next to its dense teacher: it cannot be combined with "
+                       "--low-memory (prune streamed, then run 'optimum-slimgpt recover' where the model fits)")
     if streamed:
         return _prune_streamed(args, cfg, path, gguf_file, out)
     model, tok = load_model(args.model, args.gguf_file, args.dtype)
+    teacher = None
+    if rcfg is not None:
+        import copy
+
+        teacher = copy.deepcopy(model)  # the dense model, before pruning
     pruner = SlimGPTPruner(cfg)
     pruner.prune_model(model, tok, save_dir=out, export_format=args.format, overwrite=args.overwrite)
     print(pruner.summary.table())
+    if rcfg is not None:
+        from .recovery import recover
+
+        recover(model, teacher, tok, rcfg)
+        del teacher
+        _print_recovery(model)
     res = pruner.save(model, out, tokenizer=tok, export_format=args.format, overwrite=args.overwrite)
+    print(f"saved to {out} ({res.format} format: {res.reason})")
+    return 0
+
+
+def _prune_recovery_config(args, cfg):
+    """The :class:`RecoveryConfig` of ``prune --recover-steps N`` (``None`` without it), checked before loading."""
+    if args.recover_steps is None:
+        for flag in ("recover_loss", "recover_lr", "recover_lora_r", "recover_dataset", "recover_seqlen"):
+            if getattr(args, flag) is not None:
+                raise CLIError(f"--{flag.replace('_', '-')} needs --recover-steps N")
+        return None
+    from .config import ConfigError
+    from .recovery import RecoveryConfig
+
+    try:
+        return RecoveryConfig(
+            dataset=args.recover_dataset or cfg.dataset, dataset_split=args.split, max_steps=args.recover_steps,
+            seqlen=args.recover_seqlen or min(args.seqlen, 512), batch_size=1, loss=args.recover_loss or "kd",
+            learning_rate=1e-4 if args.recover_lr is None else args.recover_lr,
+            lora_r=args.recover_lora_r or 0, seed=args.seed,
+        )
+    except ConfigError as e:
+        flags = {"max_steps": "--recover-steps", "learning_rate": "--recover-lr", "loss": "--recover-loss",
+                 "lora_r": "--recover-lora-r", "seqlen": "--recover-seqlen", "dataset": "--recover-dataset"}
+        raise CLIError(f"{flags.get(e.field, e.field)}: {e}") from e
+
+
+def _print_recovery(model) -> None:
+    from .modeling import PruningRecord
+
+    rec = PruningRecord.of(model.config)
+    r = (rec.recovery if rec else getattr(model.config, "recovery", []))[-1]
+    print(f"recovered: {r['steps']} steps, {r['tokens']:,} tokens, loss {r['loss']}"
+          + (f" (LoRA r={r['lora_r']}, merged)" if r["lora_r"] else " (full fine-tuning)")
+          + f", final train loss {r['final_train_loss']:.4f}, {r['seconds']:.0f} s")
+
+
+def cmd_recover(args) -> int:
+    """Fine-tune a pruned model towards its dense teacher and save it."""
+    from .config import ConfigError
+    from .modeling import PruningRecord
+    from .recovery import RecoveryConfig, recover
+    from .saving import check_output_dir
+
+    flags = {"max_steps": "--steps", "num_epochs": "--epochs", "learning_rate": "--lr", "num_samples": "--samples",
+             "lr_scheduler_type": "--scheduler", "gradient_accumulation_steps": "--grad-accum", "dtype": "--train-dtype",
+             "lora_r": "--lora-r", "warmup_steps": "--warmup-steps", "batch_size": "--batch-size"}
+    targets = args.target_modules
+    if targets and targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    try:
+        rcfg = RecoveryConfig(
+            dataset=args.dataset, dataset_split=args.split, num_samples=args.samples, seqlen=args.seqlen,
+            max_steps=args.steps if args.steps is not None else (None if args.epochs is not None else 100),
+            num_epochs=args.epochs, batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
+            learning_rate=args.lr, lr_scheduler_type=args.scheduler, warmup_steps=args.warmup_steps, loss=args.loss,
+            temperature=args.temperature, lora_r=args.lora_r, target_modules=targets,
+            gradient_checkpointing=args.gradient_checkpointing, dtype=args.train_dtype, seed=args.seed,
+            logging_steps=args.logging_steps, report_to=args.report_to,
+        )
+    except ConfigError as e:
+        flag = flags.get(e.field, "--" + e.field.replace("_", "-"))
+        raise CLIError(f"{flag}: {e}") from e
+    check_device(args.device)
+    check_device(args.teacher_device)
+    _, _, source = resolve_model_path(args.model, args.gguf_file)
+    if args.teacher is None and rcfg.needs_teacher:
+        raise CLIError(f"--loss {rcfg.loss}" + (" with --dataset self" if rcfg.loss == "lm" else "")
+                       + " needs --teacher (the dense model the student was pruned from)")
+    teacher_src = resolve_model_path(args.teacher, args.teacher_gguf_file)[2] if args.teacher else None
+    out = Path(args.output)
+    check_output_dir(out, overwrite=args.overwrite, sources=[p for p in (source, teacher_src) if p and p.exists()])
+    model, tok = load_model(args.model, args.gguf_file, args.dtype, args.device)
+    if PruningRecord.of(model.config) is None:
+        raise CLIError(f"{args.model} is not a pruned model (its config has no pruning_config): prune it first")
+    teacher = None
+    if args.teacher:
+        teacher, ttok = load_model(args.teacher, args.teacher_gguf_file, args.dtype, args.teacher_device)
+        tok = tok or ttok
+    if tok is None and not rcfg.dataset == "self" and isinstance(rcfg.dataset, str):
+        raise CLIError(f"no tokenizer found in {args.model} (or --teacher) to tokenise --dataset {args.dataset}")
+    recover(model, teacher, tok, rcfg)
+    _print_recovery(model)
+    from .saving import save_pruned_model
+
+    res = save_pruned_model(model, out, tokenizer=tok, export_format=args.format, overwrite=args.overwrite)
     print(f"saved to {out} ({res.format} format: {res.reason})")
     return 0
 
@@ -298,6 +400,10 @@ def cmd_info(args) -> int:
         if record.history:
             print(f"pruned {len(record.history) + 1} times; removed from the base model: {record.cumulative_ratio}")
         print(f"calibration: {json.dumps(record.calibration)}")
+        for r in record.recovery:
+            print(f"recovered: {r.get('steps')} steps, {r.get('tokens')} tokens, loss {r.get('loss')}, "
+                  f"LoRA r={r.get('lora_r')}, data {json.dumps(r.get('data', {}).get('dataset'))}, "
+                  f"final train loss {r.get('final_train_loss')}")
         canon = [{k: lay.get(k) for k in ("num_attention_heads", "num_key_value_heads", "intermediate_size")}
                  for lay in record.layers]
         if record.export_format == "padded" and canon != layers:
@@ -408,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Structured pruning of Hugging Face causal LMs (SlimGPT, SlimLLM). "
                                             "Bad input ends with exit status 2 and one 'error:' line.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (and tracebacks on errors)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{prune,eval,info,export,demo}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{prune,recover,eval,info,export,demo}")
 
     pr = sub.add_parser("prune", help="prune a model and save it", formatter_class=fmt,
                         description="Prune a causal LM (a folder with config.json, a .gguf file or a folder holding "
@@ -452,7 +558,60 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", default="auto", choices=list(EXPORT_FORMATS),
                     help="checkpoint format (auto: uniform when every layer has the same sizes, else per_layer); "
                          "checked against the plan before pruning")
+    pr.add_argument("--recover-steps", type=int, default=None,
+                    help="after pruning, recover N optimizer steps by distillation from the dense model (see "
+                         "'optimum-slimgpt recover'; windows of one --recover-seqlen sequence per step)")
+    pr.add_argument("--recover-loss", default=None, help="with --recover-steps: kd | lm | kd+lm (default kd)")
+    pr.add_argument("--recover-lr", type=float, default=None, help="with --recover-steps: learning rate (default 1e-4)")
+    pr.add_argument("--recover-lora-r", type=int, default=None,
+                    help="with --recover-steps: LoRA rank, merged after training (default 0: full fine-tuning)")
+    pr.add_argument("--recover-dataset", default=None, help="with --recover-steps: training data (default: --dataset)")
+    pr.add_argument("--recover-seqlen", type=int, default=None,
+                    help="with --recover-steps: tokens per training window (default: min(--seqlen, 512))")
     pr.set_defaults(func=cmd_prune)
+
+    rc = sub.add_parser("recover", help="fine-tune a pruned model towards its dense teacher (KD or LM, LoRA or full)",
+                        formatter_class=fmt,
+                        description="Recover what pruning cost: distil the dense --teacher into the pruned --model on "
+                                    "transformers' Trainer (chunked KL over the sequence), with LoRA (merged) or full "
+                                    "fine-tuning, and save it like any pruned model. For several GPUs run it under "
+                                    "'accelerate launch' (see the README).")
+    rc.add_argument("--model", required=True, help="the pruned model (a saved optimum-slimgpt checkpoint)")
+    rc.add_argument("--gguf-file", default=None, help="the GGUF file inside --model when it holds several")
+    rc.add_argument("--teacher", default=None,
+                    help="the dense model it was pruned from (folder, .gguf file or hub id); needed unless --loss lm")
+    rc.add_argument("--teacher-gguf-file", default=None, help="the GGUF file inside --teacher when it holds several")
+    rc.add_argument("--output", required=True, help="folder to write the recovered checkpoint to")
+    rc.add_argument("--overwrite", action="store_true", help="replace a non-empty --output (atomically)")
+    rc.add_argument("--dataset", default="wikitext2",
+                    help="training data: a registered name (wikitext2, c4, ptb), 'self' (text sampled from the "
+                         "teacher: no data needed) or a local .txt/.json/.jsonl/.csv/.parquet file or dataset folder")
+    rc.add_argument("--split", default="train", help="split of a registered dataset or dataset folder")
+    rc.add_argument("--samples", type=int, default=None,
+                    help="training windows (default: every window of the text; 'self': steps x batch x accumulation)")
+    rc.add_argument("--seqlen", type=int, default=512, help="tokens per training window")
+    rc.add_argument("--steps", type=int, default=None, help="optimizer steps (default 100 unless --epochs is given)")
+    rc.add_argument("--epochs", type=float, default=None, help="passes over the windows instead of --steps")
+    rc.add_argument("--batch-size", type=int, default=1, help="windows per device per forward")
+    rc.add_argument("--grad-accum", type=int, default=1, help="forwards per optimizer step (gradient accumulation)")
+    rc.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (> 0)")
+    rc.add_argument("--scheduler", default="cosine", help="learning-rate schedule: cosine | linear | constant | ...")
+    rc.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps")
+    rc.add_argument("--loss", default="kd", help="kd (KL to the teacher's logits) | lm (next-token) | kd+lm")
+    rc.add_argument("--temperature", type=float, default=1.0, help="distillation temperature (> 0)")
+    rc.add_argument("--lora-r", type=int, default=0, help="LoRA rank (merged after training); 0: full fine-tuning")
+    rc.add_argument("--target-modules", default="all-linear",
+                    help="modules that get LoRA adapters: all-linear or a comma list such as q_proj,v_proj")
+    rc.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (less memory)")
+    rc.add_argument("--train-dtype", default="float32", help="mixed-precision compute: float32 | bfloat16 | float16")
+    rc.add_argument("--dtype", default="float32", help="dtype to load both models in: float32 | bfloat16 | float16")
+    rc.add_argument("--seed", type=int, default=0, help="seed of the window order, LoRA init and 'self' text")
+    rc.add_argument("--device", default=None, help="where the student trains, e.g. cuda:0 (default: CPU)")
+    rc.add_argument("--teacher-device", default=None, help="where the teacher runs, e.g. cuda:1 (default: CPU)")
+    rc.add_argument("--logging-steps", type=int, default=10, help="log the loss every N steps")
+    rc.add_argument("--report-to", default="none", help="Trainer integrations: none | tensorboard | wandb | all")
+    rc.add_argument("--format", default="auto", choices=list(EXPORT_FORMATS), help="checkpoint format of the output")
+    rc.set_defaults(func=cmd_recover)
 
     ev = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a saved model", formatter_class=fmt,
                         description="Perplexity on WikiText-2 test or a text file, and zero-shot accuracy "

@@ -120,7 +120,9 @@ class PruningRecord:
     checkpoints. ``calibration``: what the run really used (source without local paths, windows, a hash of the
     token ids). ``base_block_params``: the decoder-block parameters of the *unpruned* base model;
     ``cumulative_ratio``: the fraction of them removed so far (``achieved_ratio`` is this run's, against its own
-    input); ``history``: the earlier runs when a pruned model was pruned again (oldest first).
+    input); ``history``: the earlier runs when a pruned model was pruned again (oldest first); ``recovery``: the
+    fine-tuning runs after this pruning (:func:`optimum_slimgpt.recovery.recover`: data, steps, tokens, loss, LoRA
+    rank), oldest first (absent in older records, which load with an empty list).
     """
 
     pruning_method: str
@@ -142,11 +144,12 @@ class PruningRecord:
     base_block_params: Optional[int] = None
     cumulative_ratio: Optional[float] = None
     history: list = field(default_factory=list)
+    recovery: list = field(default_factory=list)
     format_version: int = RECORD_VERSION
 
     #: the fields of one run (what ``history`` keeps of each earlier run)
     RUN_FIELDS = ("pruning_method", "pruning_ratio", "achieved_ratio", "schedule", "layer_ratios", "ffn_ratios",
-                  "config", "calibration", "layers", "meta")
+                  "config", "calibration", "layers", "meta", "recovery")
 
     def run_summary(self) -> dict:
         """This run's own fields (method, ratios, config, calibration, sizes), as kept in a later run's history."""
