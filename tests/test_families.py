@@ -349,7 +349,7 @@ def test_slimllm_recovery_biases_survive_save_and_load(family, tmp_path):
     """SlimLLM's regression recovery adds output-projection biases (an architecture change for every family
     but OPT): the per-layer checkpoint carries them (``pruned_out_bias``) and reloads to the same logits; the
     plain/uniform format is refused with the reason."""
-    from optimum_slimgpt.saving import ExportError, save_pruned_model
+    from optimum_slimgpt.saving import BIAS_FLAGS, ExportError, save_pruned_model
 
     model = dense(family)
     SlimGPTPruner(slim_config(method="slimllm", schedule="uniform")).prune_model(model, calibration=calibration())
@@ -358,14 +358,26 @@ def test_slimllm_recovery_biases_survive_save_and_load(family, tmp_path):
     assert all(b is not None for b in out_biases)
     ids = eval_ids()
     res = save_pruned_model(model, tmp_path / "ckpt")
-    assert res.format == "per_layer"
     loaded = _load(res.path)
-    assert loaded.config.model_type == f"slimgpt_{family}"
-    assert loaded.config.pruned_out_bias is (family != "opt")  # OPT has the biases natively
+    if _bias_flags(family):  # Llama: attention_bias/mlp_bias hold them in the plain architecture (zero q/k/v/gate/up)
+        assert res.format == "uniform" and loaded.config.model_type == _dense_cached(family).config.model_type
+        assert all(getattr(loaded.config, f) for f in BIAS_FLAGS)
+    else:
+        assert res.format == "per_layer"
+        assert loaded.config.model_type == f"slimgpt_{family}"
+        assert loaded.config.pruned_out_bias is (family != "opt")  # OPT has the biases natively
     torch.testing.assert_close(logits(loaded, ids), logits(model, ids), atol=1e-5, rtol=0)
-    if family != "opt":
+    if family != "opt" and not _bias_flags(family):
         with pytest.raises(ExportError, match="bias"):
             save_pruned_model(model, tmp_path / "plain", export_format="uniform")
+
+
+def _bias_flags(family: str) -> bool:
+    """Whether the family's plain config has the flags that give every attention / MLP linear a bias."""
+    cfg = _dense_cached(family).config.get_text_config()
+    from optimum_slimgpt.saving import BIAS_FLAGS
+
+    return all(hasattr(cfg, f) for f in BIAS_FLAGS)
 
 
 def test_opt_with_all_heads_kept_saves_as_plain_opt(tmp_path):
@@ -619,4 +631,4 @@ def test_the_export_dry_run_agrees_with_the_real_save(family):
         real = {fmt: outcome(lambda: plan_export(model, fmt)) for fmt in dry}
         assert dry == real, (method, schedule)
         if method == "slimllm":
-            assert dry["uniform"].startswith("refused")
+            assert dry["uniform"].startswith("refused") is not _bias_flags(family), dry
