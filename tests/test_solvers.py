@@ -284,6 +284,16 @@ def test_damped_inverse_in_place_equals_the_textbook_computation():
     assert torch.equal(Hinv, Hinv.T)
 
 
+def test_all_finite_by_row_blocks():
+    from optimum_slimgpt.solvers.hessian import all_finite
+
+    A = torch.zeros(3000, 4)
+    assert all_finite(A) and all_finite(torch.tensor(1.0)) and all_finite(torch.zeros(0, 3))
+    A[2500, 3] = float("nan")
+    assert not all_finite(A)
+    assert not all_finite(torch.tensor(float("inf")))
+
+
 def test_reconstruction_error_in_row_blocks_and_mixed_dtypes():
     g = torch.Generator().manual_seed(5)
     x = torch.randn(100, 24, generator=g, dtype=torch.float64)

@@ -113,6 +113,8 @@ def full_precision_matmul():
 
 def all_finite(A: torch.Tensor, rows: int = 1024) -> bool:
     """``torch.isfinite(A).all()`` by row blocks (no d x d temporaries)."""
+    if A.dim() == 0 or A.shape[0] <= rows:
+        return bool(torch.isfinite(A).all())
     return all(bool(torch.isfinite(A[i:i + rows]).all()) for i in range(0, A.shape[0], rows))
 
 
