@@ -293,6 +293,7 @@ def test_quantised_exports_are_smaller_and_close(one_thread, smol_tok, tmp_path)
     """llama.cpp's own quantiser: Q8_0 and Q4_K_M files, smaller, without temporaries, and their logits close to
     the transformers ones (Q8_0 closer than Q4_K_M; measured relative L2 error on this random model: Q8_0 0.05,
     Q4_K_M 0.25, f16 0.002)."""
+    _llama_cpp()  # the quantiser is llama.cpp's own
     model = _prune(_tiny("llama", hidden_size=256, intermediate_size=512, head_dim=32))
     f32 = export_gguf(model, tmp_path / "f32.gguf", tokenizer=smol_tok)
     ids = smol_tok(PROMPTS[0], add_special_tokens=False)["input_ids"]
