@@ -368,6 +368,14 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _read_json(file: Path) -> dict:
+    """A checkpoint's ``config.json``; invalid JSON is one clear error."""
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CLIError(f"{file} is not valid JSON ({e})") from e
+
+
 def cmd_info(args) -> int:
     from .modeling import PruningRecord
     from .saving import checkpoint_layer_sizes
@@ -376,10 +384,7 @@ def cmd_info(args) -> int:
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise CLIError(f"{cfg_file} not found")
-    try:
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CLIError(f"{cfg_file} is not valid JSON ({e})") from e
+    cfg = _read_json(cfg_file)
     try:
         record = PruningRecord.from_dict(cfg["pruning_config"]) if cfg.get("pruning_config") else None
     except (TypeError, ValueError) as e:
@@ -426,10 +431,7 @@ def cmd_export(args) -> int:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise CLIError(f"--model {args.model}: not a saved checkpoint folder (no config.json)")
-    try:
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CLIError(f"{cfg_file} is not valid JSON ({e})") from e
+    cfg = _read_json(cfg_file)
     if not cfg.get("pruning_config"):
         raise CLIError(f"--model {args.model}: not a pruned checkpoint (its config.json has no pruning_config); "
                        "prune it first with 'optimum-slimgpt prune'")

@@ -184,3 +184,17 @@ def tok512_tokenizer():
                                                                                   prepend_scheme="first")])
     return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    model_max_length=512)
+
+
+def call_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``optimum-slimgpt ARGS`` in this process (the subprocess tests cover the entry point itself):
+    (exit status, stdout, stderr)."""
+    from optimum_slimgpt import cli
+
+    capsys.readouterr()
+    try:
+        rc = cli.main(list(args))
+    except SystemExit as e:  # argparse
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err

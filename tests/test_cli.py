@@ -21,23 +21,10 @@ import pytest
 import torch
 
 import optimum_slimgpt  # noqa: F401  (registers the pruned classes with the Auto* factories)
-from helpers import TINYSTORIES_TXT, have_shared, load_stories260k, STORIES_BIN, tok512_tokenizer
+from helpers import TINYSTORIES_TXT, have_shared, load_stories260k, STORIES_BIN, call_cli, tok512_tokenizer
 
 pytestmark = pytest.mark.skipif(not have_shared(STORIES_BIN, TINYSTORIES_TXT), reason="../shared stories260K missing")
 
-
-def call_cli(capsys, *args: str) -> tuple[int, str, str]:
-    """``optimum-slimgpt ARGS`` in this process (the subprocess tests cover the entry point itself):
-    (exit status, stdout, stderr)."""
-    from optimum_slimgpt import cli
-
-    capsys.readouterr()
-    try:
-        rc = cli.main(list(args))
-    except SystemExit as e:  # argparse
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging as hf_logging
 
-from helpers import STORIES_BIN, TINYSTORIES_TXT, have_shared, tok512_tokenizer
+from helpers import STORIES_BIN, TINYSTORIES_TXT, call_cli, have_shared, tok512_tokenizer
 from optimum_slimgpt import ConfigError, PruningRecord, RecoveryConfig, SlimGPTConfig, SlimGPTPruner, recover
 from optimum_slimgpt.recovery import _final_hidden, _teacher_hidden, chunked_losses
 from optimum_slimgpt.saving import save_pruned_model
@@ -206,18 +206,6 @@ def test_missing_teacher_and_short_dataset_are_refused(_stories_dense, pruned, w
 
 
 # ------------------------------------------------------------------------------------------------- CLI
-def _cli(capsys, *args: str) -> tuple[int, str, str]:
-    from optimum_slimgpt import cli
-
-    capsys.readouterr()
-    try:
-        rc = cli.main(list(args))
-    except SystemExit as e:  # argparse
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 @pytest.fixture(scope="module")
 def cli_dirs(_stories_dense, windows, tmp_path_factory):
     """(dense folder, pruned folder, training text, a model with another vocabulary), saved once."""
@@ -235,7 +223,7 @@ def cli_dirs(_stories_dense, windows, tmp_path_factory):
 
 def test_cli_recover_and_prune_with_recovery(cli_dirs, tmp_path, capsys):
     dense, pruned, text, _ = cli_dirs
-    rc, out, err = _cli(capsys, "recover", "--model", str(pruned), "--teacher", str(dense), "--dataset", str(text),
+    rc, out, err = call_cli(capsys, "recover", "--model", str(pruned), "--teacher", str(dense), "--dataset", str(text),
                         "--seqlen", "64", "--steps", "3", "--batch-size", "4", "--lr", "1e-3", "--output",
                         str(tmp_path / "rec"))
     assert rc == 0, err
@@ -244,10 +232,10 @@ def test_cli_recover_and_prune_with_recovery(cli_dirs, tmp_path, capsys):
     rec = PruningRecord.of(back.config)
     assert rec.recovery[0]["steps"] == 3 and rec.recovery[0]["data"]["dataset"]["name"] == "train.txt"
     assert rec.layers == PruningRecord.of(AutoModelForCausalLM.from_pretrained(pruned).config).layers
-    rc, out, _ = _cli(capsys, "info", "--model", str(tmp_path / "rec"))
+    rc, out, _ = call_cli(capsys, "info", "--model", str(tmp_path / "rec"))
     assert rc == 0 and "recovered: 3 steps, 768 tokens, loss kd, LoRA r=0" in out
 
-    rc, out, err = _cli(capsys, "prune", "--model", str(dense), "--ratio", "0.3", "--dataset", str(text), "--samples",
+    rc, out, err = call_cli(capsys, "prune", "--model", str(dense), "--ratio", "0.3", "--dataset", str(text), "--samples",
                         "8", "--seqlen", "64", "--recover-steps", "2", "--recover-lora-r", "4", "--output",
                         str(tmp_path / "pr"))
     assert rc == 0, err
@@ -275,7 +263,7 @@ def test_cli_recover_bad_input(cli_dirs, tmp_path, capsys, extra, message):
     for k, v in zip(extra[::2], extra[1::2]):
         args[k] = {"OTHER": str(other), "SHORT": str(short)}.get(v, v)
     argv = [x for k, v in args.items() if v is not None for x in (k, v)]
-    rc, out, err = _cli(capsys, "recover", *argv)
+    rc, out, err = call_cli(capsys, "recover", *argv)
     assert rc == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
@@ -288,7 +276,7 @@ def test_cli_prune_recover_flags_are_checked_first(cli_dirs, tmp_path, capsys):
     for extra, message in ((["--recover-steps", "0"], "--recover-steps: max_steps must be a positive int"),
                            (["--recover-steps", "2", "--recover-lr", "0"], "--recover-lr: learning_rate must be"),
                            (["--recover-lr", "1e-4"], "--recover-lr needs --recover-steps N")):
-        rc, _, err = _cli(capsys, *base, *extra)
+        rc, _, err = call_cli(capsys, *base, *extra)
         assert rc == 2 and err.strip().splitlines() == [err.strip()] and message in err, err
 
 
