@@ -702,7 +702,9 @@ def loglikelihoods(
     :func:`zero_shot`); inputs longer than ``max_length`` (default: the model's
     ``max_position_embeddings``) are truncated on the left. Requests are sorted by length and scored in
     right-padded batches with an attention mask; padding is on the right of a causal model, so the
-    numbers equal unbatched scoring up to float rounding. Log-probabilities are computed in float32.
+    numbers equal unbatched scoring up to float rounding. Requests whose input ids are identical (one-token
+    continuations of one context, as BoolQ's " no" / " yes") are run once, as lm-eval's context grouping does;
+    ``batch_size`` counts distinct inputs. Log-probabilities are computed in float32.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -716,7 +718,12 @@ def loglikelihoods(
         inp = full[:-1]
         n_cont = min(len(k_ids), len(inp))
         encoded.append((inp, k_ids[len(k_ids) - n_cont:]))
-    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i][0]), i))
+    # requests with the same input ids (one-token choices after a shared context, as in BoolQ) share one row
+    rows: dict[tuple[int, ...], list[int]] = {}
+    for i, (inp, _) in enumerate(encoded):
+        rows.setdefault(tuple(inp), []).append(i)
+    members = list(rows.values())
+    order = sorted(range(len(members)), key=lambda g: (-len(encoded[members[g][0]][0]), g))
     pad_id = getattr(tokenizer, "pad_token_id", None)
     if pad_id is None:
         pad_id = getattr(tokenizer, "eos_token_id", None) or 0
@@ -727,7 +734,7 @@ def loglikelihoods(
         bar = _progress(total=len(order), desc="loglikelihood", unit="req", disable=not show_progress)
         try:
             for s in range(0, len(order), batch_size):
-                idx = order[s : s + batch_size]
+                idx = [members[g][0] for g in order[s : s + batch_size]]
                 width = max(len(encoded[i][0]) for i in idx)
                 input_ids = torch.full((len(idx), width), int(pad_id), dtype=torch.long)
                 mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -736,19 +743,21 @@ def loglikelihoods(
                     input_ids[r, : len(inp)] = torch.tensor(inp, dtype=torch.long)
                     mask[r, : len(inp)] = 1
                 # only positions from the earliest continuation start on need the LM head
-                start = min(len(encoded[i][0]) - len(encoded[i][1]) for i in idx) if slice_head else 0
+                start = min(len(encoded[j][0]) - len(encoded[j][1]) for g in order[s : s + batch_size]
+                            for j in members[g]) if slice_head else 0
                 logits = _forward_logits(model, input_ids.to(dev), mask.to(dev),
                                         logits_to_keep=(width - start) if slice_head else 0)
                 if logits.shape[1] != width - start:  # the model ignored logits_to_keep
                     start = width - logits.shape[1]
-                for r, i in enumerate(idx):
-                    inp, cont = encoded[i]
-                    n = len(inp) - start
-                    lp = torch.log_softmax(logits[r, n - len(cont) : n].float(), dim=-1)
-                    tgt = torch.tensor(cont, dtype=torch.long, device=lp.device)
-                    results[i] = float(lp.gather(-1, tgt[:, None]).sum().item())
+                for r, g in enumerate(order[s : s + batch_size]):
+                    for i in members[g]:
+                        inp, cont = encoded[i]
+                        n = len(inp) - start
+                        lp = torch.log_softmax(logits[r, n - len(cont) : n].float(), dim=-1)
+                        tgt = torch.tensor(cont, dtype=torch.long, device=lp.device)
+                        results[i] = float(lp.gather(-1, tgt[:, None]).sum().item())
+                    bar.update(len(members[g]))
                 del logits
-                bar.update(len(idx))
         finally:
             bar.close()
     return results

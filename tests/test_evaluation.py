@@ -202,6 +202,30 @@ def test_zero_shot_tiny_batched_equals_unbatched(tiny):
     assert ev.zero_shot(model, tok, items, limit=2, show_progress=False)["n"] == 2
 
 
+def test_one_token_choices_share_one_forward_row(tiny):
+    """BoolQ-style items (one-token choices after one context) run each distinct input once, and each choice
+    still gets the log-probability of its own token."""
+    model, tok = tiny
+    items = [ev.MCItem("Passage text here.\nQuestion: is it?\nAnswer:", ["n", "y"], 1),
+             ev.MCItem("Another passage.\nQuestion: really?\nAnswer:", ["n", "y"], 0)]
+    rows = []
+    handle = model.register_forward_hook(lambda m, a, kw, out: rows.append(kw["input_ids"].shape[0]),
+                                         with_kwargs=True)
+    try:
+        got = ev.score_items(model, tok, items, batch_size=8, show_progress=False)
+    finally:
+        handle.remove()
+    assert rows == [2]  # four requests, two distinct inputs
+    for it, ll in zip(items, got):
+        ctx = tok.encode_ids(it.context)
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=torch.tensor(ctx)[None]).logits[0, -1].float(), -1)
+        for ch, v in zip(it.choices, ll):
+            (tid,) = tok.encode_ids(it.context + ch)[len(ctx):]
+            assert v == pytest.approx(lp[tid].item(), abs=1e-5)
+    assert got[0][0] != got[0][1]
+
+
 def test_left_truncation(tiny):
     model, tok = tiny
     long_ctx = "word " * 200  # 1000 chars > max_length
