@@ -229,6 +229,8 @@ class _Run:
     load_block: Optional[Callable[[int, nn.Module], None]] = None
     finish_block: Optional[Callable[[int, nn.Module, list, "LayerReport", dict], None]] = None
     start: int = 0
+    # the low-memory solve: a folder where solvers may spill a Hessian so they can solve in its storage (streaming)
+    spill_dir: Optional[str] = None
 
 
 # ---------------------------------------------------------------------------------------------- parts
@@ -825,6 +827,7 @@ class SlimGPTPruner:
         with clock(part.solve_key):
             res = part.solve(run.method, part.task(
                 adapter, block, config, lp, layer=i, W=out.weight.detach(), stats=stats, config=self.config,
+                spill_dir=run.spill_dir,
                 bias=None if out.bias is None else out.bias.detach().float(),
                 name=f"layer {i} {adapter.layout.o_proj if part.name == 'attention' else adapter.layout.channel_out}",
             ))

@@ -209,18 +209,37 @@ def _free(module: nn.Module) -> None:
     _trim_heap()
 
 
-def _trim_heap() -> None:
-    """Hand the heap's free memory back to the OS (glibc ``malloc_trim``): without it the freed pages of one block
-    stay in the process, fragmented, and the peak RSS creeps up block after block. A no-op off glibc."""
+def _glibc() -> Any:
+    """glibc through ctypes, or ``False`` off glibc."""
     global _LIBC
     if _LIBC is None:
         try:
             _LIBC = ctypes.CDLL("libc.so.6")
             _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+            _LIBC.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         except (OSError, AttributeError):
             _LIBC = False
-    if _LIBC:
+    return _LIBC
+
+
+def _trim_heap() -> None:
+    """Hand the heap's free memory back to the OS (glibc ``malloc_trim``): without it the freed pages of one block
+    stay in the process, fragmented, and the peak RSS creeps up block after block. A no-op off glibc."""
+    if _glibc():
         _LIBC.malloc_trim(0)
+
+
+#: glibc's ``M_MMAP_THRESHOLD`` (``mallopt``) and the value the streamed path sets: every allocation of 64 KiB or
+#: more gets its own mapping and goes back to the OS when freed
+_M_MMAP_THRESHOLD, MMAP_THRESHOLD = -3, 64 * 1024
+
+
+def _tune_allocator() -> None:
+    """Fix glibc's mmap threshold at 64 KiB for this process (what ``MALLOC_MMAP_THRESHOLD_=65536`` does). By
+    default glibc raises the threshold each time a mapped chunk is freed (up to 32 MiB), after which tensors of a
+    few MiB land in the heap, whose fragments stay in the process between blocks. A no-op off glibc."""
+    if _glibc():
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 _LIBC: Any = None
@@ -255,6 +274,7 @@ def prune_pretrained(
     resume: bool = False,
     max_shard_size: Union[int, str] = "5GB",
     model_card: bool = True,
+    tune_allocator: bool = True,
 ) -> SaveResult:
     """Prune the checkpoint in ``model_path`` block by block from disk and write the pruned checkpoint.
 
@@ -276,12 +296,17 @@ def prune_pretrained(
             calibration must match).
         max_shard_size: Upper bound of the non-block shard (each block is one shard).
         model_card: Write the ``README.md`` model card.
+        tune_allocator: Fix glibc's mmap threshold at 64 KiB for the rest of the process (``mallopt``), so freed
+            tensors go back to the OS instead of staying in the heap as fragments (about 100 MiB less at the peak of
+            a 3B model; a no-op off glibc). It is a process-wide setting: pass ``False`` to leave the allocator alone.
 
     Returns:
         The :class:`~optimum_slimgpt.saving.SaveResult` of the written checkpoint.
     """
     t_start = time.perf_counter()
     model_path, output_dir = Path(model_path).expanduser().absolute(), Path(output_dir).expanduser().absolute()
+    if tune_allocator:
+        _tune_allocator()
     if config.schedule == "layer_importance":
         raise ValueError("schedule='layer_importance' needs a dense pass over every block before pruning; "
                          "prune_pretrained does not stream that pass yet: use prune_model or another schedule")
@@ -360,6 +385,7 @@ def prune_pretrained(
     clock = Stopwatch("hessian_attn", "head_solve", "hessian_ffn", "ffn_solve", "surgery", "forward_out", "load",
                       "write")
     run = _Run(model, adapter, blocks, pruner.method, ActivationStore(device, c.offload_activations), clock)
+    run.spill_dir = os.fspath(work)  # the FFN solve inverts in its Hessian's storage (a copy waits on disk for a retry)
     run.start, run.mlp_tail = state["blocks_done"], state["mlp_tail"]
     total_before = sum(p.numel() for p in model.parameters())
     stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)

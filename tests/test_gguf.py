@@ -22,7 +22,7 @@ import pytest
 import torch
 import transformers
 
-from helpers import SMOLLM2_DIR, WIKITEXT_DIR, have_shared
+from helpers import WIKITEXT_DIR, have_shared
 
 from optimum_slimgpt import PruningConfig, SlimGPTPruner, export_gguf, register_method, save_pruned_model
 from optimum_slimgpt.methods import PruneResult, PruningMethod, unregister_method

@@ -284,6 +284,59 @@ def test_damped_inverse_in_place_equals_the_textbook_computation():
     assert torch.equal(Hinv, Hinv.T)
 
 
+def test_damped_inverse_overwrite_solves_in_the_hessians_storage(tmp_path):
+    # overwrite=True: the inverse takes H's own storage, the bits of overwrite=False, and the spill file is gone
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(64, 300, generator=g)  # 300 rows: more than one spill block of 256
+    x[:, 5] = 0
+    H = 2 * x.T @ x / 64
+    ref, ref_damp = damped_inverse(H, 0.01)
+    ptr = H.data_ptr()
+    Hinv, damp = damped_inverse(H, 0.01, overwrite=True, spill_dir=tmp_path)
+    assert Hinv.data_ptr() == ptr and torch.equal(Hinv, ref) and damp == ref_damp
+    assert list(tmp_path.iterdir()) == []
+    # a retry reads the spilled values back: rank-deficient H, no damping first (as the test below)
+    x = torch.randn(3, 300, generator=g)
+    H = 2 * x.T @ x
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref, ref_damp = damped_inverse(H, 0.0)
+        Hinv, damp = damped_inverse(H, 0.0, overwrite=True, spill_dir=tmp_path)
+    assert ref_damp > 0 and damp == ref_damp and torch.equal(Hinv, ref)
+    assert list(tmp_path.iterdir()) == []
+    # a dtype that cannot hold the inverse is copied, and left alone
+    Hb = (2 * x.T @ x).to(torch.bfloat16)
+    Hb0 = Hb.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        damped_inverse(Hb, 0.01, overwrite=True, spill_dir=tmp_path)
+    assert torch.equal(Hb, Hb0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_low_memory_channel_solve_equals_the_default(tmp_path, dtype):
+    # spill_dir: same kept channels and bit-identical weights; the error from the OBS identity equals the error
+    # computed from H (to rounding), and the base error is the same
+    W, H, _ = _problem(rows=40, cols=300, tokens=1200, seed=12)
+    H[7, :] = 0  # a dead input
+    H[:, 7] = 0
+    W, H = W.to(dtype), H.to(dtype)
+    ref = prune_channels(W, H.clone(), num_remove=170, max_group=64, min_group=8, damp_percent=0.01)
+    lean = prune_channels(W, H.clone(), num_remove=170, max_group=64, min_group=8, damp_percent=0.01,
+                          spill_dir=tmp_path)
+    assert lean.kept == ref.kept and torch.equal(lean.W, ref.W)
+    tol = 1e-9 if dtype == torch.float64 else 1e-3
+    assert lean.obs_error == pytest.approx(ref.obs_error, rel=tol)
+    assert lean.base_error == pytest.approx(ref.base_error, rel=1e-6 if dtype == torch.float32 else 1e-12)
+    assert 0 < lean.relative_error < 1
+    assert list(tmp_path.iterdir()) == []
+    # without compensation (no identity) or with affine compensation (needs H) the default solve runs
+    nocomp = prune_channels(W, H.clone(), num_remove=10, max_group=64, min_group=8, compensate=False,
+                            spill_dir=tmp_path)
+    assert nocomp.obs_error == pytest.approx(
+        prune_channels(W, H.clone(), num_remove=10, max_group=64, min_group=8, compensate=False).obs_error)
+
+
 def test_all_finite_by_row_blocks():
     from optimum_slimgpt.solvers.hessian import all_finite
 

@@ -58,6 +58,8 @@ class _Task:
     config: PruningConfig
     name: str
     load_in_weights: Callable[[], Any] = field(default=list, repr=False)
+    # low-memory runs (streaming): a folder where a solver may spill the Hessian to solve in its storage, else None
+    spill_dir: Optional[str] = None
 
 
 @dataclass(kw_only=True)

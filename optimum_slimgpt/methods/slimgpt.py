@@ -43,6 +43,7 @@ class SlimGPTMethod(PruningMethod):
         res = prune_channels(
             task.W, H, num_remove=task.num_remove, max_group=c.ffn_max_group, min_group=c.ffn_min_group,
             damp_percent=c.damp_percent, mode=c.channel_selection, compensate=c.compensate, name=task.name,
-            in_weights=task.channel_weights() if c.channel_selection == "magnitude" else [], **self._affine(task),
+            in_weights=task.channel_weights() if c.channel_selection == "magnitude" else [], spill_dir=task.spill_dir,
+            **self._affine(task),
         )
         return PruneResult(res.kept, res.W, bias=res.bias, error=res.relative_error)

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import tempfile
 import warnings
+from typing import Optional, Union
 
 import torch
 
@@ -144,6 +147,8 @@ def damped_inverse(
     growth: float = 10.0,
     name: str = "layer",
     constant_last: bool = False,
+    overwrite: bool = False,
+    spill_dir: Optional[Union[str, os.PathLike]] = None,
 ) -> tuple[torch.Tensor, float]:
     """Return ``(H + λI)⁻¹`` via Cholesky, and the damping ``λ`` that was used.
 
@@ -157,6 +162,13 @@ def damped_inverse(
     ``constant_last``: ``H`` is an :func:`affine_hessian`; its last row/column (the constant input) is left
     undamped and out of the mean diagonal, so ``λ`` is the plain Hessian's (the augmented matrix stays positive
     definite: its Schur complement ``2 − 4μᵀ(H_xx + λI)⁻¹μ`` is positive whenever ``H_xx + λI`` is).
+
+    ``overwrite``: factorise and invert in ``H``'s own storage, so the solve holds one ``d x d`` matrix instead of
+    two (the low-memory path: 256 MiB less for an FFN of 8192). ``H`` is then the returned inverse; its values are
+    first written to a temporary file in ``spill_dir`` (the system's temporary folder when ``None``), read back only
+    if a factorisation fails and has to be retried with more damping, and deleted on return. The result is
+    bit-identical to ``overwrite=False``. Only a float32/float64 contiguous ``H`` can be overwritten; any other is
+    copied as without ``overwrite``.
     """
     if H.dim() != 2 or H.shape[0] != H.shape[1]:
         raise ValueError(f"{name}: Hessian must be square, got {tuple(H.shape)}")
@@ -180,25 +192,64 @@ def damped_inverse(
     mean = float(diag.mean())
     damp = damp_percent * mean
     info = torch.empty((), dtype=torch.int32, device=H.device)
-    for attempt in range(max_tries):
-        A = H.to(dt, copy=True)
-        A.diagonal()[:n].copy_(diag + damp if damp > 0 else diag)
-        F = A.mT  # A is symmetric: its transpose is the column-major matrix LAPACK works on, so no copy is made
-        torch.linalg.cholesky_ex(F, out=(F, info))  # F = L (lower triangle), in place
-        if int(info) == 0:
-            torch.cholesky_inverse(F, out=F)  # F = (L Lᵀ)⁻¹, symmetric, in place
-            if all_finite(A):
-                return A, damp
-        del A, F
-        new = damp * growth if damp > 0 else 1e-6 * mean
-        warnings.warn(
-            f"{name}: Hessian not positive definite with damping {damp:.3g} "
-            f"({damp / mean:.2%} of its mean diagonal); retrying with {new:.3g}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        damp = new
+    in_place = overwrite and H.dtype == dt and H.is_contiguous()
+    spill = _Spill(H, spill_dir) if in_place else None
+    try:
+        for attempt in range(max_tries):
+            if in_place:
+                A = H
+                if attempt:
+                    spill.restore(A)  # type: ignore[union-attr]
+            else:
+                A = H.to(dt, copy=True)
+            A.diagonal()[:n].copy_(diag + damp if damp > 0 else diag)
+            F = A.mT  # A is symmetric: its transpose is the column-major matrix LAPACK works on, so no copy is made
+            torch.linalg.cholesky_ex(F, out=(F, info))  # F = L (lower triangle), in place
+            if int(info) == 0:
+                torch.cholesky_inverse(F, out=F)  # F = (L Lᵀ)⁻¹, symmetric, in place
+                if all_finite(A):
+                    return A, damp
+            del A, F
+            new = damp * growth if damp > 0 else 1e-6 * mean
+            warnings.warn(
+                f"{name}: Hessian not positive definite with damping {damp:.3g} "
+                f"({damp / mean:.2%} of its mean diagonal); retrying with {new:.3g}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            damp = new
+    finally:
+        if spill is not None:
+            spill.close()
     raise NotPositiveDefiniteError(
         f"{name}: the Hessian is not positive definite even with damping {damp:.3g} "
         f"({damp / mean:.0%} of its mean diagonal); use more calibration tokens (num_samples x seqlen)"
     )
+
+
+class _Spill:
+    """A square matrix's values in an anonymous temporary file (written and read by row blocks, so no second copy
+    is ever in memory), for :func:`damped_inverse` ``overwrite=True``."""
+
+    def __init__(self, A: torch.Tensor, folder: Optional[Union[str, os.PathLike]], rows: int = 256) -> None:
+        self.rows = rows
+        self.file = tempfile.TemporaryFile(dir=None if folder is None else os.fspath(folder), prefix="hessian-")
+        try:
+            for i in range(0, A.shape[0], rows):
+                self.file.write(A[i:i + rows].cpu().numpy().tobytes())
+            self.file.flush()
+        except BaseException:
+            self.file.close()
+            raise
+
+    def restore(self, A: torch.Tensor) -> None:
+        self.file.seek(0)
+        width = A.shape[1] * A.element_size()
+        for i in range(0, A.shape[0], self.rows):
+            k = min(self.rows, A.shape[0] - i)
+            buf = bytearray(self.file.read(k * width))
+            A[i:i + k].copy_(torch.frombuffer(buf, dtype=A.dtype).view(k, A.shape[1]))
+
+    def close(self) -> None:
+        self.file.close()
+

@@ -27,6 +27,7 @@ Pure torch: nothing here knows about Hugging Face.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -44,6 +45,7 @@ __all__ = [
     "HeadPruneResult",
     "ChannelPruneResult",
     "reconstruction_error",
+    "quadratic_form",
     "affine_least_squares",
 ]
 
@@ -148,6 +150,31 @@ def reconstruction_error(W0: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> 
         err += float(((D @ H) * D).sum())
         base += float(((A @ H) * A).sum())
     return err / 2, base / 2
+
+
+def quadratic_form(W: torch.Tensor, H: torch.Tensor, rows: int = 256) -> float:
+    """``tr(W H Wᵀ)`` by row blocks (``W`` may be in the model's dtype; the sum in ``H``'s precision)."""
+    dt = torch.promote_types(H.dtype, torch.float32)
+    total = 0.0
+    for i in range(0, W.shape[0], rows):
+        A = W[i:i + rows].to(dt)
+        total += float(((A @ H) * A).sum())
+    return total
+
+
+def _obs_identity_error(W0: torch.Tensor, W: torch.Tensor, group_errors: float, damp: float,
+                        dead: torch.Tensor, rows: int = 256) -> float:
+    """``||(W0 − W) X||²`` per token after sequential group OBS with compensation, without ``H``.
+
+    Each compensated removal is the ``H_λ``-orthogonal projection of the weights onto a smaller subspace of a
+    nested sequence, so the group errors add up (Pythagoras) to ``tr(ΔW H_λ ΔWᵀ)`` with ``ΔW = W0 − W`` and
+    ``H_λ = H + λI`` with the dead diagonals (``H_jj = 0``) set to 1 first, as :func:`damped_inverse` does.
+    Hence ``tr(ΔW H ΔWᵀ) = Σ E_k − λ||ΔW||² − Σ_dead ||ΔW_j||²``, halved as :func:`reconstruction_error`."""
+    sq = torch.zeros(W0.shape[1], dtype=torch.float64, device=W0.device)
+    for i in range(0, W0.shape[0], rows):
+        D = W0[i:i + rows].to(W.dtype) - W[i:i + rows]
+        sq += (D * D).sum(0, dtype=torch.float64)
+    return (group_errors - damp * float(sq.sum()) - float(sq[dead.to(sq.device)].sum())) / 2
 
 
 def affine_least_squares(W0: torch.Tensor, b0: torch.Tensor | None, H: torch.Tensor, mean: torch.Tensor,
@@ -483,6 +510,7 @@ def prune_channels(
     in_weights: Sequence[torch.Tensor] = (),
     mean: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
+    spill_dir: str | os.PathLike | None = None,
     _guard: bool = True,
 ) -> ChannelPruneResult:
     """Remove ``num_remove`` FFN channels (input columns of ``down_proj``) by Dynamic Group Size OBS.
@@ -494,6 +522,11 @@ def prune_channels(
     needed): the ``down_proj`` column plus the channel's rows of ``in_weights`` (gate/up or fc1).
     ``mean``, ``bias``: affine compensation, as in :func:`prune_heads` (the result carries the new ``bias``;
     never a higher calibration error than plain OBS).
+    ``spill_dir``: the low-memory solve (OBS selection with compensation, no ``mean``): ``H`` is consumed, its
+    storage becomes the inverse (:func:`~optimum_slimgpt.solvers.hessian.damped_inverse` ``overwrite=True``, with
+    its values spilled to a temporary file there for a retry), so one ``d x d`` matrix is held instead of two; the
+    weights are bit-identical to the default solve, and the error comes from the OBS identity (see
+    :func:`_obs_identity_error`) instead of from ``H``, equal up to rounding.
     """
     if _guard and mean is not None and compensate and H is not None and num_remove:
         kw = dict(num_remove=num_remove, max_group=max_group, min_group=min_group, damp_percent=damp_percent,
@@ -536,8 +569,17 @@ def prune_channels(
         if H is None:
             raise ValueError(f"{name}: mode {mode!r} needs a Hessian")
         if num_remove:
-            Hinv, _ = damped_inverse(Hs, damp_percent, name=name, constant_last=const)
-            dead = Hs.diagonal() == 0
+            lean = spill_dir is not None and compensate and not aff.on
+            if lean:  # H's storage becomes Hinv: what the error needs from H is taken first
+                dead = Hs.diagonal() == 0
+                base = quadratic_form(W0, Hs) / 2
+            Hinv, damp = damped_inverse(Hs, damp_percent, name=name, constant_last=const, overwrite=lean,
+                                        spill_dir=spill_dir)
+            if lean:
+                H = Hs = None  # overwritten
+            else:
+                dead = Hs.diagonal() == 0
+            group_errors = 0.0
             for cnt in groups:
                 score = (Wc * Wc).sum(0) / Hinv.diagonal().clamp_min(1e-30)
                 score = torch.where(dead, torch.zeros_like(score), score)
@@ -546,7 +588,12 @@ def prune_channels(
                     score[cols] = float("inf")  # the constant input stays
                 S = torch.argsort(score, stable=True)[:cnt]
                 removed[S] = True
-                group_obs_remove(Wc, Hinv, S, compensate=compensate)
+                group_errors += group_obs_remove(Wc, Hinv, S, compensate=compensate)
+            if lean:
+                del Hinv
+                err = _obs_identity_error(W0, Wc, group_errors, damp, dead)
+                kept = torch.nonzero(~removed[:cols]).flatten().tolist()
+                return ChannelPruneResult(kept, Wc, err, groups, base_error=base)
     Wc, b, (err, base) = aff.finish(W0, Wc, H)
     kept = torch.nonzero(~removed[:cols]).flatten().tolist()
     return ChannelPruneResult(kept, Wc, err, groups, base_error=base, bias=b)
