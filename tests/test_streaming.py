@@ -169,26 +169,39 @@ def test_broken_sources_are_refused_before_any_work(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".o", "o"))]  # nothing written
 
 
-def test_a_failing_write_loses_nothing_and_the_run_resumes(tmp_path, monkeypatch):
-    """A full disk (a write that fails) in block 2: a clear error, the finished blocks stay in the work folder,
-    no output appears, and a resumed run gives the uninterrupted result."""
+@pytest.mark.parametrize("where", ["block shard", "hessian spill"])
+def test_a_failing_write_loses_nothing_and_the_run_resumes(tmp_path, monkeypatch, where):
+    """A full disk (a write that fails) in block 2, when its shard is written or when its FFN solve spills the
+    Hessian: a clear error, the finished blocks stay in the work folder, no output appears, and a resumed run
+    gives the uninterrupted result."""
     from optimum_slimgpt import streaming
+    from optimum_slimgpt.solvers import hessian
 
     src = _source(tmp_path / "src")
     make = lambda: SlimGPTConfig(pruning_ratio=0.3, dataset=None, batch_size=4)  # noqa: E731
     prune_pretrained(src, tmp_path / "ref", make(), calibration=CALIB)
-    real = streaming._save_tensors
+    real, real_spill, spills = streaming._save_tensors, hessian._Spill.__init__, []
 
     def full_disk(path, tensors):
         if path.name == "block-00002.safetensors":
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(path, tensors)
 
-    monkeypatch.setattr(streaming, "_save_tensors", full_disk)
+    def full_disk_spill(self, A, folder, rows=256):
+        spills.append(folder)
+        if len(spills) == 3:  # the third FFN solve: block 2
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_spill(self, A, folder, rows)
+
+    if where == "block shard":
+        monkeypatch.setattr(streaming, "_save_tensors", full_disk)
+    else:
+        monkeypatch.setattr(hessian._Spill, "__init__", full_disk_spill)
     with pytest.raises(OSError, match="No space left"):
         prune_pretrained(src, tmp_path / "out", make(), calibration=CALIB)
     monkeypatch.undo()
     work = tmp_path / ".out.slimgpt-work"
+    assert where == "block shard" or spills == [str(work)] * 3  # the spills go to the work folder
     assert json.loads((work / "state.json").read_text())["blocks_done"] == 2 and not (tmp_path / "out").exists()
     prune_pretrained(src, tmp_path / "out", make(), calibration=CALIB, resume=True)
     _assert_same_checkpoint(tmp_path / "ref", tmp_path / "out")
