@@ -80,9 +80,9 @@ def estimate(samples: int = 128, seqlen: int = 2048, act_bytes: int = 2, w_bytes
     """Peak memory of the streamed path from the shapes (GiB), as the solvers allocate it.
 
     GPU (``device="cuda"``): one block in the checkpoint's dtype; the larger of the two solves: the FFN's fp32
-    Hessian and its inverse (2 f x f, f = FFN width; the inverse is factorised in place) plus the fp32 working copy
-    of ``down_proj`` (hidden x f), or the attention's Hessian, inverse and one trial inverse (3 hidden x hidden) plus
-    three fp32 copies of ``o_proj``; the calibration activations twice (the block's inputs and the kept residual
+    Hessian, inverted in its own storage (one f x f, f = FFN width; its spilled copy is on disk, 4 f² bytes) plus the
+    fp32 working copy of ``down_proj`` and one temporary of its size (2 hidden x f), or the attention's Hessian,
+    inverse and one trial inverse (3 hidden x hidden) plus three fp32 copies of ``o_proj``; the calibration activations twice (the block's inputs and the kept residual
     stream), unless offloaded to the host. Host: the block while it is read and written, the embeddings during the
     capture (vocab x hidden), the offloaded activations, and the ~0.4 GiB of torch + transformers themselves."""
     gib = 2**30
@@ -92,7 +92,7 @@ def estimate(samples: int = 128, seqlen: int = 2048, act_bytes: int = 2, w_bytes
         h, f, kv, q = s["hidden_size"], s["intermediate_size"], s["num_key_value_heads"], s["num_attention_heads"]
         hd = h // q
         block = (2 * h * q * hd + 2 * h * kv * hd + 3 * h * f) * w_bytes
-        solver = max(2 * f * f * 4 + h * f * 4, 3 * h * h * 4 + 3 * h * (q * hd) * 4)
+        solver = max(f * f * 4 + 2 * h * f * 4, 3 * h * h * 4 + 3 * h * (q * hd) * 4)
         acts = 2 * samples * seqlen * h * act_bytes
         embed = s["vocab_size"] * h * w_bytes
         params = s["num_hidden_layers"] * block / w_bytes + 2 * s["vocab_size"] * h
