@@ -85,7 +85,7 @@ def recovery_config(args, overrides: dict, steps: int) -> RecoveryConfig:
     kw = dict(dataset=args.valid_rows, seqlen=args.seqlen, max_steps=steps, batch_size=args.batch_size,
               gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, lr_scheduler_type="cosine",
               warmup_steps=min(10, steps // 10), temperature=1.0, seed=0, logging_steps=max(1, steps // 20),
-              num_samples=args.self_samples if overrides.get("dataset") == "self" else None)
+              num_samples=args.self_samples if overrides.get("dataset") == "self" else None, dtype=args.dtype)
     kw.update(overrides)
     if kw.get("lora_r"):
         kw["learning_rate"] = args.lora_lr
@@ -126,6 +126,7 @@ def run(args) -> None:
             recover(student, dense, tok, cfg)
             rec = student.config.pruning_config["recovery"][-1]
             row.update(steps=steps, tokens=rec["tokens"], loss=cfg.loss, lora_r=cfg.lora_r, lr=cfg.learning_rate,
+                       dtype=cfg.dtype,
                        dataset="self" if cfg.dataset == "self" else "wikitext2-validation",
                        windows=rec["data"]["num_samples"], final_train_loss=rec["final_train_loss"],
                        train_seconds=round(time.perf_counter() - t1, 1), data_seconds=rec.get("data_seconds", 0))
@@ -176,6 +177,8 @@ def main() -> None:
     ap.add_argument("--self-samples", type=int, default=32, help="windows sampled from the teacher for kd-self")
     ap.add_argument("--zero-shot", nargs="*", default=["pruned-50", "kd-50"], help="runs that get zero-shot")
     ap.add_argument("--zs-limit", type=int, default=None, help="override the item counts (smoke runs)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="recovery compute dtype (bfloat16: Trainer's autocast, float32 master weights)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if args.table:
