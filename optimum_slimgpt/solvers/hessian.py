@@ -252,4 +252,3 @@ class _Spill:
 
     def close(self) -> None:
         self.file.close()
-
