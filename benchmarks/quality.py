@@ -84,7 +84,7 @@ for _r in (20, 50):
     SETTINGS[f"flap-sched-{_r}"] = dict(pruning_ratio=_r / 100, method="flap", global_allocation=False)
 
 ZERO_SHOT_SETTINGS = {"dense"} | {f"{k}-{r}" for k in ("slimgpt", "magnitude", "nocomp", "uniform", "slimllm",
-                                                          "affine", "flap") for r in (20, 50)}
+                                                          "affine", "flap", "slimgpt-imp") for r in (20, 50)}
 
 LABELS = {
     "dense": "dense",
