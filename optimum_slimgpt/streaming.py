@@ -305,8 +305,6 @@ def prune_pretrained(
     """
     t_start = time.perf_counter()
     model_path, output_dir = Path(model_path).expanduser().absolute(), Path(output_dir).expanduser().absolute()
-    if tune_allocator:
-        _tune_allocator()
     if config.schedule == "layer_importance":
         raise ValueError("schedule='layer_importance' needs a dense pass over every block before pruning; "
                          "prune_pretrained does not stream that pass yet: use prune_model or another schedule")
@@ -329,6 +327,8 @@ def prune_pretrained(
     if resume and not state_file.exists():
         logger.info("nothing to resume in %s: starting a new run", work)
 
+    if tune_allocator:  # after the checks: a refused call leaves the process's allocator alone
+        _tune_allocator()
     dtype = dtype or ckpt.dtype()
     model = _skeleton(model_path, dtype)
     pruner = SlimGPTPruner(config)

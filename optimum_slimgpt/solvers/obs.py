@@ -570,15 +570,13 @@ def prune_channels(
             raise ValueError(f"{name}: mode {mode!r} needs a Hessian")
         if num_remove:
             lean = spill_dir is not None and compensate and not aff.on
+            dead = Hs.diagonal() == 0
             if lean:  # H's storage becomes Hinv: what the error needs from H is taken first
-                dead = Hs.diagonal() == 0
                 base = quadratic_form(W0, Hs) / 2
             Hinv, damp = damped_inverse(Hs, damp_percent, name=name, constant_last=const, overwrite=lean,
                                         spill_dir=spill_dir)
             if lean:
                 H = Hs = None  # overwritten
-            else:
-                dead = Hs.diagonal() == 0
             group_errors = 0.0
             for cnt in groups:
                 score = (Wc * Wc).sum(0) / Hinv.diagonal().clamp_min(1e-30)
