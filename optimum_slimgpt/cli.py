@@ -263,13 +263,15 @@ def cmd_recover(args) -> int:
             learning_rate=args.lr, lr_scheduler_type=args.scheduler, warmup_steps=args.warmup_steps, loss=args.loss,
             temperature=args.temperature, lora_r=args.lora_r, target_modules=targets,
             gradient_checkpointing=args.gradient_checkpointing, dtype=args.train_dtype, seed=args.seed,
-            logging_steps=args.logging_steps, report_to=args.report_to,
+            logging_steps=args.logging_steps, report_to=args.report_to, freeze_embeddings=args.freeze_embeddings,
         )
     except ConfigError as e:
         flag = flags.get(e.field, "--" + e.field.replace("_", "-"))
         raise CLIError(f"{flag}: {e}") from e
     check_device(args.device)
     check_device(args.teacher_device)
+    teacher_dtype = args.teacher_dtype or args.dtype
+    _dtype(teacher_dtype)  # an unknown name fails before anything is loaded
     _, _, source = resolve_model_path(args.model, args.gguf_file)
     if args.teacher is None and rcfg.needs_teacher:
         raise CLIError(f"--loss {rcfg.loss}" + (" with --dataset self" if rcfg.loss == "lm" else "")
@@ -282,7 +284,7 @@ def cmd_recover(args) -> int:
         raise CLIError(f"{args.model} is not a pruned model (its config has no pruning_config): prune it first")
     teacher = None
     if args.teacher:
-        teacher, ttok = load_model(args.teacher, args.teacher_gguf_file, args.dtype, args.teacher_device)
+        teacher, ttok = load_model(args.teacher, args.teacher_gguf_file, teacher_dtype, args.teacher_device)
         tok = tok or ttok
     if tok is None and not rcfg.dataset == "self" and isinstance(rcfg.dataset, str):
         raise CLIError(f"no tokenizer found in {args.model} (or --teacher) to tokenise --dataset {args.dataset}")
@@ -607,6 +609,12 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (less memory)")
     rc.add_argument("--train-dtype", default="float32", help="mixed-precision compute: float32 | bfloat16 | float16")
     rc.add_argument("--dtype", default="float32", help="dtype to load both models in: float32 | bfloat16 | float16")
+    rc.add_argument("--teacher-dtype", default=None,
+                    help="dtype to load the teacher in (default: --dtype); it only runs forward, so bfloat16 is a "
+                         "common choice next to a float32 student")
+    rc.add_argument("--freeze-embeddings", action="store_true",
+                    help="full fine-tuning: leave the embeddings and output head as they are (faster; pruning never "
+                         "changes them)")
     rc.add_argument("--seed", type=int, default=0, help="seed of the window order, LoRA init and 'self' text")
     rc.add_argument("--device", default=None, help="where the student trains, e.g. cuda:0 (default: CPU)")
     rc.add_argument("--teacher-device", default=None, help="where the teacher runs, e.g. cuda:1 (default: CPU)")

@@ -81,6 +81,9 @@ class RecoveryConfig:
         lm_weight: Weight of the next-token loss in ``"kd+lm"``.
         chunk_size: Sequence positions per logit chunk (bounds the logit memory).
         lora_r: LoRA rank; ``0`` trains every weight (full fine-tuning).
+        freeze_embeddings: Full fine-tuning only: keep the input embeddings and the output head (tied or not) as they
+            are. Pruning never changes them; freezing skips the head's weight gradient (a ``vocab × hidden`` matmul
+            per step) and its optimizer state. LoRA never trains them.
         lora_alpha: LoRA scaling numerator (``None``: ``2 · lora_r``).
         lora_dropout: Dropout on the LoRA path.
         target_modules: Modules that get LoRA adapters (peft names; default ``"all-linear"``: every linear layer of
@@ -115,6 +118,7 @@ class RecoveryConfig:
     lm_weight: float = 1.0
     chunk_size: int = 128
     lora_r: int = 0
+    freeze_embeddings: bool = False
     lora_alpha: Optional[float] = None
     lora_dropout: float = 0.0
     target_modules: Union[str, list, None] = "all-linear"
@@ -179,6 +183,7 @@ class RecoveryConfig:
                                                      and all(isinstance(t, str) for t in tm)),
                "target_modules", "None, a string such as 'all-linear' or a non-empty list of module names", tm)
         _check_bool(self, "gradient_checkpointing")
+        _check_bool(self, "freeze_embeddings")
         _check(self.dtype in DTYPES, "dtype", f"one of {DTYPES}", self.dtype)
         _check(_is_int(self.seed), "seed", "an int", self.seed)
         rt = self.report_to
@@ -529,6 +534,10 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], tokenizer, config:
     else:
         for p in student.parameters():
             p.requires_grad_(True)
+        if config.freeze_embeddings:
+            for module in (student.get_input_embeddings(), student.get_output_embeddings()):
+                for p in (module.parameters() if module is not None else ()):
+                    p.requires_grad_(False)
 
     tmp = None
     out_dir = config.output_dir
