@@ -11,7 +11,7 @@ Protocol:
 - **Evaluation:** the quality table's protocol: perplexity on the first 65,536 tokens of the WikiText-2 raw
   *test* text in windows of 2048; zero-shot on the first 200 PIQA, 100 HellaSwag and 200 ARC-Easy items.
 - **Budget:** ``--steps`` optimizer steps of ``--batch-size`` windows (the same for every run it is given to),
-  or ``--minutes``: the step count that a 3-step timing run says fits in that many minutes.
+  or ``--minutes``: the step count that a 4-step timing run says fits in that many minutes.
 
 Runs (``--runs``, in order): ``pruned-{50,20}`` (no recovery), ``kd-{50,20}`` (KD, full fine-tuning),
 ``lm-50`` (next-token loss, full fine-tuning), ``kd-lora-50`` (KD, LoRA r=16 merged), ``kd-self-50`` (KD on text
@@ -19,6 +19,10 @@ sampled from the teacher), ``kdlm-50`` (KD + next-token).
 
     python benchmarks/recovery.py --runs pruned-50 kd-50 lm-50 --steps 120 --out bench_out/recovery.jsonl
     python benchmarks/recovery.py --table bench_out/recovery.jsonl
+    python benchmarks/recovery.py --step-cost --out bench_out/step_cost.jsonl   # seconds per step of each variant
+
+``--teacher-dtype bfloat16`` distils from a bfloat16 copy of the dense model (it only runs forward) and
+``--freeze-embeddings`` leaves the embeddings and the tied head out of full fine-tuning.
 """
 
 from __future__ import annotations
@@ -85,28 +89,63 @@ def recovery_config(args, overrides: dict, steps: int) -> RecoveryConfig:
     kw = dict(dataset=args.valid_rows, seqlen=args.seqlen, max_steps=steps, batch_size=args.batch_size,
               gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, lr_scheduler_type="cosine",
               warmup_steps=min(10, steps // 10), temperature=1.0, seed=0, logging_steps=max(1, steps // 20),
-              num_samples=args.self_samples if overrides.get("dataset") == "self" else None, dtype=args.dtype)
+              num_samples=args.self_samples if overrides.get("dataset") == "self" else None, dtype=args.dtype,
+              freeze_embeddings=args.freeze_embeddings)
     kw.update(overrides)
     if kw.get("lora_r"):
         kw["learning_rate"] = args.lora_lr
     return RecoveryConfig(**kw)
 
 
-def timed_steps(student, dense, tok, args, overrides) -> int:
-    """Steps that fit in ``args.minutes``, from a 3-step run on a copy (same data path, same loss)."""
+def seconds_per_step(student, teacher, tok, args, overrides: dict, steps: int = 4) -> float:
+    """Median seconds of steps 2..``steps`` of a short recovery run on a copy of ``student`` (the first step
+    carries one-off costs: allocations, the data loader)."""
+    from transformers import TrainerCallback
+
+    ends = []
+
+    class StepTimes(TrainerCallback):
+        def on_step_end(self, *a, **kw):
+            ends.append(time.perf_counter())
+
     probe = copy.deepcopy(student)
-    cfg = recovery_config(args, {**overrides, "dataset": args.valid_rows}, 3)
-    t0 = time.perf_counter()
-    recover(probe, dense, tok, cfg)
-    per_step = (time.perf_counter() - t0) / 3
+    cfg = recovery_config(args, {**overrides, "dataset": args.valid_rows}, steps)
+    recover(probe, teacher, tok, cfg, callbacks=[StepTimes()])
     del probe
+    gaps = sorted(b - a for a, b in zip(ends, ends[1:]))
+    return gaps[len(gaps) // 2]
+
+
+def timed_steps(student, teacher, tok, args, overrides) -> int:
+    """Steps that fit in ``args.minutes``, from a 4-step run (:func:`seconds_per_step`, same data path and loss)."""
+    per_step = seconds_per_step(student, teacher, tok, args, overrides)
     steps = max(1, int(args.minutes * 60 / per_step))
     print(f"timing: {per_step:.1f} s/step -> {steps} steps in {args.minutes} min", flush=True)
     return steps
 
 
+def step_cost(args) -> None:
+    """Seconds per optimizer step of the 50% model for the KD and LM losses, with a float32 or bfloat16 teacher and
+    with or without frozen embeddings (``--steps`` steps each, default 6; the median of all but the first)."""
+    dense, tok = load_smollm2(args.threads)
+    args.valid_rows = wikitext2_validation_rows(WIKI)
+    student = pruned_model(dense, tok, 50, Path(args.work), args.valid_rows)
+    bf16 = copy.deepcopy(dense).to(torch.bfloat16)
+    variants = [("kd", "float32", False), ("kd", "bfloat16", False), ("kd", "float32", True), ("kd", "bfloat16", True),
+                ("lm", None, False), ("lm", None, True)]
+    for loss, teacher_dtype, freeze in variants:
+        args.freeze_embeddings = freeze
+        teacher = None if loss == "lm" else (bf16 if teacher_dtype == "bfloat16" else dense)
+        sec = seconds_per_step(student, teacher, tok, args, {"loss": loss}, steps=args.steps or 6)
+        append_row(args.out, {"step_cost": loss, "teacher_dtype": teacher_dtype, "freeze_embeddings": freeze,
+                              "threads": args.threads, "batch": args.batch_size, "seqlen": args.seqlen,
+                              "seconds_per_step": round(sec, 2)})
+
+
 def run(args) -> None:
     dense, tok = load_smollm2(args.threads)
+    # the teacher only runs forward: a bfloat16 copy is cheaper where bf16 matmuls are fast (the student stays float32)
+    teacher = dense if args.teacher_dtype == "float32" else copy.deepcopy(dense).to(getattr(torch, args.teacher_dtype))
     test_text = wikitext2_test_text(WIKI)
     args.valid_rows = wikitext2_validation_rows(WIKI)
     work = Path(args.work)
@@ -120,13 +159,14 @@ def run(args) -> None:
         row = {"run": name, "ratio": spec["ratio"]}
         if spec["recover"] is not None:
             if steps is None:
-                steps = timed_steps(student, dense, tok, args, spec["recover"])
+                steps = timed_steps(student, teacher, tok, args, spec["recover"])
             cfg = recovery_config(args, spec["recover"], steps)
             t1 = time.perf_counter()
-            recover(student, dense, tok, cfg)
+            recover(student, teacher, tok, cfg)
             rec = student.config.pruning_config["recovery"][-1]
             row.update(steps=steps, tokens=rec["tokens"], loss=cfg.loss, lora_r=cfg.lora_r, lr=cfg.learning_rate,
-                       dtype=cfg.dtype,
+                       dtype=cfg.dtype, teacher_dtype=args.teacher_dtype, freeze_embeddings=cfg.freeze_embeddings,
+                       threads=args.threads,
                        dataset="self" if cfg.dataset == "self" else "wikitext2-validation",
                        windows=rec["data"]["num_samples"], final_train_loss=rec["final_train_loss"],
                        train_seconds=round(time.perf_counter() - t1, 1), data_seconds=rec.get("data_seconds", 0))
@@ -139,18 +179,23 @@ def run(args) -> None:
 def table(path: str) -> str:
     rows = {}
     for line in Path(path).read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            rows[(r["run"], r.get("steps"))] = r  # the last run of a setting and budget wins
+        r = json.loads(line) if line.strip() else {}
+        if "run" in r:  # step-cost rows are printed as they are measured; the last run of a setting wins
+            rows[(r["run"], r.get("steps"), r.get("teacher_dtype", "float32"), bool(r.get("freeze_embeddings")))] = r
     out = ["| run | pruned | recovery | data | steps × tokens | train s | WikiText-2 test PPL | PIQA acc / norm | "
            "HellaSwag acc / norm | ARC-Easy acc / norm |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for key in sorted(rows, key=lambda k: (list(RUNS).index(k[0]), k[1] or 0)):
+    for key in sorted(rows, key=lambda k: (list(RUNS).index(k[0]), k[1] or 0, k[2], k[3])):
         name, r = key[0], rows[key]
         if "loss" in r:
             how = f"{r['loss']}, " + (f"LoRA r={r['lora_r']}" if r["lora_r"] else "full") + f", lr {r['lr']:g}"
+            if r.get("freeze_embeddings") and not r["lora_r"]:
+                how += ", embeddings frozen"
+            if r.get("teacher_dtype", "float32") != "float32" and (r["loss"] != "lm" or r["dataset"] == "self"):
+                how += f", {r['teacher_dtype']} teacher"
             data = f"{r['dataset']} ({r['windows']} windows)"
             budget = f"{r['steps']} × {r['tokens'] // r['steps']}"
-            secs = f"{r['train_seconds'] + r.get('data_seconds', 0):.0f}"
+            gen = r.get("data_seconds", 0)  # recover()'s wall time includes sampling the 'self' text
+            secs = f"{r['train_seconds'] - gen:.0f}" + (f" (+{gen:.0f} sampling)" if gen else "")
         else:
             how, data, budget, secs = "none", "", "", ""
         zs = r.get("zero_shot", {})
@@ -166,6 +211,8 @@ def main() -> None:
     ap.add_argument("--out", default="bench_out/recovery.jsonl")
     ap.add_argument("--work", default="bench_out/recovery", help="where the pruned models are kept")
     ap.add_argument("--table", default=None, help="print the markdown table of a results file and exit")
+    ap.add_argument("--step-cost", action="store_true",
+                    help="only time a few steps of each loss / teacher dtype / frozen-embeddings variant (50%% model)")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps of every recovery run")
     ap.add_argument("--minutes", type=float, default=10.0, help="without --steps: the training budget of the first "
                                                                 "recovery run; later runs use its step count")
@@ -179,10 +226,18 @@ def main() -> None:
     ap.add_argument("--zs-limit", type=int, default=None, help="override the item counts (smoke runs)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="recovery compute dtype (bfloat16: Trainer's autocast, float32 master weights)")
+    ap.add_argument("--teacher-dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="the teacher's weights (it only runs forward; bfloat16 is a cast copy of the dense model)")
+    ap.add_argument("--freeze-embeddings", action="store_true",
+                    help="full fine-tuning leaves the embeddings / tied head as they are "
+                         "(RecoveryConfig.freeze_embeddings)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if args.table:
         print(table(args.table))
+        return
+    if args.step_cost:
+        step_cost(args)
         return
     unknown = [s for s in args.runs if s not in RUNS]
     if unknown:
