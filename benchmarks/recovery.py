@@ -134,9 +134,9 @@ def step_cost(args) -> None:
     variants = [("kd", "float32", False), ("kd", "bfloat16", False), ("kd", "float32", True), ("kd", "bfloat16", True),
                 ("lm", None, False), ("lm", None, True)]
     for loss, teacher_dtype, freeze in variants:
-        args.freeze_embeddings = freeze
         teacher = None if loss == "lm" else (bf16 if teacher_dtype == "bfloat16" else dense)
-        sec = seconds_per_step(student, teacher, tok, args, {"loss": loss}, steps=args.steps or 6)
+        sec = seconds_per_step(student, teacher, tok, args, {"loss": loss, "freeze_embeddings": freeze},
+                               steps=args.steps or 6)
         append_row(args.out, {"step_cost": loss, "teacher_dtype": teacher_dtype, "freeze_embeddings": freeze,
                               "threads": args.threads, "batch": args.batch_size, "seqlen": args.seqlen,
                               "seconds_per_step": round(sec, 2)})
