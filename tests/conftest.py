@@ -15,7 +15,17 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from helpers import SMOLLM2_DIR, SMOLLM2_GGUF, STORIES_BIN, have_shared, load_stories260k  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+def _test_threads() -> int:
+    """Threads for the suite: ``SLIMGPT_TEST_THREADS``, else ``OMP_NUM_THREADS``, else up to 2. The suite must pass
+    under 1 and 2 threads alike (different reduction orders): run it with ``OMP_NUM_THREADS=1`` and ``=2``."""
+    for var in ("SLIMGPT_TEST_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) >= 1:
+            return int(value)
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+torch.set_num_threads(_test_threads())
 
 
 def pytest_addoption(parser):

@@ -22,6 +22,7 @@ import torch
 
 import optimum_slimgpt  # noqa: F401  (registers the pruned classes with the Auto* factories)
 from helpers import TINYSTORIES_TXT, have_shared, load_stories260k, STORIES_BIN, call_cli, tok512_tokenizer
+from tolerances import gamma, unit_roundoff
 
 pytestmark = pytest.mark.skipif(not have_shared(STORIES_BIN, TINYSTORIES_TXT), reason="../shared stories260K missing")
 
@@ -102,10 +103,13 @@ def test_eval_prints_the_package_perplexity(pruned_dir, texts, capsys):
     tok = AutoTokenizer.from_pretrained(out)
     ref = perplexity(model, tok, texts[1].read_text(encoding="utf-8"), seqlen=256, max_tokens=4096,
                      show_progress=False)
-    assert math.isfinite(printed) and abs(printed - ref) < 1e-3 * ref
+    # the CLI may batch the windows differently: float32 logits then differ by about sqrt(d)·u32 of their terms
+    # (64x margin) and the mean NLL sums 4,096 terms in another order (γ_n of it); printed with 3 decimals
+    rt = gamma(4096) * math.log(ref) + 64 * math.sqrt(model.config.hidden_size) * unit_roundoff()
+    assert math.isfinite(printed) and abs(printed - ref) <= 5e-4 + rt * ref
     assert 1.0 < printed < 512  # better than uniform over the vocabulary
     saved = json.loads((out.parent / "eval.json").read_text())
-    assert abs(saved["perplexity"] - ref) < 1e-6 * ref
+    assert abs(saved["perplexity"] - ref) <= rt * ref
 
 
 def test_info_prints_the_layout(pruned_dir, capsys):

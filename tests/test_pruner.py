@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from helpers import WIKITEXT_DIR
+from tolerances import assert_same_function, logits64
 from optimum_slimgpt import SlimGPTConfig, SlimGPTPruner, get_adapter
 from optimum_slimgpt.evaluation import perplexity
 from optimum_slimgpt.solvers import prune_channels, prune_heads
@@ -34,8 +35,7 @@ def _block_params(model):
 
 
 def _logits(model, x):
-    with torch.no_grad():
-        return model(x).logits
+    return logits64(model, x)  # same-function checks run in float64 (tests/tolerances.py)
 
 
 @pytest.mark.parametrize("ratio", [0.2, 0.5])
@@ -73,10 +73,11 @@ def test_physical_equals_masked(stories, stories_stream):
     ref, got, dense = _logits(masked, x), _logits(physical, x), _logits(stories, x)
     assert sum(p.numel() for p in physical.parameters()) < sum(p.numel() for p in masked.parameters())
     assert (ref - dense).abs().max() > 1e-2  # the check is not vacuous
-    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
-    # and the pruner's own physical path gives the same model as masking + slicing
+    assert_same_function(got, ref)
+    # and the pruner's own physical path gives the same model as masking + slicing (the same float32 solves on
+    # the same inputs: measured bit-identical at 1 and 2 threads)
     direct = SlimGPTPruner(_cfg(pruning_ratio=0.35)).prune_model(copy.deepcopy(stories), calibration=calib)
-    torch.testing.assert_close(_logits(direct, x), ref, atol=1e-4, rtol=1e-4)
+    assert_same_function(_logits(direct, x), ref)
 
 
 def test_compensation_lowers_reconstruction_error_on_real_activations(stories, stories_stream):

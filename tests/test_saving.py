@@ -16,6 +16,7 @@ from optimum_slimgpt import PruningRecord, SlimGPTConfig, SlimGPTPruner, get_ada
 from optimum_slimgpt.saving import ExportError
 
 from helpers import STORIES_BIN, have_shared, tok512_tokenizer
+from tolerances import assert_same_function, logits64
 
 VOCAB = 128
 CALIB = torch.randint(0, VOCAB, (8, 32), generator=torch.Generator().manual_seed(0))
@@ -50,9 +51,8 @@ def _pruned(family: str = "llama", ratio: float = 0.3, schedule: str = "log_incr
     return model
 
 
-@torch.no_grad()
 def _logits(model, ids=PROMPT):
-    return model(ids).logits
+    return logits64(model, ids)  # same-function checks run in float64 (tests/tolerances.py)
 
 
 @torch.no_grad()
@@ -118,7 +118,7 @@ def test_per_layer_round_trip(family, tmp_path):
 
     loaded = _load(res.path)
     assert type(loaded) is type(model) and _sizes(loaded) == sizes
-    torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
+    assert_same_function(_logits(loaded), ref)
     assert torch.equal(_greedy(loaded), ref_greedy)
     assert torch.equal(_greedy(loaded, "static"), ref_greedy)
 
@@ -134,10 +134,10 @@ def test_in_memory_model_behaves_like_the_family(tmp_path):
     assert len(out.hidden_states) == 4
     model.save_pretrained(tmp_path / "direct")
     loaded = _load(tmp_path / "direct")
-    torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
+    assert_same_function(_logits(loaded), ref)
     loaded.set_attn_implementation("eager")
     # (that every layer follows the switch is tested in test_families with a counting attention function)
-    torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
+    assert_same_function(_logits(loaded), ref)
 
     base = AutoModel.from_pretrained(tmp_path / "direct")
     assert type(base).__name__ == "SlimGPTQwen2Model"
@@ -199,11 +199,11 @@ _REMOTE_SCRIPT = textwrap.dedent(
             no_flag = f"{type(e).__name__}: {e}"
         model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()
         with torch.no_grad():
-            logits = model(ids).logits
             greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
                                     pad_token_id=0)
             static = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
                                     pad_token_id=0, cache_implementation="static")
+            logits = model.double()(ids).logits  # compared in float64, as in the parent (tests/tolerances.py)
         out[path] = {"module": type(model).__module__, "cls": type(model).__name__, "no_flag": no_flag,
                      "logits": logits, "greedy": greedy, "static": static}
         if os.path.exists(os.path.join(path, "tokenizer.json")):  # the README's way: no prompt, no custom code
@@ -243,7 +243,7 @@ def test_remote_code_without_the_package(tmp_path):
             ".modeling_slimgpt")
         assert "trust_remote_code" in r["no_flag"], r["no_flag"]
         ref_logits, ref_greedy = refs[p]
-        torch.testing.assert_close(r["logits"], ref_logits, atol=1e-5, rtol=0)
+        assert_same_function(r["logits"], ref_logits)
         assert torch.equal(r["greedy"], ref_greedy) and torch.equal(r["static"], ref_greedy)
     if have_shared(STORIES_BIN):  # the tokenizer of a per-layer checkpoint loads without the package or a prompt
         assert out[paths[0]]["tokens"] == want_tokens
@@ -267,7 +267,7 @@ def test_uniform_loads_as_the_plain_architecture(tmp_path):
     assert type(loaded) is LlamaForCausalLM and loaded.config.model_type == "llama"
     assert (loaded.config.num_attention_heads, loaded.config.num_key_value_heads,
             loaded.config.intermediate_size) == sizes[0]
-    torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
+    assert_same_function(_logits(loaded), ref)
     assert torch.equal(_greedy(loaded), _greedy(model))
     # the same model through the pruner's save
     res2 = SlimGPTPruner(SlimGPTConfig(dataset=None)).save(model, tmp_path / "via-pruner", export_format="uniform")
@@ -281,7 +281,7 @@ def test_uniform_rejected_by_llama_config_falls_back(tmp_path):
     ref = _logits(model)
     res = save_pruned_model(model, tmp_path / "auto")
     assert res.format == "per_layer" and "rejects" in res.reason
-    torch.testing.assert_close(_logits(_load(res.path)), ref, atol=1e-5, rtol=0)
+    assert_same_function(_logits(_load(res.path)), ref)
     with pytest.raises(ExportError, match="rejects a plain 'llama' config"):
         save_pruned_model(model, tmp_path / "uniform", export_format="uniform")
     assert not (tmp_path / "uniform").exists()
@@ -290,7 +290,7 @@ def test_uniform_rejected_by_llama_config_falls_back(tmp_path):
     loaded = _load(res.path)
     assert type(loaded).__name__ == "LlamaForCausalLM"
     assert (loaded.config.num_attention_heads, loaded.config.num_key_value_heads) == (8, 4)
-    torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
+    assert_same_function(_logits(loaded), ref)
 
 
 def test_uniform_refuses_different_layers(tmp_path):
@@ -317,7 +317,7 @@ def test_padded_export_is_exact(family, tmp_path):
     assert all(s == (max_heads, max_kv, max_ch) for s in _sizes(loaded))
     assert res.layers[0] == {"num_attention_heads": max_heads, "num_key_value_heads": max_kv,
                              "intermediate_size": max_ch}
-    torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
+    assert_same_function(_logits(loaded), ref)
     assert torch.equal(_greedy(loaded), _greedy(model))
     assert json.loads((res.path / "config.json").read_text())["pruning_config"]["layers"][2]["intermediate_size"] \
         == sizes[2][2]
@@ -370,7 +370,7 @@ def test_tied_embeddings_are_counted_once(export_format, schedule, tmp_path):
     if export_format != "padded":  # padding adds zeros; the other formats hold exactly the pruned model
         assert unique == sum(p.numel() for p in model.parameters())
     assert f"parameters in this checkpoint: {unique:,}" in ModelCard.load(res.path / "README.md").text
-    torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
+    assert_same_function(_logits(loaded), ref)
 
 
 # ------------------------------------------------------------------------------------------ atomic writes
@@ -432,13 +432,13 @@ def test_output_biases_are_carried_by_the_per_layer_format(tmp_path):
     to_pruned_model(model, get_adapter(model), PruningRecord.of(model.config))  # re-record the layout
     assert model.config.pruned_out_bias is True
     assert all(b.self_attn.o_proj.bias is not None and b.mlp.down_proj.bias is not None for b in blocks)
-    torch.testing.assert_close(_logits(model), ref, atol=0, rtol=0)  # zeros were added elsewhere
+    assert_same_function(_logits(model), ref)  # zeros were added elsewhere
 
     res = save_pruned_model(model, tmp_path / "bias", export_format="per_layer")
     assert json.loads((res.path / "config.json").read_text())["pruned_out_bias"] is True
     loaded = _load(res.path)
     assert loaded.model.layers[0].self_attn.o_proj.bias is not None
-    torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
+    assert_same_function(_logits(loaded), ref)
     # Llama's attention_bias / mlp_bias flags hold them in a plain checkpoint (q/k/v/gate/up biases zero)
     res = save_pruned_model(model, tmp_path / "plain")
     assert res.format == "uniform" and "attention_bias" in res.reason
@@ -447,7 +447,7 @@ def test_output_biases_are_carried_by_the_per_layer_format(tmp_path):
     loaded = _load(res.path)
     assert type(loaded).__name__ == "LlamaForCausalLM"
     assert float(loaded.model.layers[1].self_attn.q_proj.bias.detach().abs().max()) == 0
-    torch.testing.assert_close(_logits(loaded), ref, atol=1e-5, rtol=0)
+    assert_same_function(_logits(loaded), ref)
     with pytest.raises(ExportError, match="bias"):
         save_pruned_model(model, tmp_path / "padded", export_format="padded")
     # a family without such flags (Mistral) still refuses the plain formats
@@ -525,5 +525,5 @@ def test_smollm2_20_percent_round_trip(smollm2_pruned20, tmp_path):
     assert res.num_parameters == stored == sum(p.numel() for p in model.parameters()) and "lm_head.weight" not in names
     assert any(n.startswith("tokenizer") for n in res.files)
     loaded = _load(res.path)
-    torch.testing.assert_close(_logits(loaded, ids), ref, atol=1e-5, rtol=0)
+    assert_same_function(_logits(loaded, ids), ref)
     assert torch.equal(_greedy(loaded, ids=ids, n=8), ref_greedy)
