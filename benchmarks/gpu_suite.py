@@ -7,7 +7,7 @@ a hard time limit around this driver). On one H100 the whole run is sized to fin
   HF decode of the dense model; a SlimGPT 20% prune timed per phase (calibration capture, Hessians, solves, surgery,
   block outputs, total) with the peak GPU memory; HF decode of the pruned model.
 - ``llama3-8b`` (130 s): the same for a random-weight Llama-3-8B shape (GQA: 32 query / 8 KV heads, vocab 128,256).
-- ``llama-13b-streamed`` (180 s): a random-weight Llama-2-13B shape written to local disk as bf16 sharded
+- ``llama-13b-streamed`` (170 s): a random-weight Llama-2-13B shape written to local disk as bf16 sharded
   safetensors (26 GB, drawn on the GPU), then ``prune_pretrained`` from it with the blocks pruned on the GPU: wall
   time, peak GPU memory, peak host RSS, blocks done over time. It needs about 46 GiB of free disk (the source, the
   pruned output, one block's inputs); with less it uses ``/dev/shm`` if that has the room (the JSON says which
@@ -15,7 +15,8 @@ a hard time limit around this driver). On one H100 the whole run is sized to fin
 
 Each part runs in a child process (spawned on the GPU; forked on the CPU, where nothing then imports twice) under
 its own time budget; time a part
-does not use passes to the next one, and no part starts after the total budget (450 s) is spent. A part that runs
+does not use passes to the next one, and no part runs past the total budget (440 s from the driver's start,
+imports included; ``gpu_suite.sh`` stops everything at 470 s). A part that runs
 out of time is killed (``status: "timeout"``); what it measured until then is kept, including how many blocks the
 prune finished and when (``progress``). The JSON file is rewritten every few seconds, so even a run killed from
 outside leaves the results so far.
@@ -34,7 +35,8 @@ Decode: HF ``generate``, greedy, 128 new tokens after a 128-token random prompt,
 attention implementation transformers picks by default; tokens/s of the dense and the pruned model and their ratio.
 
 ``--tiny`` runs the same code on tiny shapes on the CPU in seconds (the test suite runs it); the JSON says
-``"tiny": true``. Nothing here reads a tokenizer or the network.
+``"tiny": true``. Nothing here reads a tokenizer or the network. The exit status is 0 when every part finished
+(``status: "ok"``), 1 otherwise (the JSON is written either way).
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import torch
+_T_START = time.monotonic()  # the total budget counts from here: imports included
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed  # noqa: E402  (benchmarks/speed.py: shapes, build, time_prune, decode_throughput)
@@ -67,10 +71,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PARTS: dict[str, tuple[str, str, str, float]] = {
     "llama-7b": ("llama-7b", "tiny-mha", "in_memory", 140.0),
     "llama3-8b": ("llama3-8b", "tiny", "in_memory", 130.0),
-    "llama-13b-streamed": ("llama-13b", "tiny", "streamed", 180.0),
+    "llama-13b-streamed": ("llama-13b", "tiny", "streamed", 170.0),
 }
 FULL = dict(device="cuda", dtype="bfloat16", samples=32, seqlen=2048, batch_size=8, ratio=0.2, decode_batch=[1, 16],
-            new_tokens=128, prompt_tokens=128, total_budget_s=450.0)
+            new_tokens=128, prompt_tokens=128, total_budget_s=440.0)
 TINY = dict(device="cpu", dtype="bfloat16", samples=4, seqlen=64, batch_size=2, ratio=0.2, decode_batch=[1, 2],
             new_tokens=4, prompt_tokens=16, total_budget_s=240.0)
 NOTE = ("{samples} x {seqlen} random token ids (seed 0) per prune; the official SlimGPT code prunes LLaMA-7B 20% in "
@@ -268,23 +272,26 @@ def write_json(path: Path, data: dict) -> None:
 
 def run_parts(parts: list[tuple[str, Callable, tuple, float]], result: dict, out: Path, total_budget: float,
               scratch: Path, poll_s: float = 2.0, cleanup: Optional[Callable[[str], None]] = None,
-              start_method: str = "fork") -> dict:
-    """Run each ``(name, fn, args, budget)`` as ``fn(recorder, *args)`` in a forked child under its budget (plus the
-    time the parts before it left unused, never past ``total_budget`` seconds from now), merging its results into
+              start_method: str = "fork", start: Optional[float] = None) -> dict:
+    """Run each ``(name, fn, args, budget)`` as ``fn(recorder, *args)`` in a child process under its budget (plus the
+    time the parts before it left unused, never past ``total_budget`` seconds from ``start``, a ``time.monotonic()``
+    reading, default now), merging its results into
     ``result["parts"][name]`` and rewriting ``out`` every ``poll_s`` seconds and after each part. A child over its
     budget is terminated (then killed); its status is ``"timeout"`` and what it recorded stays. ``start_method``:
     ``"fork"`` (nothing imported twice: the CPU runs) or ``"spawn"`` (the GPU runs: a forked child cannot use CUDA
     once the parent has asked anything of it, and transformers or accelerate may, at import)."""
     ctx = mp.get_context(start_method)
-    deadline = time.monotonic() + total_budget
+    deadline = (time.monotonic() if start is None else start) + total_budget
     carry = 0.0
     result.setdefault("parts", {})
     for name, fn, args, budget in parts:
-        limit = min(budget + carry, deadline - time.monotonic())
-        if limit < 1.0:
-            result["parts"][name] = {"status": "skipped", "reason": "the total time budget was spent"}
+        left = deadline - time.monotonic()
+        if left < 1.0:
+            result["parts"][name] = {"status": "skipped", "reason": "the total time budget was spent",
+                                     "budget_s": 0.0, "wall_s": 0.0}
             write_json(out, result)
             continue
+        limit = min(budget + carry, left)
         partial = scratch / f"{name}.json"
         partial.unlink(missing_ok=True)
         print(f"[gpu_suite] {name}: starting, budget {limit:.0f} s", flush=True)
@@ -302,7 +309,7 @@ def run_parts(parts: list[tuple[str, Callable, tuple, float]], result: dict, out
             if time.monotonic() >= t0 + limit:
                 timed_out = True
                 proc.terminate()
-                proc.join(10)
+                proc.join(5)
                 if proc.is_alive():
                     proc.kill()
                     proc.join()
@@ -311,7 +318,7 @@ def run_parts(parts: list[tuple[str, Callable, tuple, float]], result: dict, out
         data = _read(partial)
         if timed_out:
             data["status"] = "timeout"
-            data["reason"] = f"stopped after its budget of {limit:.0f} s; the fields above are what it finished"
+            data["reason"] = f"stopped after its budget of {limit:.1f} s; the other fields are what it finished"
         elif data.get("status") in (None, "running"):
             data["status"] = "error"
             data["reason"] = f"the child exited with code {proc.exitcode} before reporting"
@@ -355,7 +362,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--seqlen", type=int, help="tokens per window (default 2048; --tiny 64)")
     ap.add_argument("--ratio", type=float, help="pruning ratio (default 0.2)")
     ap.add_argument("--budget", nargs="+", default=[], metavar="PART=SECONDS", help="override a part's time budget")
-    ap.add_argument("--total-budget", type=float, help="seconds for all parts (default 450; --tiny 240)")
+    ap.add_argument("--total-budget", type=float, help="seconds for everything, counted from the driver's start "
+                                                       "(default 440; --tiny 240)")
     ap.add_argument("--workdir", default=None, help="local-disk folder for the streamed checkpoint and the parts' "
                                                     "files (default: bench_out/.gpu_suite-work in the checkout, not "
                                                     "beside the JSON, which may be a folder that is copied back; the "
@@ -392,7 +400,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         shutil.rmtree(SHM / name, ignore_errors=True)
 
     run_parts(parts, result, out, s["total_budget_s"], scratch, cleanup=cleanup,
-              start_method=a.start_method or ("spawn" if s["device"].startswith("cuda") else "fork"))
+              start_method=a.start_method or ("spawn" if s["device"].startswith("cuda") else "fork"), start=_T_START)
     result["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json(out, result)
     for f in scratch.glob("*.json"):

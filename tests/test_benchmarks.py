@@ -105,7 +105,7 @@ def test_gpu_suite_tiny_runs_every_part_on_the_cpu(tmp_path):
         _positive(p, ["peak_rss_gib"])
         assert p["progress"]["blocks_done"] == p["progress"]["blocks"] == 4
         times = p["progress"]["seconds_at_each_block"]
-        assert times == sorted(times) and times[-1] <= prune["total_s"]
+        assert times == sorted(times) and times[0] > 0
         for key in ("decode_dense", "decode_pruned"):
             assert [d["batch"] for d in p[key]] == st["decode_batch"]
             for d in p[key]:
