@@ -39,18 +39,32 @@ SHAPES = {
     "llama3-8b": (4096, 14336, 32, 32, 8, 128256),
     "llama-13b": (5120, 13824, 40, 40, 40, 32000),
     "smollm2-135m": (576, 1536, 30, 9, 3, 49152),
-    "tiny": (128, 344, 4, 8, 4, 512),
+    "tiny": (128, 344, 4, 8, 4, 512),  # grouped-query attention, like llama3-8b
+    "tiny-mha": (128, 344, 4, 8, 8, 512),  # one KV head per query head, like llama-7b
 }
 
 
-def build(shape: str, dtype: torch.dtype, device: str, seed: int = 0) -> LlamaForCausalLM:
+def llama_config(shape: str) -> LlamaConfig:
+    """The ``LlamaConfig`` of a named shape (untied head, 4096 positions)."""
     hidden, inter, layers, heads, kv, vocab = SHAPES[shape]
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
-                      num_key_value_heads=kv, vocab_size=vocab, max_position_embeddings=4096, rms_norm_eps=1e-5,
-                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
+                       num_key_value_heads=kv, vocab_size=vocab, max_position_embeddings=4096, rms_norm_eps=1e-5,
+                       tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def build(shape: str, dtype: torch.dtype, device: str, seed: int = 0) -> LlamaForCausalLM:
+    """A random-weight Llama of ``shape`` on ``device`` in ``dtype``, in eval mode. float32 models are initialised
+    in float32; other dtypes are initialised in that dtype directly (a 7B never exists in float32 on the GPU)."""
+    cfg = llama_config(shape)
     torch.manual_seed(seed)
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg)  # transformers initialises N(0, 0.02): random but well-scaled
+    default = torch.get_default_dtype()
+    try:
+        if dtype.is_floating_point and dtype != torch.float32:
+            torch.set_default_dtype(dtype)
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg)  # transformers initialises N(0, 0.02): random but well-scaled
+    finally:
+        torch.set_default_dtype(default)
     return model.to(dtype).eval()
 
 
@@ -72,6 +86,32 @@ def decode_throughput(model, batch: int, new_tokens: int, vocab: int, device: st
     n = (out.shape[1] - prompt) * batch
     return {"batch": batch, "new_tokens": new_tokens, "seconds": round(dt, 3), "tokens_per_s": round(n / dt, 1),
             "ms_per_step": round(1000 * dt / new_tokens, 2)}
+
+
+def time_prune(model, calib: torch.Tensor, ratio: float, device: str, *, batch_size: int = 8,
+               channel_multiple: int = 1, offload_activations: bool = False, mask_only: bool = False) -> dict:
+    """Prune ``model`` in place with SlimGPT at ``ratio`` on ``calib`` (``(samples, seqlen)`` token ids) and return
+    the wall time, the per-phase times (``PruningSummary.timings``; seconds, unrounded), the removed fraction and,
+    on a GPU, the peak memory allocated during the run (the model's own weights included) and the memory the model
+    held before it."""
+    cuda = device.startswith("cuda")
+    samples, seqlen = calib.shape
+    cfg = SlimGPTConfig(pruning_ratio=ratio, dataset=None, num_samples=samples, seqlen=seqlen, batch_size=batch_size,
+                        device=device, channel_multiple=channel_multiple, offload_activations=offload_activations)
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated() if cuda else None
+    _sync(device)
+    t = time.perf_counter()
+    pruner = SlimGPTPruner(cfg, mask_only=mask_only)
+    pruner.prune_model(model, calibration=calib)
+    _sync(device)
+    total = time.perf_counter() - t
+    s = pruner.summary
+    return {"prune_seconds": total, "removed": round(s.achieved_ratio, 4), "timings": dict(s.timings),
+            "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+            "model_gpu_gib": round(before / 2**30, 2) if cuda else None}
 
 
 def main() -> None:
@@ -110,27 +150,17 @@ def main() -> None:
     runs = [(r, False) for r in args.ratio] + ([(r, True) for r in args.ratio] if args.compare_masked else [])
     for ratio, masked in runs:
         model = copy.deepcopy(base) if len(runs) > 1 else base
-        cfg = SlimGPTConfig(pruning_ratio=ratio, dataset=None, num_samples=args.samples, seqlen=args.seqlen,
-                            batch_size=args.batch_size, device=args.device, channel_multiple=args.channel_multiple,
-                            offload_activations=args.offload_activations)
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        _sync(args.device)
-        t = time.perf_counter()
-        pruner = SlimGPTPruner(cfg, mask_only=masked)
-        pruner.prune_model(model, calibration=calib)
-        _sync(args.device)
-        total = time.perf_counter() - t
-        s = pruner.summary
+        timed = time_prune(model, calib, ratio, args.device, batch_size=args.batch_size,
+                           channel_multiple=args.channel_multiple, offload_activations=args.offload_activations,
+                           mask_only=masked)
         row = {
             "shape": args.shape, "ratio": ratio, "mask_only": masked, "dtype": args.dtype, "device": args.device,
             "model_device": model_device, "samples": args.samples, "seqlen": args.seqlen,
             "batch_size": args.batch_size, "channel_multiple": args.channel_multiple,
             "offload_activations": args.offload_activations, "build_seconds": round(build_s, 1),
-            "prune_seconds": round(total, 2), "removed": round(s.achieved_ratio, 4),
-            "timings": {k: round(v, 2) for k, v in s.timings.items()},
-            "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+            "prune_seconds": round(timed["prune_seconds"], 2), "removed": timed["removed"],
+            "timings": {k: round(v, 2) for k, v in timed["timings"].items()},
+            "peak_gpu_gib": timed["peak_gpu_gib"],
             "gpu": torch.cuda.get_device_name() if cuda else None, "torch": torch.__version__,
         }
         if args.decode and not masked:

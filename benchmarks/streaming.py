@@ -8,6 +8,9 @@ needs for larger shapes, computed from them.
     python benchmarks/streaming.py estimate                                # 3B / 70B / 405B shapes
 
 Calibration: 8 windows of 128 random token ids (seed 0), SlimGPT at 20%, on the CPU.
+
+``write_random_checkpoint`` writes a random-weight checkpoint of any Llama shape tensor by tensor (never the whole
+model in memory; the values can be drawn on a GPU); ``benchmarks/gpu_suite.py`` uses it for the streamed 13B run.
 """
 
 from __future__ import annotations
@@ -41,6 +44,60 @@ def make(out: Path) -> None:
     n = sum(p.numel() for p in model.parameters())
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     print(json.dumps({"params": n, "checkpoint_bytes": size, "shards": len(list(out.glob("*.safetensors")))}))
+
+
+def write_random_checkpoint(out: Path, config, dtype: torch.dtype = torch.bfloat16, device: str = "cpu", seed: int = 0,
+                            max_shard_bytes: int = 4 * 2**30, std: float = 0.02) -> dict:
+    """Write a random-weight checkpoint of the model ``config`` describes (any ``AutoModelForCausalLM`` config) to
+    ``out`` as sharded safetensors with ``model.safetensors.index.json`` and ``config.json``, one tensor at a time.
+
+    Matrices and embeddings are N(0, ``std``) (transformers' own initialisation scale), 1-D tensors (norms, biases) are
+    ones / zeros as transformers initialises them. The values are drawn on ``device`` (a GPU draws a 13B in seconds)
+    and at most one shard (``max_shard_bytes``) is held on the host at a time. Returns the parameter count, the bytes,
+    the number of shards and the seconds it took.
+    """
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    t = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    shapes = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    del skeleton
+    size = torch.empty(0, dtype=dtype).element_size()
+    shards: list[list[str]] = [[]]
+    used = 0
+    for name, shape in shapes.items():  # shard plan first: the file names carry the shard count
+        nbytes = int(torch.Size(shape).numel()) * size
+        if shards[-1] and used + nbytes > max_shard_bytes:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += nbytes
+    gen = torch.Generator(device).manual_seed(seed)
+    weight_map, total = {}, 0
+    for k, names in enumerate(shards, 1):
+        fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {}
+        for name in names:
+            shape = shapes[name]
+            if len(shape) >= 2:
+                x = torch.empty(shape, dtype=dtype, device=device).normal_(0.0, std, generator=gen)
+            else:
+                x = (torch.zeros if name.endswith("bias") else torch.ones)(shape, dtype=dtype, device=device)
+            tensors[name] = x.cpu()
+            total += x.numel() * size
+            weight_map[name] = fname
+        save_file(tensors, str(out / fname), metadata={"format": "pt"})
+        del tensors
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    config.dtype = dtype
+    config.save_pretrained(out)
+    return {"params": sum(int(torch.Size(s).numel()) for s in shapes.values()), "checkpoint_bytes": total,
+            "shards": len(shards), "seconds": round(time.perf_counter() - t, 1)}
 
 
 def _calibration() -> torch.Tensor:

@@ -1,12 +1,16 @@
 """The benchmark scripts run (tiny settings): a CPU smoke run of ``benchmarks/speed.py``, and the same on a GPU
-where one exists (marked ``gpu``: skipped without CUDA). Timings are never asserted, only that the script
-prunes to the requested ratio and reports every phase."""
+where one exists (marked ``gpu``: skipped without CUDA); ``benchmarks/gpu_suite.sh --tiny`` end to end, and its
+time budgets. Timings are never asserted, only that the scripts prune to the requested ratio and report every
+phase with positive times."""
 
 from __future__ import annotations
 
 import json
+import os
 import runpy
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +70,90 @@ def test_quality_mean_accuracy_and_its_standard_error():
     table = q["big_table"]({"affine-50": {"ppl": 50.0, "zero_shot_big": res}})
     assert "0.5000 ± 0.0250" in table and "affine-50" in table
     assert set(q["ZERO_SHOT_BIG"]) == {"piqa", "hellaswag", "arc_easy", "boolq", "openbook_qa"}
+
+
+# ---------------------------------------------------------------------------------------- benchmarks/gpu_suite.sh
+def _positive(d: dict, keys) -> None:
+    for k in keys:
+        assert isinstance(d[k], (int, float)) and d[k] > 0, (k, d[k])
+
+
+def test_gpu_suite_tiny_runs_every_part_on_the_cpu(tmp_path):
+    """The GPU run's script, end to end on tiny shapes on the CPU: one JSON file with every part's phases."""
+    out = tmp_path / "suite.json"
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    cmd = ["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--tiny", str(out), "--workdir", str(tmp_path / "work")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    res = json.loads(out.read_text())
+    st = res["settings"]
+    assert st["tiny"] is True and st["device"] == "cpu" and (st["samples"], st["seqlen"]) == (4, 64)
+    assert "4 x 64" in st["calibration"] and "128 x 2048" in st["calibration"]
+    assert res["host"]["torch"] == torch.__version__ and res["finished"] >= res["started"]
+    parts = res["parts"]
+    assert list(parts) == ["llama-7b", "llama3-8b", "llama-13b-streamed"]
+    assert st["shapes"]["llama-7b"]["shape"] == "tiny-mha" and st["shapes"]["llama3-8b"]["shape"] == "tiny"
+    for name in ("llama-7b", "llama3-8b"):
+        p = parts[name]
+        assert p["status"] == "ok" and 0 < p["wall_s"] <= p["budget_s"]
+        prune = p["prune"]
+        _positive(prune, ["capture_s", "hessians_s", "solves_s", "surgery_s", "block_outputs_s", "total_s"])
+        phases = sum(prune[k] for k in ("capture_s", "hessians_s", "solves_s", "surgery_s", "block_outputs_s"))
+        assert phases <= prune["total_s"]  # the phases are intervals inside the timed prune
+        assert abs(prune["removed"] - st["ratio"]) < 0.01 and prune["params_after"] < p["build"]["params"]
+        assert prune["peak_gpu_gib"] is None  # CPU: no GPU memory to report; the process's RSS instead
+        _positive(p, ["peak_rss_gib"])
+        assert p["progress"]["blocks_done"] == p["progress"]["blocks"] == 4
+        times = p["progress"]["seconds_at_each_block"]
+        assert times == sorted(times) and times[0] > 0
+        for key in ("decode_dense", "decode_pruned"):
+            assert [d["batch"] for d in p[key]] == st["decode_batch"]
+            for d in p[key]:
+                _positive(d, ["tokens_per_s", "seconds", "ms_per_step"])
+        for sp, d, q in zip(p["decode_speedup"], p["decode_dense"], p["decode_pruned"]):
+            assert sp == pytest.approx(q["tokens_per_s"] / d["tokens_per_s"], rel=0.01)  # tokens/s carry 1 decimal
+    s = parts["llama-13b-streamed"]
+    assert s["status"] == "ok", s
+    _positive(s["write"], ["params", "checkpoint_bytes", "shards"])
+    assert s["write"]["checkpoint_bytes"] == 2 * s["write"]["params"]  # bf16
+    _positive(s["prune"], ["total_s", "params_after", "bytes_after"])
+    assert s["prune"]["format"] == "per_layer" and s["prune"]["params_after"] < s["prune"]["params_before"]
+    assert s["progress"]["blocks_done"] == 4
+    assert not (tmp_path / "work").exists()  # the streamed checkpoint and the parts' files are gone
+
+
+def _slow_part(rec, x):
+    rec.set("first_phase", {"seconds": x})
+    time.sleep(60)
+
+
+def _failing_part(rec, x):
+    rec.set("first_phase", {"seconds": x})
+    raise ValueError("a broken phase")
+
+
+def _quick_part(rec, x):
+    rec.set("value", x)
+
+
+def test_gpu_suite_a_part_over_its_budget_is_stopped_and_keeps_what_it_measured(tmp_path):
+    """One slow or failing part cannot eat the others' time: it is stopped at its budget (or fails alone), what it
+    recorded stays in the JSON, and the next parts run."""
+    suite = runpy.run_path(str(ROOT / "benchmarks" / "gpu_suite.py"))
+    out, cleaned = tmp_path / "r.json", []
+    t = time.monotonic()
+    res = suite["run_parts"]([("slow", _slow_part, (0.5,), 1.0), ("broken", _failing_part, (0.25,), 30.0),
+                              ("quick", _quick_part, (7,), 30.0)], {"settings": {}}, out, 120.0, tmp_path,
+                             poll_s=0.2, cleanup=cleaned.append)
+    assert time.monotonic() - t < 30  # not the slow part's 60 s
+    slow, broken, quick = (res["parts"][k] for k in ("slow", "broken", "quick"))
+    assert slow["status"] == "timeout" and slow["first_phase"] == {"seconds": 0.5} and slow["budget_s"] == 1.0
+    assert 1.0 <= slow["wall_s"] < 15
+    assert broken["status"] == "error" and "ValueError: a broken phase" in broken["error"]
+    assert broken["first_phase"] == {"seconds": 0.25}
+    assert quick["status"] == "ok" and quick["value"] == 7
+    assert json.loads(out.read_text()) == res and cleaned == ["slow", "broken", "quick"]
+    # the total budget: a part that would start after it is spent is skipped, not started
+    res = suite["run_parts"]([("slow", _slow_part, (0.5,), 100.0), ("quick", _quick_part, (7,), 30.0)], {}, out, 1.5,
+                             tmp_path, poll_s=0.2)
+    assert res["parts"]["slow"]["status"] == "timeout" and res["parts"]["quick"]["status"] == "skipped"
