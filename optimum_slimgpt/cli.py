@@ -31,9 +31,13 @@ class CLIError(Exception):
 
 
 # ----------------------------------------------------------------------------------- loading
-def _dtype(name: str):
+def _dtype(name):
+    """A dtype flag's value (``float32``, ``bf16``, ``auto``...) as a torch dtype; the flags convert it once, at
+    parse time, so that a bad name fails before anything is loaded."""
     import torch
 
+    if not isinstance(name, str):
+        return name
     table = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
              "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
     if name not in table:
@@ -135,39 +139,60 @@ def find_smollm2_gguf() -> Path:
 
 
 # ----------------------------------------------------------------------------------- commands
+def _described_data(args, flags, base: dict) -> dict:
+    """``base`` (fields of ``--config``) whose dataset is only a description (a local file by name and sha256,
+    texts, token ids) needs ``--dataset``; a file whose sha256 is not the recorded one gets a warning."""
+    described, given = base.get("dataset"), flags.given(args).get("dataset")
+    if not isinstance(described, dict):
+        return base
+    if given is None:
+        raise CLIError(f"--config {args.config}: the run used {json.dumps(described)}, which the record describes but "
+                       "cannot re-create: give that data with --dataset")
+    if described.get("sha256") and Path(given).is_file():
+        import hashlib
+
+        if hashlib.sha256(Path(given).read_bytes()).hexdigest() != described["sha256"]:
+            logging.getLogger(__name__).warning("--dataset %s is not the file of the record (%s, another sha256): "
+                                                "the result will differ", given, described.get("name"))
+    return base
+
+
 def _config_from_args(args):
-    import dataclasses
+    """The pruning config of ``prune``: the method's defaults, then ``--config FILE``, then the flags given."""
+    from .cli_args import read_config_file
+    from .config import config_class_for, fields_from_record
 
-    from .config import PruningConfig, _config_class_for
+    base = fields_from_record(read_config_file(args.config)) if args.config else {}
+    method = args.method or base.get("method") or "slimgpt"
+    cls = config_class_for(method)
+    if base.pop("method", method) != method:  # another method's config: only the fields this one shares
+        base = {k: v for k, v in base.items() if k in cls.__dataclass_fields__}
+    base = _described_data(args, args.pruning_flags, base)
+    return args.pruning_flags.build(cls, args, base, what=f"--method {method}")
 
-    schedule = args.schedule
-    if schedule and "," in schedule:
-        try:
-            schedule = [float(x) for x in schedule.split(",")]
-        except ValueError:
-            raise CLIError(f"--schedule {schedule!r}: a per-layer list must be comma-separated numbers") from None
-    # method-specific flags: passed only when given, and refused by a method that has no such knob
-    specific = {"damp_percent": ("--damp", args.damp),
-                "compensate": ("--no-compensate", False if args.no_compensate else None),
-                "bias_compensation": ("--bias-compensation/--no-bias-compensation", args.bias_compensation)}
-    try:
-        cls = _config_class_for(args.method)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        extra = {}
-        for name, (flag, value) in specific.items():
-            if value is None:
-                continue
-            if name not in fields:
-                raise ValueError(f"{flag} does not apply to --method {args.method}")
-            extra[name] = value
-        return PruningConfig.for_method(
-            args.method, pruning_ratio=args.ratio, schedule=schedule, dataset=args.dataset,
-            dataset_split=args.split, num_samples=args.samples, seqlen=args.seqlen, batch_size=args.batch_size,
-            seed=args.seed, device=args.device, prune_heads=not args.no_heads, prune_ffn=not args.no_ffn,
-            channel_multiple=args.channel_multiple, **extra,
-        )
-    except (ValueError, TypeError) as e:
-        raise CLIError(str(e)) from e
+
+def _recovery_config(args, flags, base: dict):
+    """The :class:`RecoveryConfig` of ``base`` and the flags given; ``--epochs`` alone replaces the step count."""
+    from .recovery import RecoveryConfig
+
+    given = flags.given(args)
+    if "num_epochs" in given and "max_steps" not in given:
+        base = {**base, "max_steps": None}
+    return flags.build(RecoveryConfig, args, base)
+
+
+def _prune_recovery_config(args, cfg):
+    """The :class:`RecoveryConfig` of ``prune --recover-steps N`` (``None`` without it), checked before loading;
+    its data, split, seed and window length follow the pruning config's unless given."""
+    flags = args.recover_flags
+    given = [flags.flag(args, n) for n in flags.given(args)]
+    if not {"max_steps", "num_epochs"} & set(flags.given(args)):
+        if given or args.recover_teacher_dtype is not None:
+            raise CLIError(f"{(given or ['--recover-teacher-dtype'])[0]} needs --recover-steps N")
+        return None
+    return _recovery_config(args, flags, {"dataset": cfg.dataset, "dataset_split": cfg.dataset_split, "batch_size": 1,
+                                          "dataset_text_field": cfg.dataset_text_field, "seed": cfg.seed,
+                                          "seqlen": min(cfg.seqlen, 512)})
 
 
 def cmd_prune(args) -> int:
@@ -176,7 +201,7 @@ def cmd_prune(args) -> int:
 
     cfg = _config_from_args(args)
     rcfg = _prune_recovery_config(args, cfg)
-    check_device(args.device)
+    check_device(cfg.device)
     path, gguf_file, source = resolve_model_path(args.model, args.gguf_file)
     out = Path(args.output)
     # before loading anything: the output folder (not the source, writable); the disk space once the plan is known
@@ -195,6 +220,8 @@ def cmd_prune(args) -> int:
         import copy
 
         teacher = copy.deepcopy(model)  # the dense model, before pruning
+        if args.recover_teacher_dtype not in (None, "auto"):
+            teacher.to(args.recover_teacher_dtype)
     pruner = SlimGPTPruner(cfg)
     pruner.prune_model(model, tok, save_dir=out, export_format=args.format, overwrite=args.overwrite)
     print(pruner.summary.table())
@@ -209,29 +236,6 @@ def cmd_prune(args) -> int:
     return 0
 
 
-def _prune_recovery_config(args, cfg):
-    """The :class:`RecoveryConfig` of ``prune --recover-steps N`` (``None`` without it), checked before loading."""
-    if args.recover_steps is None:
-        for flag in ("recover_loss", "recover_lr", "recover_lora_r", "recover_dataset", "recover_seqlen"):
-            if getattr(args, flag) is not None:
-                raise CLIError(f"--{flag.replace('_', '-')} needs --recover-steps N")
-        return None
-    from .config import ConfigError
-    from .recovery import RecoveryConfig
-
-    try:
-        return RecoveryConfig(
-            dataset=args.recover_dataset or cfg.dataset, dataset_split=args.split, max_steps=args.recover_steps,
-            seqlen=args.recover_seqlen or min(args.seqlen, 512), batch_size=1, loss=args.recover_loss or "kd",
-            learning_rate=1e-4 if args.recover_lr is None else args.recover_lr,
-            lora_r=args.recover_lora_r or 0, seed=args.seed,
-        )
-    except ConfigError as e:
-        flags = {"max_steps": "--recover-steps", "learning_rate": "--recover-lr", "loss": "--recover-loss",
-                 "lora_r": "--recover-lora-r", "seqlen": "--recover-seqlen", "dataset": "--recover-dataset"}
-        raise CLIError(f"{flags.get(e.field, e.field)}: {e}") from e
-
-
 def _print_recovery(model) -> None:
     from .modeling import PruningRecord
 
@@ -244,34 +248,18 @@ def _print_recovery(model) -> None:
 
 def cmd_recover(args) -> int:
     """Fine-tune a pruned model towards its dense teacher and save it."""
-    from .config import ConfigError
     from .modeling import PruningRecord
-    from .recovery import RecoveryConfig, recover
+    from .recovery import recover
     from .saving import check_output_dir
 
-    flags = {"max_steps": "--steps", "num_epochs": "--epochs", "learning_rate": "--lr", "num_samples": "--samples",
-             "lr_scheduler_type": "--scheduler", "gradient_accumulation_steps": "--grad-accum", "dtype": "--train-dtype",
-             "lora_r": "--lora-r", "warmup_steps": "--warmup-steps", "batch_size": "--batch-size"}
-    targets = args.target_modules
-    if targets and targets != "all-linear":
-        targets = [t.strip() for t in targets.split(",") if t.strip()]
-    try:
-        rcfg = RecoveryConfig(
-            dataset=args.dataset, dataset_split=args.split, num_samples=args.samples, seqlen=args.seqlen,
-            max_steps=args.steps if args.steps is not None else (None if args.epochs is not None else 100),
-            num_epochs=args.epochs, batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
-            learning_rate=args.lr, lr_scheduler_type=args.scheduler, warmup_steps=args.warmup_steps, loss=args.loss,
-            temperature=args.temperature, lora_r=args.lora_r, target_modules=targets,
-            gradient_checkpointing=args.gradient_checkpointing, dtype=args.train_dtype, seed=args.seed,
-            logging_steps=args.logging_steps, report_to=args.report_to, freeze_embeddings=args.freeze_embeddings,
-        )
-    except ConfigError as e:
-        flag = flags.get(e.field, "--" + e.field.replace("_", "-"))
-        raise CLIError(f"{flag}: {e}") from e
+    from .cli_args import read_config_file
+    from .recovery import fields_from_record
+
+    base = fields_from_record(read_config_file(args.config)) if args.config else {}
+    rcfg = _recovery_config(args, args.recovery_flags, _described_data(args, args.recovery_flags, base))
     check_device(args.device)
     check_device(args.teacher_device)
     teacher_dtype = args.teacher_dtype or args.dtype
-    _dtype(teacher_dtype)  # an unknown name fails before anything is loaded
     _, _, source = resolve_model_path(args.model, args.gguf_file)
     if args.teacher is None and rcfg.needs_teacher:
         raise CLIError(f"--loss {rcfg.loss}" + (" with --dataset self" if rcfg.loss == "lm" else "")
@@ -425,9 +413,9 @@ def cmd_info(args) -> int:
 
 def cmd_export(args) -> int:
     """Convert a saved pruned checkpoint into another format (GGUF for llama.cpp)."""
-    from .gguf_export import check_gguf_output, check_quant_type, export_gguf
+    from .gguf_export import GGUFExportOptions, check_gguf_output, export_gguf
 
-    check_quant_type(args.quantize)  # bad input first, before anything is loaded
+    options = args.export_flags.build(GGUFExportOptions, args)  # bad input first, before anything is loaded
     target = check_gguf_output(args.output, overwrite=args.overwrite)
     path = Path(args.model)
     cfg_file = path / "config.json"
@@ -440,8 +428,7 @@ def cmd_export(args) -> int:
     model, tok = load_model(str(path), dtype="float32")
     if tok is None:
         raise CLIError(f"no tokenizer found in {args.model}: the GGUF file needs it")
-    res = export_gguf(model, target, tokenizer=tok, outtype=args.outtype, quantize=args.quantize, arch=args.arch,
-                      overwrite=args.overwrite, threads=args.threads, tokenizer_pre=args.tokenizer_pre)
+    res = export_gguf(model, target, tokenizer=tok, overwrite=args.overwrite, **vars(options))
     q = f", quantised to {res.quantize}" if res.quantize else ""
     print(f"wrote {res.path} ({res.file_bytes / 2**20:.1f} MiB): llama.cpp '{res.arch}', {res.outtype}{q}; {res.reason}")
     return 0
@@ -509,51 +496,95 @@ def cmd_demo(args) -> int:
 
 
 # ----------------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    from .config import SCHEDULES
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default unless the help states it or it says nothing (``None``, ``False``)."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or "") or action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors too end as one ``error:`` line (exit status 2), like every other bad input."""
+
+    def error(self, message: str):
+        raise CLIError(f"{message} (see '{self.prog} --help')")
+
+
+def _peek(argv: Optional[Sequence[str]], command: str, flag: str) -> Optional[str]:
+    """The value of ``flag`` after ``command`` in ``argv``, before parsing (it decides what ``--help`` lists)."""
+    rest = list(argv or [])
+    rest = rest[rest.index(command) + 1:] if command in rest else []
+    for i, a in enumerate(rest):
+        if a == flag and i + 1 < len(rest):
+            return rest[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _shown_method(argv: Optional[Sequence[str]]) -> type:
+    """The config class whose own options ``prune --help`` lists: ``--method``'s, or the ``--config`` file's."""
+    from .cli_args import read_config_file
+    from .config import config_class_for, fields_from_record, registered_configs
+
+    method, file = _peek(argv, "prune", "--method"), _peek(argv, "prune", "--config")
+    if method is None and file:
+        try:
+            method = fields_from_record(read_config_file(file)).get("method")
+        except (OSError, ValueError):
+            pass  # reported when the command runs
+    return config_class_for(method, missing_ok=True) or config_class_for("slimgpt", True) or registered_configs()[0]
+
+
+def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    """The ``optimum-slimgpt`` parser. The config options are flags generated from the config dataclasses
+    (:mod:`optimum_slimgpt.cli_args`); ``argv``, when given, picks the method whose own options ``prune --help``
+    lists (every registered method's flags are accepted)."""
+    from .cli_args import ConfigFlags
+    from .config import PruningConfig, registered_configs
+    from .gguf_export import GGUFExportOptions
+    from .recovery import RecoveryConfig
     from .saving import EXPORT_FORMATS
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(prog="optimum-slimgpt", formatter_class=fmt,
-                                description="Structured pruning of Hugging Face causal LMs (SlimGPT, SlimLLM). "
-                                            "Bad input ends with exit status 2 and one 'error:' line.")
+    fmt = _Formatter
+    p = _Parser(prog="optimum-slimgpt", formatter_class=fmt,
+                description="Structured pruning of Hugging Face causal LMs (SlimGPT, SlimLLM, FLAP). "
+                            "Bad input ends with exit status 2 and one 'error:' line.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (and tracebacks on errors)")
     sub = p.add_subparsers(dest="command", required=True, metavar="{prune,recover,eval,info,export,demo}")
 
-    pr = sub.add_parser("prune", help="prune a model and save it", formatter_class=fmt,
-                        description="Prune a causal LM (a folder with config.json, a .gguf file or a folder holding "
-                                    "one) and save the smaller model. Everything is checked before the work starts.")
-    pr.add_argument("--model", required=True, help="model folder, .gguf file, folder with one .gguf, or hub id")
-    pr.add_argument("--gguf-file", default=None, help="the GGUF file inside --model when it holds several")
-    pr.add_argument("--output", required=True, help="folder to write the pruned checkpoint to (not the model's own)")
-    pr.add_argument("--overwrite", action="store_true",
-                    help="replace a non-empty --output (atomically: the old checkpoint stays until the new is complete)")
-    pr.add_argument("--ratio", type=float, default=0.2,
-                    help="fraction of the decoder-block parameters (attention + MLP linears) to remove, in [0, 1)")
-    pr.add_argument("--method", default="slimgpt", help="a registered pruning method: slimgpt | slimllm | flap | ...")
-    pr.add_argument("--schedule", default="log_increase",
-                    help=f"how the ratio grows with depth: {' | '.join(SCHEDULES)}, or a comma list of per-layer ratios")
-    pr.add_argument("--dataset", default="wikitext2",
-                    help="calibration data: a registered name (wikitext2, c4, ptb), 'self' (text the model "
-                         "generates) or a local .txt/.json/.jsonl/.csv/.parquet file or dataset folder")
-    pr.add_argument("--split", default="train", help="split of a registered dataset or dataset folder")
-    pr.add_argument("--samples", type=int, default=128, help="number of calibration windows")
-    pr.add_argument("--seqlen", type=int, default=2048,
-                    help="tokens per calibration window (at most the model's max_position_embeddings)")
-    pr.add_argument("--batch-size", type=int, default=8, help="windows per calibration forward")
-    pr.add_argument("--seed", type=int, default=0, help="seed of the window sampler (and self-generated text)")
-    pr.add_argument("--device", default=None, help="where each block is pruned, e.g. cuda:0 (default: the model's)")
-    pr.add_argument("--dtype", default="float32", help="dtype to load the model in: float32 | bfloat16 | float16 | auto")
-    pr.add_argument("--damp", type=float, default=None, help="SlimGPT: Hessian damping, fraction of its mean diagonal "
-                                                             "(default 0.01)")
-    pr.add_argument("--channel-multiple", type=int, default=1,
-                    help="round each layer's kept FFN channels to a multiple of this (e.g. 64 for GPU kernels)")
-    pr.add_argument("--no-heads", action="store_true", help="do not prune attention heads")
-    pr.add_argument("--no-ffn", action="store_true", help="do not prune FFN channels")
-    pr.add_argument("--no-compensate", action="store_true", help="SlimGPT: plain removal without the OBS update")
-    pr.add_argument("--bias-compensation", action=argparse.BooleanOptionalAction, default=None,
-                    help="SlimGPT: affine OBS compensation (the update also moves an output bias of o_proj/down_proj); "
-                         "FLAP: its mean-shift bias (on by default); default: the method's own default")
+    def command(name: str, func, help: str, description: str, model: Optional[str] = None, output: str = "",
+                overwrite: str = "replace a non-empty --output") -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=description, formatter_class=fmt,
+                            usage="%(prog)s --model MODEL --output OUTPUT [options]" if model and output else None)
+        sp.set_defaults(func=func)
+        if model:
+            sp.add_argument("--model", required=True, help=model)
+            sp.add_argument("--gguf-file", default=None, help="the GGUF file inside --model when it holds several")
+        if output:
+            sp.add_argument("--output", required=True, help=output)
+            sp.add_argument("--overwrite", action="store_true", help=overwrite)
+        return sp
+
+    def config_file(sp, what: str) -> None:
+        sp.add_argument("--config", default=None, metavar="FILE.json|yaml",
+                        help=f"start from this {what}; the flags given override it")
+
+    dtypes = "float32 | bfloat16 | float16 | auto"
+    pr = command("prune", cmd_prune, "prune a model and save it",
+                 "Prune a causal LM (a folder with config.json, a .gguf file or a folder holding one) and save the "
+                 "smaller model. Everything is checked before the work starts. The method's own options are listed "
+                 "by 'prune --method NAME --help'.",
+                 model="model folder, .gguf file, folder with one .gguf, or hub id",
+                 output="folder to write the pruned checkpoint to (not the model's own)",
+                 overwrite="replace a non-empty --output (atomically: the old checkpoint stays until the new is complete)")
+    pr.add_argument("--method", default=None, help="a registered pruning method: " + " | ".join(
+        c.method_name for c in registered_configs()) + " (default: the --config file's, else slimgpt)")
+    config_file(pr, "config: a saved PruningConfig JSON, or a pruned checkpoint's config.json or its pruning_config "
+                    "record, which repeats that run (its calibration file by --dataset)")
+    pr.add_argument("--dtype", default="float32", type=_dtype, help=f"dtype to load the model in: {dtypes}")
     pr.add_argument("--low-memory", action="store_true",
                     help="stream the blocks from the safetensors shards (memory: about one block); chosen by itself "
                          "when the checkpoint would not fit in the available memory")
@@ -562,72 +593,44 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", default="auto", choices=list(EXPORT_FORMATS),
                     help="checkpoint format (auto: uniform when every layer has the same sizes, else per_layer); "
                          "checked against the plan before pruning")
-    pr.add_argument("--recover-steps", type=int, default=None,
-                    help="after pruning, recover N optimizer steps by distillation from the dense model (see "
-                         "'optimum-slimgpt recover'; windows of one --recover-seqlen sequence per step)")
-    pr.add_argument("--recover-loss", default=None, help="with --recover-steps: kd | lm | kd+lm (default kd)")
-    pr.add_argument("--recover-lr", type=float, default=None, help="with --recover-steps: learning rate (default 1e-4)")
-    pr.add_argument("--recover-lora-r", type=int, default=None,
-                    help="with --recover-steps: LoRA rank, merged after training (default 0: full fine-tuning)")
-    pr.add_argument("--recover-dataset", default=None, help="with --recover-steps: training data (default: --dataset)")
-    pr.add_argument("--recover-seqlen", type=int, default=None,
-                    help="with --recover-steps: tokens per training window (default: min(--seqlen, 512))")
-    pr.set_defaults(func=cmd_prune)
+    shown = _shown_method(argv)
+    pr.set_defaults(pruning_flags=ConfigFlags(
+        pr, [shown, *(c for c in registered_configs() if c is not shown)],
+        sections=[("pruning options of every method (PruningConfig)", PruningConfig),
+                  (f"options of --method {shown.method_name} ({shown.__name__})", shown)]))
+    pr.add_argument("--recover-teacher-dtype", default=None, type=_dtype, metavar="DTYPE",
+                    help=f"with --recover-steps: the dense teacher's dtype ({dtypes}; default: --dtype)")
+    pr.set_defaults(recover_flags=ConfigFlags(
+        pr, [RecoveryConfig], prefix="recover-",
+        sections=[("recovery after pruning (RecoveryConfig; --recover-steps N turns it on, see 'recover')",
+                   RecoveryConfig)],
+        notes={"max_steps": "none: no recovery", "dataset": "--dataset", "dataset_split": "--split", "seed": "--seed",
+               "dataset_text_field": "--dataset-text-field", "seqlen": "min(--seqlen, 512)"}))
 
-    rc = sub.add_parser("recover", help="fine-tune a pruned model towards its dense teacher (KD or LM, LoRA or full)",
-                        formatter_class=fmt,
-                        description="Recover what pruning cost: distil the dense --teacher into the pruned --model on "
-                                    "transformers' Trainer (chunked KL over the sequence), with LoRA (merged) or full "
-                                    "fine-tuning, and save it like any pruned model. For several GPUs run it under "
-                                    "'accelerate launch' (see the README).")
-    rc.add_argument("--model", required=True, help="the pruned model (a saved optimum-slimgpt checkpoint)")
-    rc.add_argument("--gguf-file", default=None, help="the GGUF file inside --model when it holds several")
+    rc = command("recover", cmd_recover, "fine-tune a pruned model towards its dense teacher (KD or LM, LoRA or full)",
+                 "Recover what pruning cost: distil the dense --teacher into the pruned --model on transformers' "
+                 "Trainer (chunked KL over the sequence), with LoRA (merged) or full fine-tuning, and save it like any "
+                 "pruned model. For several GPUs run it under 'accelerate launch' (see the README).",
+                 model="the pruned model (a saved optimum-slimgpt checkpoint)",
+                 output="folder to write the recovered checkpoint to")
     rc.add_argument("--teacher", default=None,
                     help="the dense model it was pruned from (folder, .gguf file or hub id); needed unless --loss lm")
     rc.add_argument("--teacher-gguf-file", default=None, help="the GGUF file inside --teacher when it holds several")
-    rc.add_argument("--output", required=True, help="folder to write the recovered checkpoint to")
-    rc.add_argument("--overwrite", action="store_true", help="replace a non-empty --output (atomically)")
-    rc.add_argument("--dataset", default="wikitext2",
-                    help="training data: a registered name (wikitext2, c4, ptb), 'self' (text sampled from the "
-                         "teacher: no data needed) or a local .txt/.json/.jsonl/.csv/.parquet file or dataset folder")
-    rc.add_argument("--split", default="train", help="split of a registered dataset or dataset folder")
-    rc.add_argument("--samples", type=int, default=None,
-                    help="training windows (default: every window of the text; 'self': steps x batch x accumulation)")
-    rc.add_argument("--seqlen", type=int, default=512, help="tokens per training window")
-    rc.add_argument("--steps", type=int, default=None, help="optimizer steps (default 100 unless --epochs is given)")
-    rc.add_argument("--epochs", type=float, default=None, help="passes over the windows instead of --steps")
-    rc.add_argument("--batch-size", type=int, default=1, help="windows per device per forward")
-    rc.add_argument("--grad-accum", type=int, default=1, help="forwards per optimizer step (gradient accumulation)")
-    rc.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (> 0)")
-    rc.add_argument("--scheduler", default="cosine", help="learning-rate schedule: cosine | linear | constant | ...")
-    rc.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps")
-    rc.add_argument("--loss", default="kd", help="kd (KL to the teacher's logits) | lm (next-token) | kd+lm")
-    rc.add_argument("--temperature", type=float, default=1.0, help="distillation temperature (> 0)")
-    rc.add_argument("--lora-r", type=int, default=0, help="LoRA rank (merged after training); 0: full fine-tuning")
-    rc.add_argument("--target-modules", default="all-linear",
-                    help="modules that get LoRA adapters: all-linear or a comma list such as q_proj,v_proj")
-    rc.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (less memory)")
-    rc.add_argument("--train-dtype", default="float32", help="mixed-precision compute: float32 | bfloat16 | float16")
-    rc.add_argument("--dtype", default="float32", help="dtype to load both models in: float32 | bfloat16 | float16")
-    rc.add_argument("--teacher-dtype", default=None,
+    config_file(rc, "RecoveryConfig JSON, or a recovered checkpoint's config.json or record (its last recovery)")
+    rc.add_argument("--dtype", default="float32", type=_dtype, help=f"dtype to load both models in: {dtypes}")
+    rc.add_argument("--teacher-dtype", default=None, type=_dtype,
                     help="dtype to load the teacher in (default: --dtype); it only runs forward, so bfloat16 is a "
                          "common choice next to a float32 student")
-    rc.add_argument("--freeze-embeddings", action="store_true",
-                    help="full fine-tuning: leave the embeddings and output head as they are (faster; pruning never "
-                         "changes them)")
-    rc.add_argument("--seed", type=int, default=0, help="seed of the window order, LoRA init and 'self' text")
     rc.add_argument("--device", default=None, help="where the student trains, e.g. cuda:0 (default: CPU)")
     rc.add_argument("--teacher-device", default=None, help="where the teacher runs, e.g. cuda:1 (default: CPU)")
-    rc.add_argument("--logging-steps", type=int, default=10, help="log the loss every N steps")
-    rc.add_argument("--report-to", default="none", help="Trainer integrations: none | tensorboard | wandb | all")
     rc.add_argument("--format", default="auto", choices=list(EXPORT_FORMATS), help="checkpoint format of the output")
-    rc.set_defaults(func=cmd_recover)
+    rc.set_defaults(recovery_flags=ConfigFlags(rc, [RecoveryConfig], sections=[("training (RecoveryConfig)",
+                                                                                 RecoveryConfig)],
+                                               notes={"max_steps": "100 unless --epochs is given"}))
 
-    ev = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a saved model", formatter_class=fmt,
-                        description="Perplexity on WikiText-2 test or a text file, and zero-shot accuracy "
-                                    "(lm-eval-harness protocol) on local task files.")
-    ev.add_argument("--model", required=True, help="model folder, .gguf file or hub id")
-    ev.add_argument("--gguf-file", default=None, help="the GGUF file inside --model when it holds several")
+    ev = command("eval", cmd_eval, "perplexity and zero-shot accuracy of a saved model",
+                 "Perplexity on WikiText-2 test or a text file, and zero-shot accuracy (lm-eval-harness protocol) on "
+                 "local task files.", model="model folder, .gguf file or hub id")
     ev.add_argument("--wikitext-dir", default=None, help="folder with the WikiText-2 files (see ../shared/data)")
     ev.add_argument("--text-file", default=None, help="a UTF-8 text file to measure the perplexity on")
     ev.add_argument("--seqlen", type=int, default=2048, help="perplexity window length")
@@ -637,63 +640,48 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=None, help="first N items of each task")
     ev.add_argument("--data-dir", default=None, help="folder with the zero-shot data files")
     ev.add_argument("--device", default=None, help="e.g. cuda:0 (default: CPU)")
-    ev.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 | auto")
+    ev.add_argument("--dtype", default="float32", type=_dtype, help=dtypes)
     ev.add_argument("--json", default=None, help="also write the results to this JSON file")
-    ev.set_defaults(func=cmd_eval)
 
-    inf = sub.add_parser("info", help="per-layer layout of a saved model", formatter_class=fmt,
-                         description="The per-layer heads, KV heads and FFN channels as the weights have them, "
-                                     "the schedule's ratios and the pruning provenance.")
+    inf = command("info", cmd_info, "per-layer layout of a saved model",
+                  "The per-layer heads, KV heads and FFN channels as the weights have them, the schedule's ratios "
+                  "and the pruning provenance.")
     inf.add_argument("--model", required=True, help="a saved checkpoint folder")
-    inf.set_defaults(func=cmd_info)
 
-    ex = sub.add_parser("export", help="convert a pruned checkpoint for another runtime (GGUF for llama.cpp)",
-                        formatter_class=fmt,
-                        description="Write a saved pruned checkpoint as one GGUF file that llama.cpp (ollama, LM "
-                                    "Studio...) loads: per-layer sizes as llama.cpp's 'deci' architecture, a uniform "
-                                    "model as its plain one; optional quantisation by llama.cpp's own quantiser.")
+    ex = command("export", cmd_export, "convert a pruned checkpoint for another runtime (GGUF for llama.cpp)",
+                 "Write a saved pruned checkpoint as one GGUF file that llama.cpp (ollama, LM Studio...) loads: "
+                 "per-layer sizes as llama.cpp's 'deci' architecture, a uniform model as its plain one; optional "
+                 "quantisation by llama.cpp's own quantiser.",
+                 output="the .gguf file to write (written to a temporary name, then renamed)",
+                 overwrite="replace an existing --output")
     ex.add_argument("--model", required=True, help="a pruned checkpoint folder (saved by 'optimum-slimgpt prune')")
     ex.add_argument("--format", default="gguf", choices=["gguf"], help="output format")
-    ex.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"],
-                    help="type of the 2-D weights written (norms and biases stay f32); the input of --quantize")
-    ex.add_argument("--quantize", default=None,
-                    help="a llama.cpp quantisation type applied after writing, e.g. Q4_K_M, Q5_K_M, Q8_0 "
-                         "(needs llama-cpp-python: pip install 'optimum-slimgpt[gguf]')")
-    ex.add_argument("--arch", default="auto", choices=["auto", "deci", "plain"],
-                    help="llama.cpp architecture: auto = the plain one (llama, qwen2, qwen3) for a uniform model "
-                         "without extra biases, else deci")
-    ex.add_argument("--output", required=True, help="the .gguf file to write (written to a temporary name, then renamed)")
-    ex.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    ex.add_argument("--threads", type=int, default=None, help="threads for the quantiser (default: llama.cpp's)")
-    ex.add_argument("--tokenizer-pre", default=None,
-                    help="llama.cpp's name of the BPE pre-tokenizer (default: recognised from the tokenizer)")
-    ex.set_defaults(func=cmd_export)
+    ex.set_defaults(export_flags=ConfigFlags(ex, [GGUFExportOptions], sections=[("GGUF options", GGUFExportOptions)]))
 
-    de = sub.add_parser("demo", help="prune SmolLM2-135M-Instruct by 20%% with self-generated calibration",
-                        formatter_class=fmt,
-                        description="Prune SmolLM2-135M-Instruct with text it generates itself (no data, no Hub), "
-                                    "compare perplexity and generations, save, reload and compare logits.")
+    de = command("demo", cmd_demo, "prune SmolLM2-135M-Instruct by 20%% with self-generated calibration",
+                 "Prune SmolLM2-135M-Instruct with text it generates itself (no data, no Hub), compare perplexity "
+                 "and generations, save, reload and compare logits.")
     de.add_argument("--output", default=None, help="where to save the pruned model (default: a new temporary folder)")
     de.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     de.add_argument("--ratio", type=float, default=0.2, help="fraction of decoder-block parameters to remove")
     de.add_argument("--samples", type=int, default=32, help="self-generated calibration windows")
     de.add_argument("--seqlen", type=int, default=256, help="tokens per window")
-    de.set_defaults(func=cmd_demo)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "-v" in argv or "--verbose" in argv
     try:
+        args = build_parser(argv).parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
     except (CLIError, ValueError, TypeError, OSError, RuntimeError, ImportError) as e:
         # user-facing: bad arguments, files, devices, configs, exports (OSError: missing/unwritable paths, disk)
-        if args.verbose:
+        if verbose:
             import traceback
 
             traceback.print_exc()
