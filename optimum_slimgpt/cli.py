@@ -181,6 +181,15 @@ def _recovery_config(args, flags, base: dict):
     return flags.build(RecoveryConfig, args, base)
 
 
+def _recover_config_from_args(args):
+    """The config of ``recover``: the defaults, then ``--config FILE``, then the flags given."""
+    from .cli_args import read_config_file
+    from .recovery import fields_from_record
+
+    base = fields_from_record(read_config_file(args.config)) if args.config else {}
+    return _recovery_config(args, args.recovery_flags, _described_data(args, args.recovery_flags, base))
+
+
 def _prune_recovery_config(args, cfg):
     """The :class:`RecoveryConfig` of ``prune --recover-steps N`` (``None`` without it), checked before loading;
     its data, split, seed and window length follow the pruning config's unless given."""
@@ -252,11 +261,7 @@ def cmd_recover(args) -> int:
     from .recovery import recover
     from .saving import check_output_dir
 
-    from .cli_args import read_config_file
-    from .recovery import fields_from_record
-
-    base = fields_from_record(read_config_file(args.config)) if args.config else {}
-    rcfg = _recovery_config(args, args.recovery_flags, _described_data(args, args.recovery_flags, base))
+    rcfg = _recover_config_from_args(args)
     check_device(args.device)
     check_device(args.teacher_device)
     teacher_dtype = args.teacher_dtype or args.dtype
@@ -572,6 +577,12 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
         sp.add_argument("--config", default=None, metavar="FILE.json|yaml",
                         help=f"start from this {what}; the flags given override it")
 
+    def dtype(name: str):  # converted once, while parsing: a bad name fails before anything is loaded
+        try:
+            return _dtype(name)
+        except CLIError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+
     dtypes = "float32 | bfloat16 | float16 | auto"
     pr = command("prune", cmd_prune, "prune a model and save it",
                  "Prune a causal LM (a folder with config.json, a .gguf file or a folder holding one) and save the "
@@ -584,7 +595,7 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
         c.method_name for c in registered_configs()) + " (default: the --config file's, else slimgpt)")
     config_file(pr, "config: a saved PruningConfig JSON, or a pruned checkpoint's config.json or its pruning_config "
                     "record, which repeats that run (its calibration file by --dataset)")
-    pr.add_argument("--dtype", default="float32", type=_dtype, help=f"dtype to load the model in: {dtypes}")
+    pr.add_argument("--dtype", default="float32", type=dtype, help=f"dtype to load the model in: {dtypes}")
     pr.add_argument("--low-memory", action="store_true",
                     help="stream the blocks from the safetensors shards (memory: about one block); chosen by itself "
                          "when the checkpoint would not fit in the available memory")
@@ -598,7 +609,7 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
         pr, [shown, *(c for c in registered_configs() if c is not shown)],
         sections=[("pruning options of every method (PruningConfig)", PruningConfig),
                   (f"options of --method {shown.method_name} ({shown.__name__})", shown)]))
-    pr.add_argument("--recover-teacher-dtype", default=None, type=_dtype, metavar="DTYPE",
+    pr.add_argument("--recover-teacher-dtype", default=None, type=dtype, metavar="DTYPE",
                     help=f"with --recover-steps: the dense teacher's dtype ({dtypes}; default: --dtype)")
     pr.set_defaults(recover_flags=ConfigFlags(
         pr, [RecoveryConfig], prefix="recover-",
@@ -617,8 +628,8 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
                     help="the dense model it was pruned from (folder, .gguf file or hub id); needed unless --loss lm")
     rc.add_argument("--teacher-gguf-file", default=None, help="the GGUF file inside --teacher when it holds several")
     config_file(rc, "RecoveryConfig JSON, or a recovered checkpoint's config.json or record (its last recovery)")
-    rc.add_argument("--dtype", default="float32", type=_dtype, help=f"dtype to load both models in: {dtypes}")
-    rc.add_argument("--teacher-dtype", default=None, type=_dtype,
+    rc.add_argument("--dtype", default="float32", type=dtype, help=f"dtype to load both models in: {dtypes}")
+    rc.add_argument("--teacher-dtype", default=None, type=dtype,
                     help="dtype to load the teacher in (default: --dtype); it only runs forward, so bfloat16 is a "
                          "common choice next to a float32 student")
     rc.add_argument("--device", default=None, help="where the student trains, e.g. cuda:0 (default: CPU)")
@@ -640,7 +651,7 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     ev.add_argument("--limit", type=int, default=None, help="first N items of each task")
     ev.add_argument("--data-dir", default=None, help="folder with the zero-shot data files")
     ev.add_argument("--device", default=None, help="e.g. cuda:0 (default: CPU)")
-    ev.add_argument("--dtype", default="float32", type=_dtype, help=dtypes)
+    ev.add_argument("--dtype", default="float32", type=dtype, help=dtypes)
     ev.add_argument("--json", default=None, help="also write the results to this JSON file")
 
     inf = command("info", cmd_info, "per-layer layout of a saved model",

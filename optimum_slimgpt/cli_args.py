@@ -242,7 +242,7 @@ class ConfigFlags:
             raise ConfigError(stray[0], f"{self.flag(args, stray[0])} does not apply to {what or cls.__name__}")
         unknown = sorted(set(base or {}) - names)
         if unknown:
-            raise ConfigError(unknown[0], f"unknown {cls.__name__} field(s) {unknown}")
+            raise ConfigError(unknown[0], f"--config: unknown {cls.__name__} keys: {unknown}")
         try:
             return cls(**{**(base or {}), **given})
         except ConfigError as e:
