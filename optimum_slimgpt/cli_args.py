@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
+import logging
 import types
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional, Sequence, Union, get_args, get_origin, get_type_hints
 
 from .config import ConfigError
 
-__all__ = ["ConfigFlags", "option_strings", "parse_value", "read_config_file", "show_default"]
+__all__ = ["CLIError", "ConfigFlags", "HelpFormatter", "Parser", "option_strings", "parse_value", "peek",
+           "read_config_file", "show_default"]
 
 #: namespace attribute: {dest: the option string the user typed}, for messages that name the flag used
 TYPED = "_typed_flags"
@@ -61,6 +64,38 @@ def show_default(value: Any) -> str:
     return json.dumps(value) if isinstance(value, dict) else str(value)
 
 
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default unless the help states it or it says nothing (``None``, ``False``)."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or "") or action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors too end as one ``error:`` line (exit status 2), like every other bad input."""
+
+    def error(self, message: str):
+        raise CLIError(f"{message} (see '{self.prog} --help')")
+
+
+def peek(argv: Optional[Sequence[str]], command: str, flag: str) -> Optional[str]:
+    """The value of ``flag`` after ``command`` in ``argv``, before parsing (to decide what ``--help`` lists)."""
+    rest = list(argv or [])
+    rest = rest[rest.index(command) + 1:] if command in rest else []
+    for i, a in enumerate(rest):
+        if a == flag and i + 1 < len(rest):
+            return rest[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
 # ------------------------------------------------------------------------------------------- conversion
 def _members(tp: Any) -> tuple[list[Any], bool]:
     """(the types of a union without ``None``, whether ``None`` is allowed); a plain type is a one-member union."""
@@ -77,6 +112,10 @@ def _is_list(tp: Any) -> bool:
 def is_bool(tp: Any) -> bool:
     members, _ = _members(tp)
     return members == [bool]
+
+
+def _takes_dict(tp: Any) -> bool:
+    return any(m is Any or (get_origin(m) or m) is dict for m in _members(tp)[0])
 
 
 def _json_or_text(raw: str) -> Any:
@@ -182,15 +221,17 @@ class ConfigFlags:
     """The flags of config dataclasses in one (sub)parser.
 
     ``classes[0]``'s fields are listed in ``--help``, each in the first of ``sections`` (``(title, class)``) whose
-    class has the field; the fields that only the other ``classes`` have (the other methods' own knobs) are
+    class has the field (a string: one section for all); the fields that only the other ``classes`` have (the other methods' own knobs) are
     accepted but hidden, so that passing one gets a clear "does not apply" error. ``notes`` replaces the shown
     default of some fields (``{"seqlen": "min(--seqlen, 512)"}``) where the command derives it.
     """
 
     def __init__(self, parser: argparse.ArgumentParser, classes: Sequence[type], *, prefix: str = "",
-                 sections: Sequence[tuple[str, type]] = (), notes: Optional[Mapping[str, str]] = None) -> None:
+                 sections: Union[str, Sequence[tuple[str, type]]] = (), notes: Optional[Mapping[str, str]] = None) -> None:
         self.prefix, self.key = prefix, "cfg:" + prefix
+        sections = [(sections, classes[0])] if isinstance(sections, str) else sections
         self.fields: dict[str, dataclasses.Field] = {}
+        self.types: dict[str, Any] = {}
         shown = {f.name for f in config_fields(classes[0])}
         groups = [(parser.add_argument_group(title), {f.name for f in config_fields(c)}) for title, c in sections]
         for cls in classes:
@@ -198,7 +239,7 @@ class ConfigFlags:
             for f in config_fields(cls):
                 if f.name in self.fields:
                     continue
-                self.fields[f.name] = f
+                self.fields[f.name], self.types[f.name] = f, hints[f.name]
                 tp, opts = hints[f.name], option_strings(f, prefix)
                 negatives = ["--no-" + o[2:] for o in opts] if is_bool(tp) else []
                 choices = tuple(f.metadata.get("choices", ()))
@@ -243,18 +284,35 @@ class ConfigFlags:
         unknown = sorted(set(base or {}) - names)
         if unknown:
             raise ConfigError(unknown[0], f"--config: unknown {cls.__name__} keys: {unknown}")
+        for name, value in (base or {}).items():
+            if isinstance(value, dict) and not _takes_dict(self.types.get(name, dict)):
+                self._described(args, name, value, given.get(name))
         try:
             return cls(**{**(base or {}), **given})
         except ConfigError as e:
             raise ConfigError(e.field, f"{self.flag(args, e.field)}: {e}") from e
 
 
-def read_config_file(path: str) -> dict[str, Any]:
-    """A JSON or YAML (``.yaml``/``.yml``) file holding one object, as a dict."""
+    def _described(self, args: argparse.Namespace, name: str, described: dict, given: Any) -> None:
+        """A ``--config`` value that a record can only describe (a local file by name and sha256, in-memory texts,
+        token ids) must be given again; a file whose sha256 is not the described one gets a warning."""
+        if given is None:
+            raise ConfigError(name, f"--config: {name} was {json.dumps(described)}, which the file describes but "
+                                    f"cannot re-create: give it with {self.flag(args, name)}")
+        if described.get("sha256") and isinstance(given, str) and Path(given).is_file():
+            if hashlib.sha256(Path(given).read_bytes()).hexdigest() != described["sha256"]:
+                logging.getLogger(__name__).warning("%s %s is not the file of --config (%s: another sha256); the "
+                                                    "result will differ", self.flag(args, name), given,
+                                                    described.get("name"))
+
+
+def read_config_file(path) -> dict[str, Any]:
+    """A JSON file (YAML for ``.yaml``/``.yml``) holding one object, as a dict; a file that does not parse, or
+    holds something else, is one :class:`ConfigError` naming it."""
     p = Path(path)
-    text = p.read_text(encoding="utf-8")
+    text, yaml_file = p.read_text(encoding="utf-8"), p.suffix.lower() in (".yaml", ".yml")
     try:
-        if p.suffix.lower() in (".yaml", ".yml"):
+        if yaml_file:
             import yaml
 
             try:
@@ -264,7 +322,8 @@ def read_config_file(path: str) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except ValueError as e:
-        raise ConfigError("config", f"--config {path}: not valid JSON/YAML ({str(e).splitlines()[0]})") from e
+        kind = "YAML" if yaml_file else "JSON"
+        raise ConfigError("config", f"{path} is not valid {kind} ({str(e).splitlines()[0]})") from e
     if not isinstance(data, dict):
-        raise ConfigError("config", f"--config {path}: expected an object of config fields, got {type(data).__name__}")
+        raise ConfigError("config", f"{path}: expected an object of config fields, got {type(data).__name__}")
     return data

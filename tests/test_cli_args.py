@@ -14,7 +14,6 @@ import inspect
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import torch
@@ -362,7 +361,7 @@ def test_config_file_then_flags(tmp_path, capsys):
     (tmp_path / "broken.yaml").write_text("a: [1,")
     for name, message in (("bad.json", "unknown SlimLLMConfig keys: ['no_such_field']"),
                           ("list.json", "expected an object of config fields, got list"),
-                          ("broken.yaml", "not valid JSON/YAML"), ("missing.json", "No such file")):
+                          ("broken.yaml", "broken.yaml is not valid YAML"), ("missing.json", "No such file")):
         rc, _, err = call_cli(capsys, "prune", *BASE, "--config", str(tmp_path / name))
         assert rc == 2 and err.count("\n") == 1 and message in err, err
     rec = RecoveryConfig(max_steps=3, learning_rate=1e-3, loss="kd+lm").to_dict()
@@ -399,7 +398,7 @@ def test_prune_config_from_a_checkpoint_record_repeats_the_run_bit_for_bit(tmp_p
     (tmp_path / "record.json").write_text(json.dumps(record))
     rc, _, err = call_cli(capsys, "prune", "--model", str(src), "--output", str(tmp_path / "x"), "--config",
                           str(tmp_path / "record.json"))
-    assert rc == 2 and err.count("\n") == 1 and '"name": "calib.txt"' in err and "give that data with --dataset" in err
+    assert rc == 2 and err.count("\n") == 1 and '"name": "calib.txt"' in err and "give it with --dataset" in err
 
     again = prune("b", "--config", str(tmp_path / "record.json"), "--dataset", str(calib))
     assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
