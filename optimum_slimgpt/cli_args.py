@@ -72,7 +72,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a default unless the help states it or it says nothing (``None``, ``False``)."""
 
     def _get_help_string(self, action):
-        if "(default:" in (action.help or "") or action.default in (None, False):
+        if "(default:" in (action.help or "") or action.default is None or action.default is False:
             return action.help
         return super()._get_help_string(action)
 
@@ -253,8 +253,13 @@ class ConfigFlags:
                     group = next((g for g, names in groups if f.name in names), parser)
                 else:
                     text, group = argparse.SUPPRESS, parser
-                group.add_argument(*opts, *negatives, action=_FieldAction, dest=self.dest(f.name), field_name=f.name,
-                                   tp=tp, negatives=negatives, help=text, **({"metavar": metavar} if metavar else {}))
+                try:
+                    group.add_argument(*opts, *negatives, action=_FieldAction, dest=self.dest(f.name),
+                                       field_name=f.name, tp=tp, negatives=negatives, help=text,
+                                       **({"metavar": metavar} if metavar else {}))
+                except argparse.ArgumentError as e:  # a new field named like a hand-written flag
+                    raise TypeError(f"{cls.__name__}.{f.name}: {e}; give the field another name with "
+                                    f"metadata={{'flag': '--...'}}") from e
 
     def dest(self, name: str) -> str:
         return f"{self.key}{name}"
