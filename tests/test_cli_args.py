@@ -160,10 +160,6 @@ def test_every_field_has_one_line_help_and_a_docstring_entry(toy_method):
             help_text = f.metadata.get("help", "")
             assert help_text and "\n" not in help_text, f"{cls.__name__}.{f.name}: no one-line metadata help"
             assert f.name in _documented(_owner(cls, f.name)), f"{_owner(cls, f.name).__name__}.{f.name} undocumented"
-        names = {f.name for f in config_fields(cls)}
-        for k in cls.__mro__:
-            if k is not object and (k is cls or k in (PruningConfig,)):
-                assert _documented(k) <= names | {f.name for f in config_fields(k)}, (k, _documented(k) - names)
     for cls in (PruningConfig, *registered_configs(), RecoveryConfig, GGUFExportOptions):  # no stale entries
         assert _documented(cls) <= {f.name for f in dataclasses.fields(cls)}, (cls, _documented(cls))
 
