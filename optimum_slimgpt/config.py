@@ -5,7 +5,12 @@ depth (``schedule``), where the calibration text comes from and how it is cut, t
 device and the seed. Each method's config adds only its own knobs: :class:`SlimGPTConfig` (OBS numerics,
 selection and compensation) and :class:`SlimLLMConfig` (regression recovery, swap search). The pruner
 dispatches on the config's *type* through one registry (:func:`optimum_slimgpt.methods.register_method`), so
-a third-party method is a config subclass plus a registered method class.
+a third-party method is a config subclass plus a registered method class; registering the method also registers
+its config here by name (:func:`register_config`), so this module never imports the methods.
+
+Every field is declared as ``name: T = field(default=..., metadata={"help": "one line"})``: the command line
+builds its flags from these (:mod:`optimum_slimgpt.cli_args`), and the class docstrings document the same
+fields at length (a test checks that every field has both).
 
 There is no ``method=`` argument: ``SlimGPTConfig(method="slimllm")`` raises a ``ValueError`` that names
 ``SlimLLMConfig``. :meth:`PruningConfig.for_method` builds the config of a method given by name (the CLI
@@ -24,9 +29,12 @@ from typing import Any, ClassVar, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["ConfigError", "PruningConfig", "SlimGPTConfig", "SlimLLMConfig", "FLAPConfig", "SCHEDULES", "DatasetLike"]
+__all__ = ["ConfigError", "PruningConfig", "SlimGPTConfig", "SlimLLMConfig", "FLAPConfig", "SCHEDULES", "DatasetLike",
+           "register_config", "registered_configs", "config_class_for", "fields_from_record"]
 
 SCHEDULES = ("log_increase", "linear_increase", "uniform", "layer_importance")
+HEAD_SELECTIONS = ("obs", "obs_official", "magnitude")
+CHANNEL_SELECTIONS = ("obs", "magnitude")
 DatasetLike = Union[str, Sequence[str], torch.Tensor, None]
 
 
@@ -122,36 +130,49 @@ class PruningConfig:
     #: display name in progress bars, logs and model cards
     label: ClassVar[str] = ""
 
-    pruning_ratio: float = 0.2
-    schedule: Union[str, list[float]] = "log_increase"
-    schedule_spread: float = 4.0
-    max_layer_ratio: float = 0.9
-    importance_layers: Optional[int] = None
-    importance_alpha: float = 10.0
-    dataset: DatasetLike = "wikitext2"
-    dataset_split: str = "train"
-    dataset_text_field: str = "text"
-    num_samples: int = 128
-    seqlen: int = 2048
-    batch_size: int = 8
-    seed: int = 0
-    prune_heads: bool = True
-    prune_ffn: bool = True
-    min_heads: int = 1
-    min_channels: int = 1
-    channel_multiple: int = 1
-    device: Optional[str] = None
-    offload_activations: bool = False
-    meta: dict[str, Any] = field(default_factory=dict)
+    pruning_ratio: float = field(default=0.2, metadata={
+        "help": "fraction of the decoder-block parameters (attention + MLP linears) to remove, in [0, 1)",
+        "aliases": ["--ratio"]})
+    schedule: Union[str, list[float]] = field(default="log_increase", metadata={
+        "help": "how the ratio grows with depth, or a comma list of per-layer ratios", "choices": SCHEDULES})
+    schedule_spread: float = field(default=4.0, metadata={
+        "help": "the last layer's ratio over the first's in log_increase / linear_increase (>= 1)"})
+    max_layer_ratio: float = field(default=0.9, metadata={"help": "upper bound of any layer's ratio, in (0, 1)"})
+    importance_layers: Optional[int] = field(default=None, metadata={
+        "help": "layer_importance: how many layers are pruned (None: round(L * (35 + 20 * ratio) / 48))"})
+    importance_alpha: float = field(default=10.0, metadata={
+        "help": "layer_importance: softmax temperature on the layer cosines"})
+    dataset: DatasetLike = field(default="wikitext2", metadata={
+        "help": "calibration data: a registered name (wikitext2, c4, ptb), 'self' (text the model generates) or a "
+                "local .txt/.json/.jsonl/.csv/.parquet file or dataset folder"})
+    dataset_split: str = field(default="train", metadata={
+        "help": "split of a registered dataset or dataset folder", "aliases": ["--split"]})
+    dataset_text_field: str = field(default="text", metadata={
+        "help": "column holding the text in a file or folder dataset"})
+    num_samples: int = field(default=128, metadata={"help": "number of calibration windows", "aliases": ["--samples"]})
+    seqlen: int = field(default=2048, metadata={
+        "help": "tokens per calibration window (at most the model's max_position_embeddings)"})
+    batch_size: int = field(default=8, metadata={"help": "windows per calibration forward"})
+    seed: int = field(default=0, metadata={"help": "seed of the window sampler (and of self-generated text)"})
+    prune_heads: bool = field(default=True, metadata={"help": "remove attention heads", "aliases": ["--heads"]})
+    prune_ffn: bool = field(default=True, metadata={"help": "remove FFN channels", "aliases": ["--ffn"]})
+    min_heads: int = field(default=1, metadata={"help": "fewest query heads kept in any layer"})
+    min_channels: int = field(default=1, metadata={"help": "fewest FFN channels kept in any layer"})
+    channel_multiple: int = field(default=1, metadata={
+        "help": "round each layer's kept FFN channels to a multiple of this (e.g. 64 for GPU kernels; 1: off)"})
+    device: Optional[str] = field(default=None, metadata={
+        "help": "where each block is pruned, e.g. cuda:0 (None: where the model's first block is)"})
+    offload_activations: bool = field(default=False, metadata={
+        "help": "keep the calibration activations in (pinned) CPU memory"})
+    meta: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "free-form notes recorded with the run (a JSON object)"})
     method: InitVar[Optional[str]] = None
 
     def __post_init__(self, method: Optional[str] = None) -> None:
         if not self.method_name:
             raise TypeError("PruningConfig is the shared base: use a method's config (SlimGPTConfig, SlimLLMConfig, ...)")
         if method is not None and method != self.method_name:
-            other = _config_class_for(method, missing_ok=True)
-            if other is None:
-                raise ConfigError("method", f"unknown pruning method {method!r}; registered: {sorted(_method_names())}")
+            other = config_class_for(method)  # an unknown name raises, listing the registered ones
             raise ConfigError("method", f"{type(self).__name__} configures method {self.method_name!r}; method={method!r} "
                                         f"has its own config class: use {other.__name__}(...) or PruningConfig.for_method({method!r}, ...)")
         self.validate()
@@ -208,7 +229,7 @@ class PruningConfig:
     @staticmethod
     def for_method(method: str, **kwargs: Any) -> "PruningConfig":
         """The config of the registered method ``method`` (``"slimgpt"``, ``"slimllm"``...) built from ``kwargs``."""
-        return _config_class_for(method)(**kwargs)
+        return config_class_for(method)(**kwargs)
 
     # ------------------------------------------------------------------ serialisation
     def describe_dataset(self) -> Any:
@@ -232,7 +253,7 @@ class PruningConfig:
     def from_dict(cls, d: dict[str, Any]) -> "PruningConfig":
         """Inverse of :meth:`to_dict`, for the method named by ``d["method"]``. Unknown keys raise."""
         d = dict(d)
-        target = _config_class_for(d.pop("method", None) or cls.method_name)
+        target = config_class_for(d.pop("method", None) or cls.method_name)
         if cls is not PruningConfig and not issubclass(target, cls):
             raise ConfigError("method", f"{cls.__name__}.from_dict got the config of {target.__name__}")
         unknown = set(d) - {f.name for f in dataclasses.fields(target)}
@@ -241,6 +262,13 @@ class PruningConfig:
         if isinstance(d.get("dataset"), dict):  # a description of in-memory data cannot be re-created
             d["dataset"] = None
         return target(**d)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], **overrides: Any) -> "PruningConfig":
+        """The config that made a pruned checkpoint, from its record (``model.config.pruning_config``, see
+        :func:`fields_from_record`), with ``overrides`` (e.g. ``dataset=`` the calibration file, which the record
+        names without its path) applied: pruning the same model with it repeats the run."""
+        return cls.from_dict({**fields_from_record(record), **overrides})
 
     def to_json_string(self) -> str:
         """Standard JSON (``NaN``/``Infinity`` are refused, never written)."""
@@ -289,13 +317,21 @@ class SlimGPTConfig(PruningConfig):
     method_name: ClassVar[str] = "slimgpt"
     label: ClassVar[str] = "SlimGPT"
 
-    damp_percent: float = 0.01
-    ffn_max_group: int = 1024
-    ffn_min_group: int = 64
-    compensate: bool = True
-    head_selection: str = "obs"
-    channel_selection: str = "obs"
-    bias_compensation: bool = False
+    damp_percent: float = field(default=0.01, metadata={
+        "help": "Hessian damping, a fraction of its mean diagonal, in [0, 10)", "aliases": ["--damp"]})
+    ffn_max_group: int = field(default=1024, metadata={
+        "help": "largest group of FFN channels removed in one OBS step (Dynamic Group Size)"})
+    ffn_min_group: int = field(default=64, metadata={
+        "help": "smallest group of FFN channels removed in one OBS step"})
+    compensate: bool = field(default=True, metadata={
+        "help": "apply the OBS update to the kept weights (off: plain removal, a baseline)"})
+    head_selection: str = field(default="obs", metadata={
+        "help": "how heads are chosen: exact grouped OBS error, the official code's estimate or L2 magnitude",
+        "choices": HEAD_SELECTIONS})
+    channel_selection: str = field(default="obs", metadata={
+        "help": "how FFN channels are chosen: OBS error or L2 magnitude", "choices": CHANNEL_SELECTIONS})
+    bias_compensation: bool = field(default=False, metadata={
+        "help": "affine OBS compensation: the update also moves an output bias of o_proj/down_proj"})
 
     def validate(self) -> None:
         super().validate()
@@ -307,9 +343,9 @@ class SlimGPTConfig(PruningConfig):
         _check(_is_number(self.damp_percent) and 0.0 <= self.damp_percent < 10.0, "damp_percent", "in [0, 10)",
                self.damp_percent)
         _check_bool(self, "compensate", "bias_compensation")
-        _check(self.head_selection in ("obs", "obs_official", "magnitude"), "head_selection",
+        _check(self.head_selection in HEAD_SELECTIONS, "head_selection",
                "'obs', 'obs_official' or 'magnitude'", self.head_selection)
-        _check(self.channel_selection in ("obs", "magnitude"), "channel_selection", "'obs' or 'magnitude'",
+        _check(self.channel_selection in CHANNEL_SELECTIONS, "channel_selection", "'obs' or 'magnitude'",
                self.channel_selection)
 
 
@@ -329,9 +365,12 @@ class SlimLLMConfig(PruningConfig):
     method_name: ClassVar[str] = "slimllm"
     label: ClassVar[str] = "SlimLLM"
 
-    recovery: bool = True
-    swap_search: bool = True
-    keep_lowest: float = 0.0
+    recovery: bool = field(default=True, metadata={
+        "help": "fit the per-output scale and bias of o_proj/down_proj by linear regression after pruning"})
+    swap_search: bool = field(default=True, metadata={
+        "help": "run the greedy swap search after the initial head (and KV-group) choice"})
+    keep_lowest: float = field(default=0.0, metadata={
+        "help": "fraction of the lowest-importance FFN channels that are always kept (official code: 0.01; 0: off)"})
 
     def validate(self) -> None:
         super().validate()
@@ -357,26 +396,83 @@ class FLAPConfig(PruningConfig):
     method_name: ClassVar[str] = "flap"
     label: ClassVar[str] = "FLAP"
 
-    global_allocation: bool = True
-    bias_compensation: bool = True
+    global_allocation: bool = field(default=True, metadata={
+        "help": "FLAP's adaptive structure: the per-layer sizes from scores ranked across layers (off: the "
+                "schedule's sizes)"})
+    bias_compensation: bool = field(default=True, metadata={
+        "help": "replace the removed channels by their calibration mean in an output bias (off: plain removal)"})
 
     def validate(self) -> None:
         super().validate()
         _check_bool(self, "global_allocation", "bias_compensation")
 
 
-def _method_names() -> list[str]:
-    from .methods import registered_configs
+# ---------------------------------------------------------------------- the registry of method configs
+# The config classes of the registered methods, by method name. ``register_method`` (methods/base.py) fills it,
+# so this module never imports the methods: the dependency runs one way, methods -> config.
+_CONFIGS: dict[str, type] = {}
 
-    return [c.method_name for c in registered_configs()]
+
+def register_config(config_class: type) -> type:
+    """Make ``config_class`` (a :class:`PruningConfig` subclass) the config of its ``method_name`` for
+    :meth:`PruningConfig.for_method`, :meth:`PruningConfig.from_dict` and the command line. Called by
+    :func:`optimum_slimgpt.register_method`."""
+    if not (isinstance(config_class, type) and issubclass(config_class, PruningConfig) and config_class.method_name):
+        raise TypeError(f"{config_class!r} must be a PruningConfig subclass with a method_name")
+    _CONFIGS[config_class.method_name] = config_class
+    return config_class
 
 
-def _config_class_for(method: Optional[str], missing_ok: bool = False):
-    from .methods import registered_configs
+def unregister_config(config_class: type) -> None:
+    """Forget ``config_class`` (if it is the registered config of its method)."""
+    if _CONFIGS.get(config_class.method_name) is config_class:
+        del _CONFIGS[config_class.method_name]
 
-    for c in registered_configs():
-        if c.method_name == method:
-            return c
+
+def registered_configs() -> list[type]:
+    """The config classes of the registered methods, in registration order."""
+    return list(_CONFIGS.values())
+
+
+def config_class_for(method: Optional[str], missing_ok: bool = False) -> Optional[type]:
+    """The config class of the registered method ``method``; an unknown name raises :class:`ConfigError` listing
+    the registered ones (``missing_ok``: returns ``None``)."""
+    if method in _CONFIGS:
+        return _CONFIGS[method]
     if missing_ok:
         return None
-    raise ConfigError("method", f"unknown pruning method {method!r}; registered: {sorted(_method_names())}")
+    raise ConfigError("method", f"unknown pruning method {method!r}; registered: {sorted(_CONFIGS)}")
+
+
+_config_class_for = config_class_for  # the former private name
+
+
+# ---------------------------------------------------------------------- configs from pruning records
+#: calibration facts a record keeps in ``calibration`` (what the run really used), not in ``config``
+_RECORD_CALIBRATION = {"num_samples": "num_samples", "seqlen": "seqlen", "seed": "seed", "split": "dataset_split"}
+
+
+def fields_from_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The config fields (with ``"method"``) that ``record`` describes, so that a run can be repeated.
+
+    ``record`` may be a :meth:`PruningConfig.to_dict`, a pruned checkpoint's record (``config.pruning_config``:
+    its ``config`` plus the calibration facts of ``calibration``: windows, length, seed, split, dataset) or the
+    checkpoint's whole ``config.json``. The record's other keys (sizes, layout, history, recovery...) describe
+    the result, not the run, and are left out. A dataset the record can only describe (a local file by its name
+    and sha256, in-memory texts, token ids) stays a description (a dict): the caller has to supply the data.
+    """
+    d = dict(record)
+    if isinstance(d.get("pruning_config"), dict):  # a checkpoint's config.json
+        d = dict(d["pruning_config"])
+    if "pruning_method" not in d:  # a saved config
+        return d
+    out = dict(d.get("config") or {})
+    out.setdefault("method", d["pruning_method"])
+    calibration = d.get("calibration") or {}
+    out.update({name: calibration[key] for key, name in _RECORD_CALIBRATION.items() if key in calibration})
+    source = calibration.get("dataset")
+    if isinstance(source, dict) and "text_field" in source:
+        out["dataset_text_field"] = source["text_field"]
+    if source is not None:
+        out["dataset"] = source
+    return out

@@ -41,6 +41,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from .config import ConfigError, _check, _is_int
 from .families import get_adapter
 from .modeling import base_config_dict
 from .saving import (ExportError, ExportPlan, Exporter, ModelView, _HOST, _terminate_as_interrupt,
@@ -48,10 +49,13 @@ from .saving import (ExportError, ExportPlan, Exporter, ModelView, _HOST, _termi
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GGUFExporter", "GGUFResult", "GGUF_OUTTYPES", "QUANT_TYPES", "export_gguf", "open_in_llama_cpp"]
+__all__ = ["GGUFExporter", "GGUFExportOptions", "GGUFResult", "GGUF_OUTTYPES", "QUANT_TYPES", "export_gguf",
+           "open_in_llama_cpp"]
 
 #: what :func:`export_gguf` writes itself (``outtype``); 1-D tensors (norms, biases) stay float32
 GGUF_OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+#: ``arch``: ``auto`` picks the plain architecture for a uniform model without extra biases, else ``deci``
+GGUF_ARCHS = ("auto", "deci", "plain")
 #: the families ``deci`` can hold with per-layer sizes, and those written as their plain architecture when uniform
 DECI_FAMILIES = ("llama", "mistral", "qwen2")
 PLAIN_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
@@ -93,6 +97,53 @@ def check_quant_type(quantize: Optional[str]) -> Optional[str]:
     if name not in types:
         raise ValueError(f"unknown quantisation type {quantize!r}; llama.cpp offers: {', '.join(types)}")
     return name
+
+
+@dataclass
+class GGUFExportOptions:
+    """The options of :func:`export_gguf`, checked in one place (``optimum-slimgpt export`` builds its flags from
+    these fields).
+
+    Args:
+        outtype: ``f32``, ``f16``, ``bf16`` or ``q8_0``: the type of the 2-D weights written (norms and biases stay
+            float32); the input of ``quantize``.
+        quantize: A llama.cpp quantisation type (``Q4_K_M``, ``Q8_0``, ``Q5_K_M``...; see :data:`QUANT_TYPES`),
+            applied by llama.cpp's ``llama_model_quantize`` to the ``outtype`` file (needs llama-cpp-python);
+            ``None``: none. Stored in its canonical upper-case spelling.
+        arch: ``auto`` (the plain architecture for a uniform model without extra biases, else ``deci``), ``deci``
+            or ``plain``.
+        threads: Threads for the quantiser (``None``: llama.cpp's choice).
+        tokenizer_pre: llama.cpp's name of the BPE pre-tokenizer (``None``: recognised from the tokenizer).
+    """
+
+    outtype: str = field(default="f32", metadata={
+        "help": "type of the 2-D weights written (norms and biases stay f32); the input of --quantize",
+        "choices": GGUF_OUTTYPES})
+    quantize: Optional[str] = field(default=None, metadata={
+        "help": "a llama.cpp quantisation type applied after writing, e.g. Q4_K_M, Q5_K_M, Q8_0 (needs "
+                "llama-cpp-python: pip install 'optimum-slimgpt[gguf]')"})
+    arch: str = field(default="auto", metadata={
+        "help": "llama.cpp architecture: auto = the plain one (llama, qwen2, qwen3) for a uniform model without "
+                "extra biases, else deci", "choices": GGUF_ARCHS})
+    threads: Optional[int] = field(default=None, metadata={"help": "threads for the quantiser (None: llama.cpp's)"})
+    tokenizer_pre: Optional[str] = field(default=None, metadata={
+        "help": "llama.cpp's name of the BPE pre-tokenizer (None: recognised from the tokenizer)"})
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`~optimum_slimgpt.ConfigError` (naming the field) for any bad value."""
+        _check(self.outtype in GGUF_OUTTYPES, "outtype", f"one of {GGUF_OUTTYPES}", self.outtype)
+        _check(self.arch in GGUF_ARCHS, "arch", "'auto', 'deci' or 'plain'", self.arch)
+        _check(self.threads is None or (_is_int(self.threads) and self.threads > 0), "threads",
+               "None or a positive int", self.threads)
+        _check(self.tokenizer_pre is None or isinstance(self.tokenizer_pre, str), "tokenizer_pre", "None or a name",
+               self.tokenizer_pre)
+        try:
+            self.quantize = check_quant_type(self.quantize)
+        except ValueError as e:
+            raise ConfigError("quantize", str(e)) from e
 
 
 # ============================================================================================ plan
@@ -581,9 +632,8 @@ def export_gguf(
     Returns:
         A :class:`GGUFResult`.
     """
-    if outtype not in GGUF_OUTTYPES:
-        raise ValueError(f"outtype must be one of {GGUF_OUTTYPES}, got {outtype!r}")
-    qtype = check_quant_type(quantize)
+    qtype = GGUFExportOptions(outtype=outtype, quantize=quantize, arch=arch, threads=threads,
+                              tokenizer_pre=tokenizer_pre).quantize  # every option checked, in one place
     if qtype is not None:
         try:
             import llama_cpp  # noqa: F401

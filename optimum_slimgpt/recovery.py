@@ -46,7 +46,7 @@ from .config import ConfigError, DatasetLike, _check, _check_bool, _is_int, _is_
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RecoveryConfig", "recover", "recovery_windows", "chunked_losses", "LOSSES"]
+__all__ = ["RecoveryConfig", "recover", "recovery_windows", "chunked_losses", "fields_from_record", "LOSSES"]
 
 LOSSES = ("kd", "lm", "kd+lm")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial",
@@ -99,36 +99,57 @@ class RecoveryConfig:
             ``{"deepspeed": "ds.json"}``); they override the ones built from this config.
     """
 
-    dataset: DatasetLike = "wikitext2"
-    dataset_split: str = "train"
-    dataset_text_field: str = "text"
-    num_samples: Optional[int] = None
-    seqlen: int = 512
-    max_steps: Optional[int] = 100
-    num_epochs: Optional[float] = None
-    batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-4
-    lr_scheduler_type: str = "cosine"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    loss: str = "kd"
-    temperature: float = 1.0
-    lm_weight: float = 1.0
-    chunk_size: int = 128
-    lora_r: int = 0
-    freeze_embeddings: bool = False
-    lora_alpha: Optional[float] = None
-    lora_dropout: float = 0.0
-    target_modules: Union[str, list, None] = "all-linear"
-    gradient_checkpointing: bool = False
-    dtype: str = "float32"
-    seed: int = 0
-    logging_steps: int = 10
-    report_to: Union[str, list] = "none"
-    output_dir: Optional[str] = None
-    training_args: dict = field(default_factory=dict)
+    dataset: DatasetLike = field(default="wikitext2", metadata={
+        "help": "training data: a registered name (wikitext2, c4, ptb), 'self' (text sampled from the teacher: no "
+                "data needed) or a local .txt/.json/.jsonl/.csv/.parquet file or dataset folder"})
+    dataset_split: str = field(default="train", metadata={
+        "help": "split of a registered dataset or dataset folder", "aliases": ["--split"]})
+    dataset_text_field: str = field(default="text", metadata={
+        "help": "column holding the text in a file or folder dataset"})
+    num_samples: Optional[int] = field(default=None, metadata={
+        "help": "training windows (None: every window of the text; 'self': steps x batch x accumulation)",
+        "aliases": ["--samples"]})
+    seqlen: int = field(default=512, metadata={"help": "tokens per training window"})
+    max_steps: Optional[int] = field(default=100, metadata={
+        "help": "optimizer steps (None: use num_epochs)", "aliases": ["--steps"]})
+    num_epochs: Optional[float] = field(default=None, metadata={
+        "help": "passes over the windows instead of max_steps", "aliases": ["--epochs"]})
+    batch_size: int = field(default=1, metadata={"help": "windows per device per forward"})
+    gradient_accumulation_steps: int = field(default=1, metadata={
+        "help": "forwards per optimizer step (gradient accumulation)", "aliases": ["--grad-accum"]})
+    learning_rate: float = field(default=1e-4, metadata={"help": "peak learning rate (> 0)", "aliases": ["--lr"]})
+    lr_scheduler_type: str = field(default="cosine", metadata={
+        "help": "learning-rate schedule (a transformers scheduler name)", "choices": SCHEDULERS,
+        "aliases": ["--scheduler"]})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
+    loss: str = field(default="kd", metadata={
+        "help": "kd: KL to the teacher's logits, lm: next-token loss, kd+lm: both", "choices": LOSSES})
+    temperature: float = field(default=1.0, metadata={"help": "distillation temperature (> 0)"})
+    lm_weight: float = field(default=1.0, metadata={"help": "weight of the next-token loss in kd+lm"})
+    chunk_size: int = field(default=128, metadata={"help": "sequence positions per logit chunk (bounds the memory)"})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank (merged after training); 0: full fine-tuning"})
+    freeze_embeddings: bool = field(default=False, metadata={
+        "help": "full fine-tuning: leave the embeddings and output head as they are (faster; pruning never "
+                "changes them)"})
+    lora_alpha: Optional[float] = field(default=None, metadata={"help": "LoRA scaling numerator (None: 2 * lora_r)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA path"})
+    target_modules: Union[str, list, None] = field(default="all-linear", metadata={
+        "help": "modules that get LoRA adapters: all-linear or a comma list such as q_proj,v_proj"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute block activations in the backward pass (less memory, slower)"})
+    dtype: str = field(default="float32", metadata={
+        "help": "mixed-precision compute dtype (the weights keep theirs)", "choices": DTYPES,
+        "flag": "--train-dtype"})
+    seed: int = field(default=0, metadata={"help": "seed of the window order, LoRA init, dropout and 'self' text"})
+    logging_steps: int = field(default=10, metadata={"help": "log the loss every N steps"})
+    report_to: Union[str, list] = field(default="none", metadata={
+        "help": "Trainer integrations: none, all, or a comma list such as tensorboard,wandb"})
+    output_dir: Optional[str] = field(default=None, metadata={
+        "help": "Trainer's folder for logs and integrations (None: a temporary folder, removed afterwards)"})
+    training_args: dict = field(default_factory=dict, metadata={
+        "help": "extra TrainingArguments fields as a JSON object, e.g. {\"fsdp\": \"full_shard\"}; they win"})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -215,6 +236,24 @@ class RecoveryConfig:
             d["target_modules"] = list(d["target_modules"])
         d["output_dir"] = None
         return d
+
+
+def fields_from_record(record: dict) -> dict:
+    """The :class:`RecoveryConfig` fields of a recovery run, so that it can be repeated: ``record`` is a saved
+    :meth:`RecoveryConfig.to_dict`, one entry of a record's ``recovery`` list (its ``config``, with the dataset
+    it really used), or a pruning record or a checkpoint's whole ``config.json`` (its last recovery). A dataset the
+    record can only describe (a local file by name and sha256, texts, token ids) stays a description (a dict):
+    the caller has to supply the data."""
+    d = dict(record)
+    d = dict(d.get("pruning_config") or d)
+    if "pruning_method" in d:  # a pruning record
+        if not d.get("recovery"):
+            raise ConfigError("recovery", "the pruning record holds no recovery run")
+        d = dict(d["recovery"][-1])
+    if isinstance(d.get("config"), dict):  # a recovery entry: its config, and the data it really used
+        data = (d.get("data") or {}).get("dataset")
+        d = {**d["config"], **({"dataset": data} if isinstance(data, dict) else {})}
+    return d
 
 
 # ---------------------------------------------------------------------------------------------- data

@@ -225,7 +225,7 @@ def test_a_folder_with_one_gguf_file_needs_no_gguf_flag(tmp_path):
 def test_demo_writes_into_a_temporary_folder_unless_told(tmp_path, monkeypatch, capsys):
     """The demo's default output is a new temporary folder, never the current one; an explicit non-empty
     --output is refused without --overwrite before the model is even looked for."""
-    from optimum_slimgpt import cli
+    from optimum_slimgpt import cli, demo
 
     monkeypatch.chdir(tmp_path)
     seen = {}
@@ -242,7 +242,7 @@ def test_demo_writes_into_a_temporary_folder_unless_told(tmp_path, monkeypatch, 
         return real(path, **kw)
 
     monkeypatch.setattr(saving, "check_output_dir", spy)
-    monkeypatch.setattr(cli, "find_smollm2_gguf", stop)
+    monkeypatch.setattr(demo, "find_smollm2_gguf", stop)
     rc, _, err = call_cli(capsys, "demo")
     assert rc == 2 and "stopped by the test" in err
     assert tmp_path not in seen["path"].parents and seen["path"].parent.name.startswith("optimum-slimgpt-demo-")

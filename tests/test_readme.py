@@ -34,3 +34,32 @@ def test_ci_runs_the_readme_test_command():
     _, test = _commands()
     lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     assert lines[-1] == test
+
+
+def _cli_commands() -> list[str]:
+    """Every ``optimum-slimgpt ...`` command of the README: the lines of its bash blocks and its inline commands."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = [line.split("#")[0] for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+             for line in block.splitlines() if line.startswith("optimum-slimgpt ")]
+    found += [c for c in re.findall(r"`(optimum-slimgpt [^`]*)`", text) if "--model" in c]  # not "`... info`" prose
+    return [" ".join(c.replace("[", "").replace("]", "").split()) for c in found]
+
+
+def test_the_readme_commands_run_unchanged():
+    """Each command the README shows parses, and its prune / recover config builds (nothing is loaded; a
+    ``--config FILE`` placeholder is only parsed)."""
+    import shlex
+
+    from optimum_slimgpt import cli
+
+    commands = _cli_commands()
+    assert len(commands) >= 8 and any(" recover " in c for c in commands) and any("--low-memory" in c for c in commands)
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        args = cli.build_parser(argv).parse_args(argv)
+        if getattr(args, "config", None):
+            continue
+        if args.command == "prune":
+            cli._prune_recovery_config(args, cli._config_from_args(args))
+        elif args.command == "recover":
+            cli._recover_config_from_args(args)

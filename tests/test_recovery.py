@@ -283,7 +283,7 @@ def test_cli_recover_and_prune_with_recovery(cli_dirs, tmp_path, capsys):
 
     rc, out, err = call_cli(capsys, "prune", "--model", str(dense), "--ratio", "0.3", "--dataset", str(text), "--samples",
                         "8", "--seqlen", "64", "--recover-steps", "2", "--recover-lora-r", "4", "--output",
-                        str(tmp_path / "pr"))
+                        str(tmp_path / "pr"), "--recover-teacher-dtype", "bfloat16")
     assert rc == 0, err
     assert "recovered: 2 steps" in out and "LoRA r=4, merged" in out
     rec = PruningRecord.of(AutoModelForCausalLM.from_pretrained(tmp_path / "pr").config)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..config import PruningConfig
+from ..config import PruningConfig, register_config, registered_configs, unregister_config
 from ..solvers import HessianAccumulator
 
 __all__ = ["AttentionTask", "FFNTask", "Observer", "PruneResult", "PruningMethod", "get_method", "register_method",
@@ -160,6 +160,7 @@ def register_method(config_class: type, *, override: bool = False) -> Callable[[
             del _METHODS[c]
         method_cls.config_class = config_class
         _METHODS[config_class] = method_cls()
+        register_config(config_class)  # the name -> config table of PruningConfig.for_method and the CLI
         return method_cls
 
     return deco
@@ -167,11 +168,8 @@ def register_method(config_class: type, *, override: bool = False) -> Callable[[
 
 def unregister_method(config_class: type) -> None:
     """Forget the method registered for ``config_class`` (tests, plugins that reload)."""
-    _METHODS.pop(config_class, None)
-
-
-def registered_configs() -> list[type]:
-    return list(_METHODS)
+    if _METHODS.pop(config_class, None) is not None:
+        unregister_config(config_class)
 
 
 def get_method(config: PruningConfig) -> PruningMethod:

@@ -1,0 +1,103 @@
+"""Opening the models named on the command line: a folder with ``config.json``, a hub id, a ``.gguf`` file or a
+folder holding one; dtype names; devices. Every problem is a :class:`~optimum_slimgpt.cli_args.CLIError`
+(one ``error:`` line)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+from .cli_args import CLIError
+
+__all__ = ["check_device", "dtype_arg", "load_model", "resolve_model_path", "torch_dtype"]
+
+
+def torch_dtype(name):
+    """A dtype flag's value (``float32``, ``bf16``, ``auto``...) as a torch dtype; the flags convert it once, at
+    parse time, so that a bad name fails before anything is loaded."""
+    import torch
+
+    if not isinstance(name, str):
+        return name
+    table = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if name not in table:
+        raise CLIError(f"unknown dtype {name!r}; choose from {sorted(table)}")
+    return table[name]
+
+
+def dtype_arg(name: str):
+    """:func:`torch_dtype` as an argparse ``type``: a dtype flag is converted once, while parsing, so that a bad
+    name fails before anything is loaded."""
+    import argparse
+
+    try:
+        return torch_dtype(name)
+    except CLIError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def check_device(device: Optional[str]) -> None:
+    """``CLIError`` unless ``device`` (``None``: the default) exists on this machine."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        torch.empty(1, device=torch.device(device))
+    except (RuntimeError, AssertionError, ValueError) as e:
+        avail = "CUDA is not available" if not torch.cuda.is_available() else f"{torch.cuda.device_count()} CUDA device(s)"
+        raise CLIError(f"--device {device}: not usable on this machine ({avail}; {str(e).splitlines()[0]})") from e
+
+
+def resolve_model_path(path: str, gguf_file: Optional[str] = None) -> tuple[str, Optional[str], Path]:
+    """``(folder or hub id, gguf file name or None, the source path on disk)`` for ``--model``/``--gguf-file``.
+
+    A ``.gguf`` file is split into its folder and name; a folder with no ``config.json`` but one ``.gguf`` file
+    uses that file (several: ``CLIError`` asking for ``--gguf-file``)."""
+    p = Path(path).expanduser()
+    if p.is_file() and p.suffix == ".gguf":
+        return str(p.parent), p.name, p
+    if not p.exists():
+        if os.sep in path or path.startswith(".") or path.startswith("~"):
+            raise CLIError(f"model path {path!r} does not exist")
+        return path, gguf_file, p  # a hub id (the Hub is only reached if the environment allows it)
+    if gguf_file:
+        if not (p / gguf_file).is_file():
+            raise CLIError(f"--gguf-file {gguf_file!r} is not a file in {path}")
+        return str(p), gguf_file, p / gguf_file
+    if p.is_dir() and not (p / "config.json").exists():
+        ggufs = sorted(f.name for f in p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            logging.getLogger(__name__).info("using %s (the only GGUF file in %s)", ggufs[0], path)
+            return str(p), ggufs[0], p / ggufs[0]
+        if ggufs:
+            raise CLIError(f"{path} has no config.json and several GGUF files ({', '.join(ggufs)}): choose one with "
+                           "--gguf-file")
+        raise CLIError(f"{path} is not a model folder: no config.json and no .gguf file in it")
+    return str(p), None, p
+
+
+def load_model(path: str, gguf_file: Optional[str] = None, dtype="float32", device: Optional[str] = None):
+    """Load a causal LM and its tokenizer from a folder/hub id (optionally a GGUF file in it)."""
+    import optimum_slimgpt  # noqa: F401  (registers the pruned model classes)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch_dtype(dtype)
+    check_device(device)
+    path, gguf_file, _ = resolve_model_path(path, gguf_file)
+    kw = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **kw)
+    except Exception as e:  # noqa: BLE001 - a model without a tokenizer can still be pruned with token-id data
+        logging.getLogger(__name__).warning("no tokenizer loaded from %s: %s", path, str(e).splitlines()[0] if str(e) else e)
+        tok = None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CLIError(f"cannot load a model from {path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    if device:
+        model.to(device)
+    return model.eval(), tok
