@@ -127,11 +127,11 @@ def test_cli_low_memory_kill_and_resume(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err, err
 
-    refused([], "pass resume=True")  # never silently restarted or overwritten
+    refused([], "add --resume to continue it")  # never silently restarted or overwritten
     refused(["--resume", "--ratio", "0.25"], "belongs to another run (different config from")
     other = _source(tmp_path / "other", vocab=512, shard="100KB", dtype=torch.float16)
     tok.save_pretrained(other)
-    refused(["--resume"], "belongs to another run (different model from",
+    refused(["--resume"], "belongs to another run (different model,",
             argv=[a if a != str(src) else str(other) for a in args])
     calib = (tmp_path / "calib.txt").read_text(encoding="utf-8")
     (tmp_path / "calib.txt").write_text(calib[::-1], encoding="utf-8")  # same path and config, other windows
