@@ -234,8 +234,9 @@ def source_dtype(model: nn.Module) -> Optional[torch.dtype]:
     """The floating-point dtype of the checkpoint ``model`` was loaded from, found without loading anything: an
     earlier pruning record's ``source_dtype`` (a pruned model pruned again keeps its base's); ``bfloat16`` for a model
     read from a GGUF file (its quantised blocks have no float dtype of their own; bf16 holds their range); else the
-    ``dtype`` (or ``torch_dtype``) of ``config.json`` in the folder ``config.name_or_path``, or of a Hub model's
-    ``config.json`` already in the local cache (never downloaded). ``None`` when none of these says."""
+    ``dtype`` (or ``torch_dtype``) of ``config.json`` in the folder ``config.name_or_path`` (without one, the dtype of
+    its safetensors weights), or of a Hub model's ``config.json`` already in the local cache (never downloaded).
+    ``None`` when none of these says."""
     prev = PruningRecord.of(model.config)
     if prev is not None and prev.source_dtype:
         return parse_dtype(prev.source_dtype)
@@ -257,7 +258,7 @@ def source_dtype(model: nn.Module) -> Optional[torch.dtype]:
         return None
     try:
         cfg = json.loads(file.read_text(encoding="utf-8"))
-        value = cfg.get("dtype") or cfg.get("torch_dtype")
+        value = cfg.get("dtype") or cfg.get("torch_dtype") or checkpoint_dtype(file.parent)  # (else: the weights')
         return parse_dtype(value) if value else None
     except (OSError, ValueError, AttributeError):
         return None
