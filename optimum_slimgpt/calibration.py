@@ -12,6 +12,9 @@ Sources (``PruningConfig.dataset``):
   file or dataset folder (read with ``datasets.load_dataset``, column ``dataset_text_field``);
 * a list of strings (one document each);
 * a ``LongTensor`` of token ids ``(samples, seqlen)``, used as is.
+
+:func:`check_dataset_source` checks a local file before anything is loaded (the CLI calls it first, the pruner's
+preflight too): it exists, is readable, is UTF-8 text (or parquet), is not empty, and its records have the text field.
 """
 
 from __future__ import annotations
@@ -20,14 +23,15 @@ import hashlib
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
 from .config import PruningConfig
 
 __all__ = ["DatasetSpec", "DATASETS", "register_dataset", "load_texts", "tokenize_stream", "sample_windows",
-           "get_calibration_data", "describe_source"]
+           "get_calibration_data", "describe_source", "check_dataset_source"]
 
 
 @dataclass
@@ -104,6 +108,179 @@ def load_texts(dataset, split: str = "train", text_field: str = "text") -> tuple
         f"unknown calibration dataset {dataset!r}: not a registered name ({', '.join(sorted(DATASETS))}) "
         "and not an existing file or folder"
     )
+
+
+# ------------------------------------------------------------------------------------------------ input checks
+#: how much of a file the structural checks read (UTF-8 is checked over the whole file, in chunks)
+_HEAD_BYTES = 1 << 20
+_JSON_WHOLE_LIMIT = 64 << 20  # a .json file up to this size is parsed whole (an array of records)
+
+
+def _scan_text(path: Path) -> tuple[str, bool]:
+    """``(the first ~1 MiB as text, whether the file has non-blank text)``; ``ValueError`` naming the file and the
+    offending byte when it is not UTF-8 text (undecodable bytes, or NUL bytes: a binary file)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    head: list[str] = []
+    nonblank = False
+    offset = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            nul = chunk.find(b"\0")
+            if nul >= 0:
+                raise ValueError(f"dataset file {path} is binary, not text (a NUL byte at offset {offset + nul}): give a "
+                                 ".txt/.json/.jsonl/.csv/.parquet file of text")
+            try:
+                text = decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                raise ValueError(f"dataset file {path} is not UTF-8 text: byte 0x{chunk[e.start]:02x} at offset "
+                                 f"{offset + e.start} cannot be decoded (a binary file?): give a "
+                                 ".txt/.json/.jsonl/.csv/.parquet file of UTF-8 text") from None
+            nonblank = nonblank or bool(text.strip())
+            if offset < _HEAD_BYTES:
+                head.append(text)
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise ValueError(f"dataset file {path} is not UTF-8 text: it ends inside a multi-byte character "
+                             "(truncated?)") from None
+    return "".join(head), nonblank
+
+
+def _has_field(path: Path, records: list, fields: tuple[str, ...], where: str) -> None:
+    for n, r in records:
+        if not isinstance(r, dict):
+            raise ValueError(f"dataset file {path}: {where} {n} is a JSON {type(r).__name__}, not an object with a "
+                             f"{fields[0]!r} field")
+    if not any(r.get(f) is not None for _, r in records for f in fields):
+        keys = sorted({k for _, r in records for k in r})[:12]
+        want = " or ".join(repr(f) for f in fields)
+        raise ValueError(f"dataset file {path} has no {want} field in its records (they have {keys}): set "
+                         "dataset_text_field to the field that holds the text")
+
+
+def _check_json(path: Path, head: str, fields: tuple[str, ...], whole: bool) -> None:
+    import json
+
+    if path.suffix.lower() == ".json" and whole:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            data = None  # JSON lines in a .json file: checked below
+        if isinstance(data, list):
+            if not data:
+                raise ValueError(f"dataset file {path} is an empty JSON list")
+            _has_field(path, list(enumerate(data[:1000], 1)), fields, "item")
+            return
+        if isinstance(data, dict):
+            _has_field(path, [(1, data)], fields, "object")
+            return
+        if data is not None:
+            raise ValueError(f"dataset file {path} holds a JSON {type(data).__name__}, not records with a "
+                             f"{fields[0]!r} field")
+    lines = head.splitlines()
+    if len(head.encode("utf-8")) >= _HEAD_BYTES and lines:
+        lines = lines[:-1]  # the head may end inside a line
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append((n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"dataset file {path}: line {n} is not valid JSON ({e.msg}); a .jsonl file holds one JSON "
+                             "object per line") from None
+        if len(records) >= 1000:
+            break
+    _has_field(path, records, fields, "line")
+
+
+def _check_csv(path: Path, head: str, fields: tuple[str, ...]) -> None:
+    import csv
+    import io
+
+    try:
+        rows = list(csv.reader(io.StringIO(head)))[:3]
+    except csv.Error as e:
+        raise ValueError(f"dataset file {path} is not valid CSV ({e})") from None
+    header = rows[0] if rows else []
+    if not any(f in header for f in fields):
+        raise ValueError(f"dataset file {path} has no {fields[0]!r} column (its header is {header[:12]}): set "
+                         "dataset_text_field to the column that holds the text")
+    if len(rows) < 2:
+        raise ValueError(f"dataset file {path} has a header but no rows")
+
+
+def _check_parquet(path: Path, fields: tuple[str, ...]) -> None:
+    try:
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(path)
+        names, rows = meta.schema_arrow.names, meta.metadata.num_rows
+    except ImportError:
+        return  # datasets brings pyarrow; without it the reader reports
+    except Exception as e:  # noqa: BLE001 - pyarrow raises its own error types
+        raise ValueError(f"dataset file {path} is not a readable parquet file ({str(e).splitlines()[0]})") from None
+    if not any(f in names for f in fields):
+        raise ValueError(f"dataset file {path} has no {fields[0]!r} column (it has {names[:12]}): set "
+                         "dataset_text_field to the column that holds the text")
+    if rows == 0:
+        raise ValueError(f"dataset file {path} is empty (0 rows)")
+
+
+def check_dataset_source(dataset: Any, text_field: Union[str, Sequence[str]] = "text") -> None:
+    """Check a local dataset file or folder before anything is loaded; ``ValueError`` naming the file and what is
+    wrong with it.
+
+    A file must exist and be readable, and not be empty; a ``.txt`` (or any other non-parquet) file must be UTF-8 text
+    (no undecodable or NUL bytes: a binary file is refused here, not after the model has loaded); ``.json``/``.jsonl``
+    must hold JSON objects (one per line, or a list) with the ``text_field`` field, ``.csv`` a header with that column
+    and at least one row, ``.parquet`` that column and at least one row. A folder must hold files. Registered names
+    (:data:`DATASETS`), generated sources (``"self"``), lists of strings and token tensors pass: they are checked where
+    they are read.
+
+    Args:
+        dataset: The ``dataset`` of a config (a name, a path, texts or token ids).
+        text_field: The field/column that holds the text, or several accepted names.
+    """
+    if isinstance(dataset, os.PathLike):
+        dataset = os.fspath(dataset)
+    if not isinstance(dataset, str) or dataset in DATASETS or dataset in _GENERATORS:
+        return
+    fields = (text_field,) if isinstance(text_field, str) else tuple(text_field)
+    path = Path(dataset).expanduser()
+    if path.is_dir():
+        if not any(p.is_file() for p in path.rglob("*")):
+            raise ValueError(f"dataset folder {path} holds no files")
+        return
+    if not path.exists():
+        names = ", ".join(sorted(DATASETS) + sorted(_GENERATORS))
+        raise ValueError(f"dataset {dataset!r}: no such file or folder, and not a registered name ({names})")
+    if not path.is_file():
+        raise ValueError(f"dataset {path} is not a regular file")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise ValueError(f"dataset file {path} cannot be read ({e.strerror or e})") from None
+    if size == 0:
+        raise ValueError(f"dataset file {path} is empty (0 bytes)")
+    ext = path.suffix.lower()
+    if ext == ".parquet":
+        _check_parquet(path, fields)
+        return
+    if ext == ".arrow":
+        return
+    head, nonblank = _scan_text(path)
+    if not nonblank:
+        raise ValueError(f"dataset file {path} is empty (only whitespace)")
+    if ext in (".json", ".jsonl"):
+        _check_json(path, head, fields, whole=size <= _JSON_WHOLE_LIMIT)
+    elif ext == ".csv":
+        _check_csv(path, head, fields)
 
 
 def tokenize_stream(tokenizer, documents: Sequence[str], joiner: str = "\n\n") -> torch.Tensor:

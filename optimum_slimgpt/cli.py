@@ -75,25 +75,36 @@ def cmd_prune(args) -> int:
 
     Prune a causal LM (a folder with config.json, a .gguf file or a folder holding one) and save the smaller model.
     Everything is checked before the work starts. 'prune --method NAME --help' lists that method's own options."""
+    from .calibration import check_dataset_source
     from .pruner import SlimGPTPruner
     from .recovery import recover
     from .saving import check_output_dir
+    from .streaming import work_state
 
     cfg = _config_from_args(args)
     rcfg = _prune_recovery_config(args, cfg)
+    save_dtype = _save_dtype(args)
     check_device(cfg.device)
+    # before loading anything: the data, the model's files, the output folder (not the source, writable; the disk
+    # space once the plan is known)
+    check_dataset_source(cfg.dataset, cfg.dataset_text_field)
+    if rcfg is not None:
+        check_dataset_source(rcfg.dataset, rcfg.dataset_text_field)
     path, gguf_file, source = resolve_model_path(args.model, args.gguf_file)
     out = Path(args.output)
-    # before loading anything: the output folder (not the source, writable); the disk space once the plan is known
-    check_output_dir(out, overwrite=args.overwrite, sources=[source] if source.exists() else [])
     if args.resume and not args.low_memory:
         raise CLIError("--resume continues an interrupted --low-memory run: add --low-memory")
+    resuming = args.resume and work_state(out) is not None  # a resumed run may replace --output (it was aimed there)
+    # (the model's name is its folder, for a GGUF file too: the pruner refuses an output inside it, and so do we, now)
+    src = source.parent if gguf_file else source
+    check_output_dir(out, overwrite=args.overwrite or resuming, sources=[src] if src.exists() else [])
     streamed = args.low_memory or _too_big_for_memory(path, gguf_file, args.dtype)
     if streamed and rcfg is not None:
         raise CLIError("--recover-steps trains the whole model next to its dense teacher: it cannot be combined with "
                        "--low-memory (prune streamed, then run 'optimum-slimgpt recover' where the model fits)")
     if streamed:
-        return _prune_streamed(args, cfg, path, gguf_file, out)
+        return _prune_streamed(args, cfg, path, gguf_file, out, save_dtype)
+    _warn_stale_work_dir(args, out)
     model, tok = load_model(args.model, args.gguf_file, args.dtype)
     teacher = None
     if rcfg is not None:
@@ -107,9 +118,58 @@ def cmd_prune(args) -> int:
         recover(model, teacher, tok, rcfg)
         del teacher
         _print_recovery(model)
-    res = pruner.save(model, out, tokenizer=tok, export_format=args.format, overwrite=args.overwrite)
-    print(f"saved to {out} ({res.format} format: {res.reason})")
+    res = pruner.save(model, out, tokenizer=tok, export_format=args.format, overwrite=args.overwrite, dtype=save_dtype)
+    print(f"saved to {out} ({res.format} format{f', {res.dtype}' if res.dtype else ''}: {res.reason})")
     return 0
+
+
+def _save_dtype(args):
+    """``--save-dtype``: ``"auto"`` (the source checkpoint's dtype), ``None`` for ``compute`` (the dtype pruned in),
+    or a dtype; an unknown name is a ``CLIError`` before anything is loaded."""
+    from .saving import parse_dtype
+
+    value = getattr(args, "save_dtype", "auto")
+    if value in ("auto", None):
+        return "auto"
+    if value == "compute":
+        return None
+    try:
+        return parse_dtype(value)
+    except ValueError as e:
+        raise CLIError(f"--save-dtype: {e}") from None
+
+
+def _resume_command(args) -> str:
+    """The command line that resumes this streamed run: the user's own arguments with ``--low-memory --resume``."""
+    import shlex
+
+    argv = list(getattr(args, "argv", None) or sys.argv[1:])
+    argv += [f for f in ("--low-memory", "--resume") if f not in argv]
+    return "optimum-slimgpt " + shlex.join(argv)
+
+
+def _print_work_dir_hint(args, out: Path, stopped: bool) -> None:
+    """Say where the work folder of an interrupted streamed run into ``out`` is, and how to resume or clean it."""
+    import shlex
+
+    from .streaming import describe_work_dir, work_dir
+
+    where = describe_work_dir(out)
+    if where is None:
+        return
+    print(("the stopped run's work folder stays: " if stopped else "found the work folder of an interrupted "
+           "--low-memory run into this --output: ") + where, file=sys.stderr)
+    print(f"  to resume it:  {_resume_command(args)}", file=sys.stderr)
+    print(f"  to start again instead, delete it:  rm -r {shlex.quote(str(work_dir(out)))}", file=sys.stderr)
+
+
+def _warn_stale_work_dir(args, out: Path) -> None:
+    """An in-memory run next to the work folder of an interrupted streamed run into the same output says so."""
+    from .streaming import describe_work_dir
+
+    if describe_work_dir(out) is not None:
+        print("warning: this run does not use (nor remove) the work folder below", file=sys.stderr)
+        _print_work_dir_hint(args, out, stopped=False)
 
 
 def _print_recovery(model) -> None:
@@ -136,6 +196,10 @@ def cmd_recover(args) -> int:
     check_device(args.device)
     check_device(args.teacher_device)
     teacher_dtype = args.teacher_dtype or args.dtype
+    save_dtype = _save_dtype(args)
+    from .calibration import check_dataset_source
+
+    check_dataset_source(rcfg.dataset, rcfg.dataset_text_field)
     _, _, source = resolve_model_path(args.model, args.gguf_file)
     if args.teacher is None and rcfg.needs_teacher:
         raise CLIError(f"--loss {rcfg.loss}" + (" with --dataset self" if rcfg.loss == "lm" else "")
@@ -154,8 +218,9 @@ def cmd_recover(args) -> int:
         raise CLIError(f"no tokenizer found in {args.model} (or --teacher) to tokenise --dataset {rcfg.dataset}")
     recover(model, teacher, tok, rcfg)
     _print_recovery(model)
-    res = save_pruned_model(model, out, tokenizer=tok, export_format=args.format, overwrite=args.overwrite)
-    print(f"saved to {out} ({res.format} format: {res.reason})")
+    res = save_pruned_model(model, out, tokenizer=tok, export_format=args.format, overwrite=args.overwrite,
+                            dtype=save_dtype)
+    print(f"saved to {out} ({res.format} format{f', {res.dtype}' if res.dtype else ''}: {res.reason})")
     return 0
 
 
@@ -175,24 +240,58 @@ def _too_big_for_memory(path: str, gguf_file: Optional[str], dtype) -> bool:
     return not fits
 
 
-def _prune_streamed(args, cfg, path: str, gguf_file: Optional[str], out: Path) -> int:
-    from .streaming import prune_pretrained
+def _prune_streamed(args, cfg, path: str, gguf_file: Optional[str], out: Path, save_dtype="auto") -> int:
+    """``prune --low-memory``: :func:`~optimum_slimgpt.streaming.prune_pretrained` (a GGUF source through a
+    safetensors work copy). A stopped run (an error, Ctrl-C, SIGTERM) says where its work folder is and prints the
+    command that resumes it; a run that finds one without ``--resume`` says how to resume or remove it."""
+    import signal
+    import threading
 
-    if gguf_file:
-        raise CLIError("--low-memory reads safetensors checkpoints; a GGUF file is loaded whole (drop --low-memory)")
-    tok = None
-    if not isinstance(cfg.dataset, str) or cfg.dataset != "self":
-        try:
-            from transformers import AutoTokenizer
+    from .streaming import prune_pretrained, work_state
 
-            tok = AutoTokenizer.from_pretrained(path)
-        except Exception as e:  # noqa: BLE001 - token-id data need none
-            logging.getLogger(__name__).warning("no tokenizer loaded from %s: %s", path, str(e).splitlines()[0])
     if cfg.dataset == "self":
         raise CLIError("--dataset self generates text with the whole model: it cannot be combined with --low-memory")
-    res = prune_pretrained(path, out, cfg, tokenizer=tok, dtype=None if args.dtype == "auto" else args.dtype,
-                           export_format=args.format, overwrite=args.overwrite, resume=args.resume)
-    print(f"saved to {out} ({res.format} format, streamed block by block: {res.reason})")
+    if args.format == "padded":
+        raise CLIError("--format padded pads every layer to the largest one, known only at the end: --low-memory "
+                       "writes per_layer or uniform (auto)")
+    state = work_state(out)
+    if state is not None and not args.resume:
+        _print_work_dir_hint(args, out, stopped=False)
+        raise CLIError(f"{out}: an interrupted --low-memory run into this folder left its work folder (see above): "
+                       "add --resume to continue it, or delete the work folder")
+    tok = None
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except Exception as e:  # noqa: BLE001 - token-id data need none
+        logging.getLogger(__name__).warning("no tokenizer loaded from %s: %s", path, str(e).splitlines()[0])
+    if args.resume and state is not None:
+        n = state.get("num_blocks")
+        print(f"resuming the interrupted run: {state.get('blocks_done', 0)}{f' of {n}' if n else ''} blocks are done "
+              "(their work folder is beside --output)", file=sys.stderr)
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        res = prune_pretrained(Path(path) / gguf_file if gguf_file else path, out, cfg, tokenizer=tok,
+                               dtype=None if args.dtype == "auto" else args.dtype, save_dtype=save_dtype,
+                               export_format=args.format, overwrite=args.overwrite, resume=args.resume)
+    except BaseException as e:
+        cause: Optional[BaseException] = e
+        while cause is not None and not getattr(cause, "slimgpt_work_dir", None):
+            cause = cause.__context__  # (a SIGTERM arrives again as a new KeyboardInterrupt)
+        if cause is not None:  # the run had started: its work folder stays
+            _print_work_dir_hint(args, out, stopped=True)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    print(f"saved to {out} ({res.format} format, {res.dtype}, streamed block by block: {res.reason})")
     return 0
 
 
@@ -240,7 +339,7 @@ def cmd_info(args) -> int:
     The per-layer heads, KV heads and FFN channels as the weights have them, the schedule's ratios and the pruning
     provenance."""
     from .modeling import PruningRecord
-    from .saving import checkpoint_layer_sizes
+    from .saving import checkpoint_dtype, checkpoint_layer_sizes
 
     path = Path(args.model)
     cfg_file = path / "config.json"
@@ -253,6 +352,10 @@ def cmd_info(args) -> int:
         raise CLIError(f"{cfg_file}: unreadable pruning_config ({e})") from e
     layers = checkpoint_layer_sizes(path)  # from the weights themselves, not from the record
     print(f"model_type: {cfg.get('model_type')}  architectures: {cfg.get('architectures')}")
+    weights = checkpoint_dtype(path)  # what the weights are (headers), whatever the config says
+    notes = [f"source {record.source_dtype}" if record and record.source_dtype else "",
+             f"pruned in {record.compute_dtype}" if record and record.compute_dtype else ""]
+    print(f"dtype: {weights}" + (f" ({', '.join(n for n in notes if n)})" if any(notes) else ""))
     print(f"{'layer':>5} {'heads':>6} {'kv':>4} {'channels':>9} {'head ratio':>10} {'ffn ratio':>9}")
     ratios = (record.layer_ratios if record else None) or [None] * len(layers)
     ffn = (record.ffn_ratios if record else None) or [None] * len(layers)
@@ -379,10 +482,15 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
                     "record, which repeats that run (its calibration file by --dataset)")
     pr.add_argument("--dtype", default="float32", type=dtype_arg, help=f"dtype to load the model in: {dtypes}")
     pr.add_argument("--low-memory", action="store_true",
-                    help="stream the blocks from the safetensors shards (memory: about one block); chosen by itself "
-                         "when the checkpoint would not fit in the available memory")
+                    help="stream the blocks from the safetensors shards (memory: about one block; a GGUF source is "
+                         "converted once to a safetensors work copy, removed afterwards); chosen by itself when the "
+                         "checkpoint would not fit in the available memory")
     pr.add_argument("--resume", action="store_true",
-                    help="with --low-memory: continue an interrupted run from its work folder beside --output")
+                    help="with --low-memory: continue an interrupted run from its work folder beside --output "
+                         "(.<output>.slimgpt-work); it may replace --output without --overwrite")
+    pr.add_argument("--save-dtype", default="auto", choices=["auto", "compute", "float32", "bfloat16", "float16"],
+                    help="dtype of the saved weights: auto = the source checkpoint's (bf16 for a GGUF source), "
+                         "compute = the --dtype pruned in")
     pr.add_argument("--format", default="auto", choices=list(EXPORT_FORMATS),
                     help="checkpoint format (auto: uniform when every layer has the same sizes, else per_layer); "
                          "checked against the plan before pruning")
@@ -412,6 +520,9 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     rc.add_argument("--device", default=None, help="where the student trains, e.g. cuda:0 (default: CPU)")
     rc.add_argument("--teacher-device", default=None, help="where the teacher runs, e.g. cuda:1 (default: CPU)")
     rc.add_argument("--format", default="auto", choices=list(EXPORT_FORMATS), help="checkpoint format of the output")
+    rc.add_argument("--save-dtype", default="auto", choices=["auto", "compute", "float32", "bfloat16", "float16"],
+                    help="dtype of the saved weights: auto = the dtype of the checkpoint the model was pruned from, "
+                         "compute = the --dtype trained in")
     rc.set_defaults(recovery_flags=ConfigFlags(rc, [RecoveryConfig], sections="training (RecoveryConfig)",
                                                notes={"max_steps": "100 unless --epochs is given"}))
 
@@ -450,6 +561,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     verbose = "-v" in argv or "--verbose" in argv
     try:
         args = build_parser(argv).parse_args(argv)
+        args.argv = list(argv)  # (for the resume command of a stopped run)
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -560,6 +560,7 @@ class GGUFExporter(Exporter):
     name = "gguf"
     file_name = "model.gguf"
     needs_tokenizer = True
+    writes_dtype = False  # its own types (outtype)
 
     def plan(self, view: ModelView, arch: str = "auto") -> GGUFPlan:
         src = _Source(view.model, view.blocks, view.record.base_model_type, view.sizes, view.head_dim, view.extra_bias)

@@ -59,6 +59,7 @@ def resolve_model_path(path: str, gguf_file: Optional[str] = None) -> tuple[str,
     uses that file (several: ``CLIError`` asking for ``--gguf-file``)."""
     p = Path(path).expanduser()
     if p.is_file() and p.suffix == ".gguf":
+        _check_gguf_magic(p)
         return str(p.parent), p.name, p
     if not p.exists():
         if os.sep in path or path.startswith(".") or path.startswith("~"):
@@ -67,17 +68,53 @@ def resolve_model_path(path: str, gguf_file: Optional[str] = None) -> tuple[str,
     if gguf_file:
         if not (p / gguf_file).is_file():
             raise CLIError(f"--gguf-file {gguf_file!r} is not a file in {path}")
+        _check_gguf_magic(p / gguf_file)
         return str(p), gguf_file, p / gguf_file
     if p.is_dir() and not (p / "config.json").exists():
         ggufs = sorted(f.name for f in p.glob("*.gguf"))
         if len(ggufs) == 1:
             logging.getLogger(__name__).info("using %s (the only GGUF file in %s)", ggufs[0], path)
+            _check_gguf_magic(p / ggufs[0])
             return str(p), ggufs[0], p / ggufs[0]
         if ggufs:
             raise CLIError(f"{path} has no config.json and several GGUF files ({', '.join(ggufs)}): choose one with "
                            "--gguf-file")
         raise CLIError(f"{path} is not a model folder: no config.json and no .gguf file in it")
+    if p.is_dir():
+        _check_model_folder(p)
     return str(p), None, p
+
+
+def _check_gguf_magic(file: Path) -> None:
+    with open(file, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise CLIError(f"--model {file} is not a GGUF file (it does not start with the bytes 'GGUF')")
+
+
+def _check_model_folder(folder: Path) -> None:
+    """A model folder's ``config.json`` is a JSON object with a ``model_type`` transformers knows, and the folder
+    holds weights: checked before anything is loaded (``CLIError`` naming the file)."""
+    import json
+
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    import optimum_slimgpt  # noqa: F401  (registers the pruned model types)
+
+    file = folder / "config.json"
+    try:
+        cfg = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CLIError(f"--model {file} is not a readable JSON file ({e})") from e
+    if not isinstance(cfg, dict):
+        raise CLIError(f"--model {file} holds a JSON {type(cfg).__name__}, not a model config (an object)")
+    model_type = cfg.get("model_type")
+    if not model_type:
+        raise CLIError(f"--model {file} has no 'model_type': not a transformers model config")
+    if model_type not in CONFIG_MAPPING:
+        raise CLIError(f"--model {file}: model_type {model_type!r} is not one this transformers knows")
+    weights = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+    if not any(any(folder.glob(w)) for w in weights):
+        raise CLIError(f"--model {folder} has a config.json but no weights (*.safetensors or *.bin)")
 
 
 def load_model(path: str, gguf_file: Optional[str] = None, dtype="float32", device: Optional[str] = None):

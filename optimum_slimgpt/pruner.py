@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .calibration import describe_source, get_calibration_data
+from .calibration import check_dataset_source, describe_source, get_calibration_data
 from .config import PruningConfig, SlimGPTConfig
 from .families import FamilyAdapter, get_adapter
 from .families.registry import record_layout
@@ -352,6 +352,9 @@ class SlimGPTPruner:
         self.layer_scores: Optional[list[float]] = None
         #: the checkpoint format the planned sizes will be saved in (set when ``export_format`` is checked)
         self.export_plan = None
+        #: the dtype of the checkpoint the model was read from, recorded as ``PruningRecord.source_dtype`` (what a
+        #: save with ``dtype="auto"`` writes); ``None``: found by :func:`~optimum_slimgpt.saving.source_dtype`
+        self.source_dtype: Optional[torch.dtype] = None
 
     @property
     def label(self) -> str:
@@ -436,6 +439,8 @@ class SlimGPTPruner:
         self._check_seqlen(model, adapter, calibration.shape[1] if isinstance(calibration, torch.Tensor) else None)
         if calibration is not None:
             self._check_tokens(model, calibration)
+        if calibration is None:  # a local calibration file: readable text with its field, before any work
+            check_dataset_source(c.dataset, c.dataset_text_field)
         plan = None if self._dense_plan(c) else self.plan_model(model)
         if export_format is not None and plan is not None:
             self._check_export(model, adapter, blocks, plan, export_format)
@@ -611,7 +616,9 @@ class SlimGPTPruner:
     def save(self, model: nn.Module, save_dir, **kwargs: Any):
         """Save a pruned model so that ``AutoModelForCausalLM.from_pretrained(save_dir)`` loads it.
 
-        See :func:`optimum_slimgpt.saving.save_pruned_model` for the options.
+        The weights are saved in the source checkpoint's dtype by default (``dtype="auto"``: bf16 for a bf16 or GGUF
+        source, whatever dtype the pruning ran in); ``dtype=None`` keeps the model's, ``dtype="float32"`` (or any
+        ``torch.dtype``) chooses. See :func:`optimum_slimgpt.saving.save_pruned_model` for the options.
         """
         from .saving import save_pruned_model
 
@@ -922,8 +929,12 @@ class SlimGPTPruner:
         ``history``), and ``cumulative_ratio`` is measured against the base model's block parameters."""
         import transformers
 
+        from .saving import source_dtype
+
         c, s = self.config, self.summary
         prev = PruningRecord.of(model.config)
+        src = self.source_dtype or source_dtype(model)
+        weights = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
         first = s.layers[0]
         rec = self._base_record(model, adapter, blocks, blocks, model.config,
                                 (first.heads[0], first.kv_heads[0], first.channels[0]))
@@ -941,4 +952,6 @@ class SlimGPTPruner:
             history=(prev.history + [prev.run_summary()]) if prev is not None else [],
             meta={"pruner": [f"optimum_slimgpt:{__version__}", f"transformers:{transformers.__version__}",
                              f"torch:{torch.__version__}"]},
+            source_dtype=str(src).removeprefix("torch.") if src is not None else None,
+            compute_dtype=str(weights).removeprefix("torch.") if weights is not None else None,
         )

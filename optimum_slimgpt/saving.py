@@ -22,6 +22,10 @@ the first that can represent the model, with the reasons why the earlier ones co
 
 Every save is atomic: the checkpoint is written into a temporary folder beside the target and renamed into
 place; an existing target is only replaced with ``overwrite=True`` and stays intact if anything fails.
+
+The weights are saved in the dtype of the checkpoint the model was pruned from (``dtype="auto"``: the pruning record's
+``source_dtype``, :func:`source_dtype`; ``bfloat16`` for a GGUF source), whatever dtype the pruning computed in:
+prune in float32, ship bf16. ``dtype=None`` keeps the model's own dtype, a dtype (or its name) chooses one.
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ from .modeling import (BlockLayout, PruningRecord, UnusableModelError, base_conf
 logger = logging.getLogger(__name__)
 
 __all__ = ["AUTO_ORDER", "EXPORTERS", "EXPORT_FORMATS", "ExportError", "ExportPlan", "Exporter", "SaveResult",
-           "check_output_dir", "checkpoint_layer_sizes", "clean_stale_work_dirs", "plan_export", "register_exporter", "save_pruned_model"]
+           "check_output_dir", "checkpoint_dtype", "checkpoint_layer_sizes", "clean_stale_work_dirs", "parse_dtype",
+           "plan_export", "register_exporter", "save_pruned_model", "source_dtype"]
 
 _SIZE_KEYS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
 
@@ -82,6 +87,8 @@ class SaveResult:
             ``*.safetensors`` files (tied weights are stored, and counted, once).
         weights_bytes: Total size of the ``*.safetensors`` files.
         files: Files in the checkpoint folder.
+        dtype: The dtype of the saved floating-point weights (``"bfloat16"``...; ``None`` for a format with its own
+            types, such as ``gguf``).
         repo_id / commit_url: Set when pushed to the Hub.
     """
 
@@ -92,6 +99,7 @@ class SaveResult:
     num_parameters: int = 0
     weights_bytes: int = 0
     files: list[str] = field(default_factory=list)
+    dtype: Optional[str] = None
     repo_id: Optional[str] = None
     commit_url: Optional[str] = None
 
@@ -118,6 +126,34 @@ class ModelView:
     layout: BlockLayout
     sizes: list[dict]
     head_dim: int
+    #: the dtype the floating-point tensors are saved in (``None``: the model's own)
+    save_dtype: Optional[torch.dtype] = None
+
+    @property
+    def model_dtype(self) -> torch.dtype:
+        """The dtype of the model's floating-point parameters (the first one's)."""
+        return next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+
+    @property
+    def saved_dtype(self) -> torch.dtype:
+        """The dtype the floating-point weights are written in."""
+        return self.save_dtype or self.model_dtype
+
+    def cast(self, sd: dict) -> dict:
+        """``sd`` with its floating-point tensors in :attr:`save_dtype` (tensors that share storage, such as tied
+        embeddings, stay shared, so they are still saved once)."""
+        if self.save_dtype is None:
+            return sd
+        done: dict = {}
+        out = {}
+        for k, t in sd.items():
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != self.save_dtype:
+                key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+                if key not in done:
+                    done[key] = t.to(self.save_dtype)
+                t = done[key]
+            out[k] = t
+        return out
 
     @classmethod
     def of(cls, model: nn.Module) -> "ModelView":
@@ -174,6 +210,83 @@ class ModelView:
             return cls(cfg) if isinstance(cls, type) else AutoModelForCausalLM.from_config(cfg)
 
 
+# ============================================================================================ dtypes
+#: the names a saved dtype may be given by (``save_pruned_model(dtype=...)``, ``--save-dtype``)
+DTYPE_NAMES: dict[str, torch.dtype] = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                                       "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def parse_dtype(value: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
+    """A floating-point ``torch.dtype`` from a dtype or one of :data:`DTYPE_NAMES` (``None`` stays ``None``);
+    ``ValueError`` naming the choices otherwise."""
+    if value is None or isinstance(value, torch.dtype) and value in DTYPE_NAMES.values():
+        return value
+    if isinstance(value, str) and value.removeprefix("torch.") in DTYPE_NAMES:
+        return DTYPE_NAMES[value.removeprefix("torch.")]
+    raise ValueError(f"unknown dtype {value!r}: choose 'auto', None or one of {', '.join(DTYPE_NAMES)}")
+
+
+def source_dtype(model: nn.Module) -> Optional[torch.dtype]:
+    """The floating-point dtype of the checkpoint ``model`` was loaded from, found without loading anything: an
+    earlier pruning record's ``source_dtype`` (a pruned model pruned again keeps its base's); ``bfloat16`` for a model
+    read from a GGUF file (its quantised blocks have no float dtype of their own; bf16 holds their range); else the
+    ``dtype`` (or ``torch_dtype``) of ``config.json`` in the folder ``config.name_or_path`` (without one, the dtype of
+    its safetensors weights), or of a Hub model's ``config.json`` already in the local cache (never downloaded).
+    ``None`` when none of these says."""
+    prev = PruningRecord.of(model.config)
+    if prev is not None and prev.source_dtype:
+        return parse_dtype(prev.source_dtype)
+    q = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(q, "quantization_config", None), "quant_method", None)
+    if getattr(method, "value", method) == "gguf":
+        return torch.bfloat16
+    name = getattr(model.config, "name_or_path", None) or ""
+    file: Any = Path(name) / "config.json" if name else None
+    if name and not (file and file.is_file()) and _HUB_ID.match(name):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            file = try_to_load_from_cache(name, "config.json")
+        except Exception:  # noqa: BLE001 - no cache, odd names: unknown
+            file = None
+        file = Path(file) if isinstance(file, str) else None
+    if not file or not file.is_file():
+        return None
+    try:
+        cfg = json.loads(file.read_text(encoding="utf-8"))
+        value = cfg.get("dtype") or cfg.get("torch_dtype") or checkpoint_dtype(file.parent)  # (else: the weights')
+        return parse_dtype(value) if value else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _resolve_save_dtype(model: nn.Module, record: PruningRecord, dtype) -> Optional[torch.dtype]:
+    """``save_pruned_model``'s ``dtype``: ``"auto"`` -> the record's source dtype (``None`` if unknown: the
+    model's own), ``None`` -> the model's own, else the named dtype."""
+    if isinstance(dtype, str) and dtype == "auto":
+        return parse_dtype(record.source_dtype) if record.source_dtype else None
+    return parse_dtype(dtype)
+
+
+def checkpoint_dtype(folder: Union[str, os.PathLike]) -> Optional[str]:
+    """The dtype of most floating-point tensors in a saved checkpoint's ``*.safetensors`` files (read from the
+    headers: what the weights are, whatever the config says); ``None`` without such tensors."""
+    counts: dict[str, int] = {}
+    names = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        for k, v in header.items():
+            if k != "__metadata__" and v.get("dtype") in names:
+                counts[names[v["dtype"]]] = counts.get(names[v["dtype"]], 0) + 1
+    return max(counts, key=counts.get) if counts else None
+
+
 # ============================================================================================ exporters
 #: what a family config's own validation raises (transformers' strict config dataclasses: StrictDataclassError)
 _CONFIG_REJECTED = (ValueError, TypeError, StrictDataclassError)
@@ -189,6 +302,9 @@ class Exporter:
     streamable: ClassVar[bool] = False
     #: :meth:`write` takes ``tokenizer=`` (the format stores the tokenizer inside its own file, as GGUF does)
     needs_tokenizer: ClassVar[bool] = False
+    #: :meth:`write` saves the floating-point tensors in ``view.saved_dtype`` (``False``: the format has its own
+    #: types, as GGUF's ``outtype``)
+    writes_dtype: ClassVar[bool] = True
 
     def plan(self, view: ModelView) -> ExportPlan:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -294,11 +410,11 @@ class _PlainExporter(Exporter):
         plain = view.plain_skeleton(plan.plain_config)
         if getattr(view.model, "generation_config", None) is not None:
             plain.generation_config = copy.deepcopy(view.model.generation_config)
-        if not weights:  # (the config records the dtype of the parameters: the model's, as after loading them)
-            plain.to(next(p.dtype for p in view.model.parameters() if p.is_floating_point()))
+        if not weights:  # (the config records the dtype of the parameters: the saved one, as after loading them)
+            plain.to(view.saved_dtype)
             plain.eval().save_pretrained(folder, state_dict={})
             return
-        sd = self.state_dict(view, plan)
+        sd = view.cast(self.state_dict(view, plan))
         if view.extra_bias:
             sd = _zero_biases(plain, sd)
         self._check_shapes(view, plain, sd)
@@ -390,12 +506,19 @@ class PerLayerExporter(Exporter):
 
     def write(self, view: ModelView, plan: ExportPlan, folder: Path, max_shard_size, weights: bool = True) -> None:
         cfg = view.model.config
-        saved = cfg.pruning_config
+        saved, saved_dtype = cfg.pruning_config, getattr(cfg, "dtype", None)
         cfg.pruning_config = replace(view.record, export_format=self.name).to_dict()
+        cast = view.saved_dtype != view.model_dtype
         try:
-            view.model.save_pretrained(folder, max_shard_size=max_shard_size, **({} if weights else {"state_dict": {}}))
+            sd = {} if not weights else view.cast(dict(view.model.state_dict())) if cast else None
+            view.model.save_pretrained(folder, max_shard_size=max_shard_size,
+                                       **({} if sd is None else {"state_dict": sd}))
+            if cast:  # save_pretrained records the parameters' dtype: the saved one it is
+                cfg.dtype = _dtype_name(view.saved_dtype)
+                cfg.to_json_file(Path(folder) / "config.json", use_diff=True)
         finally:
             cfg.pruning_config = saved
+            cfg.dtype = saved_dtype
 
     def saved_names(self, view: ModelView, plan: ExportPlan) -> list[str]:
         return _saved_keys(view.model)
@@ -437,6 +560,19 @@ def _base_model_id(model, base_model: Optional[str]) -> tuple[Optional[str], str
     return None, name or "unknown"
 
 
+def _dtype_line(view: ModelView, exporter: "Exporter") -> list[str]:
+    """The card's line on the weights' dtype: what is saved, and how it relates to the source and the computation."""
+    if not exporter.writes_dtype:
+        return []
+    rec, saved = view.record, _dtype_name(view.saved_dtype)
+    notes = []
+    if rec.source_dtype:
+        notes.append("the source checkpoint's dtype" if rec.source_dtype == saved else f"the source was {rec.source_dtype}")
+    if rec.compute_dtype and rec.compute_dtype != saved:
+        notes.append(f"pruned in {rec.compute_dtype}")
+    return [f"* weights: {saved}" + (f" ({'; '.join(notes)})" if notes else "")]
+
+
 def _model_card(view: ModelView, plan: ExportPlan, num_params: int, eval_results: Optional[dict],
                 base_model: Optional[str]) -> str:
     from huggingface_hub import ModelCard, ModelCardData
@@ -459,6 +595,7 @@ def _model_card(view: ModelView, plan: ExportPlan, num_params: int, eval_results
         f"* pruning ratio: target {rec.pruning_ratio}, achieved {rec.achieved_ratio} of the decoder-block parameters",
         f"* schedule: {rec.schedule}" + (f" (spread {spread})" if spread else ""),
         f"* parameters in this checkpoint: {num_params:,}",
+        *_dtype_line(view, EXPORTERS[plan.format]),
         f"* checkpoint format: **{plan.format}** ({plan.reason})", "",
     ]
     if rec.calibration:
@@ -532,7 +669,7 @@ def check_output_dir(save_dir: Union[str, os.PathLike], *, overwrite: bool = Fal
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"{target} exists and is not a directory")
     if _nonempty_dir(target) and not overwrite:
-        raise FileExistsError(f"{target} is not empty; pass overwrite=True to replace it")
+        raise FileExistsError(f"{target} is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
     anchor = _nearest_existing(target)
     if not anchor.is_dir():
         raise NotADirectoryError(f"cannot create {target}: {anchor} is a file, not a folder")
@@ -762,6 +899,7 @@ def save_pruned_model(
     private: Optional[bool] = None,
     commit_message: Optional[str] = None,
     write_weights: Optional[Callable[[Path, list[str]], None]] = None,
+    dtype: Union[str, torch.dtype, None] = "auto",
     **hub_kwargs: Any,
 ) -> SaveResult:
     """Save a pruned model so that ``AutoModelForCausalLM.from_pretrained(save_dir)`` loads it.
@@ -783,7 +921,13 @@ def save_pruned_model(
             (``token``, ``revision``, ``create_pr``...) go to ``huggingface_hub``.
         write_weights: For a model whose weights are not in memory (:func:`~optimum_slimgpt.prune_pretrained`):
             ``write_weights(folder, names)`` writes the tensors ``names`` (``*.safetensors`` and their index) into
-            the temporary folder; the exporter writes the rest. Only for exporters with ``streamable``.
+            the temporary folder; the exporter writes the rest. Only for exporters with ``streamable``. It writes
+            the tensors in the saved dtype (``SaveResult.dtype``; the exporter's config says that one).
+        dtype: The dtype of the saved floating-point weights. ``"auto"`` (default): the dtype of the checkpoint the
+            model was pruned from (the record's ``source_dtype``: bf16/fp16 for such checkpoints, bf16 for a GGUF
+            file), whatever dtype the pruning computed in; the model's own when the source is unknown. ``None``: the
+            model's own dtype. A ``torch.dtype`` or its name (``"float32"``, ``"bfloat16"``, ``"float16"``): that one.
+            The model in memory is not changed (the cast is of a copy of the tensors, shared ones cast once).
 
     Returns:
         A :class:`SaveResult`.
@@ -791,23 +935,28 @@ def save_pruned_model(
     if not safe_serialization:
         raise ValueError("only safetensors checkpoints are written (transformers 5 has no pickle format)")
     view = ModelView.of(model)  # refuses unpruned and half-pruned (failed) models
+    view.save_dtype = _resolve_save_dtype(model, view.record, dtype)
     plan = plan_export(model, export_format)
     if write_weights is not None and not EXPORTERS[plan.format].streamable:
         raise ExportError(f"export_format={plan.format!r} cannot be written from streamed weights; use 'per_layer' "
                           "or 'uniform'", reason=f"{plan.format!r} is not streamable")
     clean_stale_work_dirs(save_dir)
     source = getattr(model.config, "name_or_path", None) or None
-    needed = sum(t.numel() * t.element_size() for t in {id(t): t for t in model.state_dict().values()}.values())
+    elem = torch.empty(0, dtype=view.saved_dtype).element_size()
+    needed = sum(t.numel() * (elem if t.is_floating_point() else t.element_size())
+                 for t in {id(t): t for t in model.state_dict().values()}.values())
     # (for streamed weights this counts the whole checkpoint, of which the work folder holds the blocks already)
     target = check_output_dir(save_dir, overwrite=overwrite, sources=[source] if source else [], needed_bytes=needed)
-    logger.info("saving the pruned model to %s as '%s': %s", target, plan.format, plan.reason)
+    exporter = EXPORTERS[plan.format]
+    saved_dtype = _dtype_name(view.saved_dtype) if exporter.writes_dtype else None
+    logger.info("saving the pruned model to %s as '%s'%s: %s", target, plan.format,
+                f" in {saved_dtype}" if saved_dtype else "", plan.reason)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with _terminate_as_interrupt():
         tmp = Path(tempfile.mkdtemp(prefix=_work_prefix(target, "tmp"), dir=target.parent))
         try:
             os.chmod(tmp, 0o777 & ~_umask())
-            exporter = EXPORTERS[plan.format]
             if write_weights is None:
                 # (an exporter that writes the tokenizer into its own file, e.g. gguf, is given it)
                 extra = {"tokenizer": tokenizer} if exporter.needs_tokenizer else {}
@@ -829,7 +978,7 @@ def save_pruned_model(
     result = SaveResult(
         path=target, format=plan.format, reason=plan.reason, layers=plan.layers, num_parameters=num_params,
         weights_bytes=sum(p.stat().st_size for p in target.glob("*.safetensors")),
-        files=sorted(p.name for p in target.iterdir()),
+        files=sorted(p.name for p in target.iterdir()), dtype=saved_dtype,
     )
     if push_to_hub:
         result.repo_id, result.commit_url = _push(target, repo_id or target.name, private, commit_message, hub_kwargs)

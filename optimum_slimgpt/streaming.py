@@ -16,10 +16,21 @@
    that :func:`~optimum_slimgpt.save_pruned_model` uses (``per_layer`` or ``uniform``), with the model card, and
    renamed into place; the work folder is removed.
 
-The work folder is ``.<output name>.slimgpt-work`` beside the output. It holds ``state.json`` (the fingerprint
-of model, config and calibration, the finished blocks' reports), ``block-NNNNN.safetensors`` and
+The work folder is ``.<output name>.slimgpt-work`` beside the output (:func:`work_dir`). It holds ``state.json``
+(the fingerprint of model, config and calibration, the finished blocks' reports), ``block-NNNNN.safetensors`` and
 ``inputs.safetensors``. A run that finds it refuses to start unless ``resume=True``, and refuses to resume when
-the fingerprint differs.
+the fingerprint differs. A run that stops (an error, ``KeyboardInterrupt``, SIGTERM) logs where the work folder is and
+that ``resume=True`` continues it; a resumed run may replace the output folder without ``overwrite`` (the run was
+aimed at it).
+
+A GGUF source (``model_path`` a ``.gguf`` file, or a folder with ``gguf_file=``) is converted once, by transformers'
+own GGUF loader, into a safetensors work copy in ``<work folder>/source`` (in the dtype of the computation, float32
+by default: the dequantised weights exactly), which the run then streams like any checkpoint; the copy goes with the
+work folder when the run is done, and a resumed run reuses it. The conversion holds the dequantised model in memory
+once, before the pruning starts.
+
+Saved dtype: ``save_dtype="auto"`` writes the source checkpoint's dtype (bf16 for a GGUF source), whatever dtype the
+blocks are pruned in, exactly as ``prune_model`` + ``save`` does.
 
 Host memory: about one block (in the checkpoint's dtype) plus the calibration activations, the embeddings during
 the capture and the non-block tensors during the assembly; GPU memory: one block plus its Hessians and the
@@ -48,15 +59,19 @@ from .calibration import get_calibration_data
 from .config import PruningConfig
 from .families import get_adapter
 from .pruner import ActivationStore, LayerReport, SlimGPTPruner, Stopwatch, _Run
+from .modeling import PruningRecord
 from .saving import SaveResult, check_output_dir, save_pruned_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckpointError", "ShardedCheckpoint", "prune_pretrained", "STOP_AFTER_ENV", "fits_in_memory"]
+__all__ = ["CheckpointError", "ShardedCheckpoint", "prune_pretrained", "STOP_AFTER_ENV", "fits_in_memory", "work_dir",
+           "work_state", "describe_work_dir"]
 
-#: test hook: kill the process (SIGKILL) right after this many blocks are checkpointed
+#: test hook: kill the process (SIGKILL) right after this many blocks are checkpointed; ``"k:TERM"`` sends SIGTERM
 STOP_AFTER_ENV = "SLIMGPT_STOP_AFTER_BLOCKS"
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+#: the work copy of a GGUF source inside the work folder, and the file that says which GGUF it was made from
+_SOURCE_COPY, _SOURCE_STAMP = "source", "slimgpt-source.json"
 
 
 class CheckpointError(ValueError):
@@ -178,6 +193,100 @@ def fits_in_memory(model_path: Union[str, os.PathLike], dtype: Optional[torch.dt
     return ckpt.nbytes * scale * margin < psutil.virtual_memory().available
 
 
+# ------------------------------------------------------------------------------------------------ work folder
+def work_dir(output_dir: Union[str, os.PathLike]) -> Path:
+    """The work folder of a streamed run into ``output_dir``: ``.<output name>.slimgpt-work`` beside it."""
+    out = Path(output_dir).expanduser().absolute()
+    return out.parent / f".{out.name}.slimgpt-work"
+
+
+def work_state(output_dir: Union[str, os.PathLike]) -> Optional[dict]:
+    """The ``state.json`` of an interrupted streamed run into ``output_dir`` (``None`` when there is none, or it
+    is unreadable)."""
+    try:
+        return json.loads((work_dir(output_dir) / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def describe_work_dir(output_dir: Union[str, os.PathLike]) -> Optional[str]:
+    """One phrase on the work folder beside ``output_dir``, or ``None`` when there is none: its path, the finished
+    blocks and its size (``/x/.out.slimgpt-work (2 of 30 blocks done, 122.4 MB)``)."""
+    work = work_dir(output_dir)
+    if not work.is_dir():
+        return None
+    state = work_state(output_dir)
+    parts = []
+    if state is not None:
+        n = state.get("num_blocks")
+        parts.append(f"{state.get('blocks_done', 0)}{f' of {n}' if n else ''} blocks done")
+    else:
+        parts.append("no finished block")
+    if (work / _SOURCE_COPY / _SOURCE_STAMP).is_file():
+        parts.append("a safetensors work copy of the GGUF source")
+    size = _folder_bytes(work)
+    parts.append(f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.0f} kB")
+    return f"{work} ({', '.join(parts)})"
+
+
+def _gguf_work_copy(gguf: Path, work: Path, dtype: torch.dtype) -> Path:
+    """A safetensors copy of the GGUF checkpoint ``gguf`` in ``work/source``, in ``dtype``, written by transformers'
+    own GGUF loader (dequantised as ``from_pretrained(..., gguf_file=...)`` does) and ``save_pretrained``; reused
+    when an earlier run made it from the same file in the same dtype."""
+    import errno
+    import shutil
+
+    st = gguf.stat()
+    stamp = {"gguf": gguf.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "dtype": str(dtype)}
+    folder, tmp = work / _SOURCE_COPY, work / f"{_SOURCE_COPY}.partial"
+    try:
+        if json.loads((folder / _SOURCE_STAMP).read_text(encoding="utf-8")) == stamp:
+            logger.info("reusing the safetensors work copy of %s in %s (made by an earlier run)", gguf.name, folder)
+            return folder
+    except (OSError, ValueError):
+        pass
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    logger.info("converting %s once to a safetensors work copy in %s (%s, dequantised by transformers; removed when "
+                "the run is done)", gguf.name, folder, str(dtype).removeprefix("torch."))
+    from transformers import AutoModelForCausalLM
+
+    from .modeling import _forget_dequantized_gguf
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+    _forget_dequantized_gguf(model)
+    needed = sum(t.numel() * t.element_size() for t in {id(t): t for t in model.state_dict().values()}.values())
+    free = shutil.disk_usage(work).free
+    if free < needed * 1.05:
+        raise OSError(errno.ENOSPC, f"not enough disk space for the safetensors work copy of {gguf.name} in {work}: "
+                                    f"{needed / 2**30:.2f} GiB needed, {free / 2**30:.2f} GiB free")
+    try:
+        model.save_pretrained(tmp, max_shard_size="2GB")
+        del model
+        _trim_heap()
+        (tmp / _SOURCE_STAMP).write_text(json.dumps(stamp), encoding="utf-8")
+        os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("work copy of %s written: %.1f MB", gguf.name, _folder_bytes(folder) / 1e6)
+    return folder
+
+
+def _check_gguf_file(gguf: Path) -> None:
+    if not gguf.is_file():
+        raise CheckpointError(f"{gguf}: no such GGUF file")
+    with open(gguf, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise CheckpointError(f"{gguf} is not a GGUF file (it does not start with the bytes 'GGUF')")
+
+
 # ------------------------------------------------------------------------------------------------ helpers
 def _atomic_write(path: Path, write) -> None:
     """``write(tmp_path)``, fsync, rename to ``path``: a reader sees the old file or the whole new one."""
@@ -269,6 +378,8 @@ def prune_pretrained(
     tokenizer: Any = None,
     calibration: Optional[torch.Tensor] = None,
     dtype: Optional[torch.dtype] = None,
+    save_dtype: Union[str, torch.dtype, None] = "auto",
+    gguf_file: Optional[str] = None,
     export_format: str = "auto",
     overwrite: bool = False,
     resume: bool = False,
@@ -283,17 +394,22 @@ def prune_pretrained(
     bit, without ever holding more than one decoder block in memory (see the module docstring).
 
     Args:
-        model_path: A local folder with ``config.json`` and safetensors weights (sharded or not).
+        model_path: A local folder with ``config.json`` and safetensors weights (sharded or not), or a ``.gguf``
+            file (converted once into a safetensors work copy in the work folder, see the module docstring).
         output_dir: The output checkpoint folder; it appears atomically when the run is complete.
         config: The pruning config (any method; ``schedule="layer_importance"`` is not supported here).
         tokenizer: For text calibration data (default: ``AutoTokenizer`` from ``model_path`` when the data need one);
             saved with the checkpoint.
         calibration: ``(samples, seqlen)`` token ids overriding ``config.dataset``.
-        dtype: The dtype to prune in (default: the checkpoint's).
+        dtype: The dtype to prune in (default: the checkpoint's; float32 for a GGUF source).
+        save_dtype: The dtype of the saved weights: ``"auto"`` (default) the source checkpoint's (bf16 for a GGUF
+            source; a pruned checkpoint's recorded source dtype), ``None`` the one pruned in (``dtype``), or a dtype
+            or its name. As ``save_pruned_model(dtype=...)``.
+        gguf_file: The GGUF file inside the folder ``model_path`` (as transformers' ``gguf_file``).
         export_format: ``"auto"``, ``"per_layer"`` or ``"uniform"`` (``"padded"`` needs every layer at once).
         overwrite: Replace a non-empty ``output_dir``.
         resume: Continue an interrupted run from its work folder (the fingerprints of model, config and
-            calibration must match).
+            calibration must match). A resumed run may replace ``output_dir`` without ``overwrite``.
         max_shard_size: Upper bound of the non-block shard (each block is one shard).
         model_card: Write the ``README.md`` model card.
         tune_allocator: Fix glibc's mmap threshold at 64 KiB for the rest of the process (``mallopt``), so freed
@@ -302,9 +418,42 @@ def prune_pretrained(
 
     Returns:
         The :class:`~optimum_slimgpt.saving.SaveResult` of the written checkpoint.
+
+    When the run stops after its work folder holds finished blocks (an error, ``KeyboardInterrupt``, or SIGTERM,
+    which is turned into a ``KeyboardInterrupt`` while it runs in the main thread), it logs where that folder is and
+    re-raises; ``resume=True`` continues it.
     """
+    from .saving import _terminate_as_interrupt
+
+    started: dict = {}
+    with _terminate_as_interrupt():
+        try:
+            return _prune_pretrained(model_path, output_dir, config, tokenizer, calibration, dtype, save_dtype,
+                                     gguf_file, export_format, overwrite, resume, max_shard_size, model_card,
+                                     tune_allocator, started)
+        except BaseException as e:
+            where = describe_work_dir(output_dir) if started else None
+            if where is not None:
+                logger.warning("the streamed run stopped (%s); its work folder stays: %s; resume=True (CLI: --resume) "
+                               "continues from the last finished block", type(e).__name__, where)
+                try:
+                    e.slimgpt_work_dir = where  # (the CLI prints its resume command for such a stop)
+                except AttributeError:
+                    pass
+            raise
+
+
+def _prune_pretrained(model_path, output_dir, config: PruningConfig, tokenizer, calibration, dtype, save_dtype,
+                      gguf_file, export_format, overwrite, resume, max_shard_size, model_card, tune_allocator,
+                      started: dict) -> SaveResult:
+    from .calibration import check_dataset_source
+    from .saving import parse_dtype
+
     t_start = time.perf_counter()
     model_path, output_dir = Path(model_path).expanduser().absolute(), Path(output_dir).expanduser().absolute()
+    gguf = model_path / gguf_file if gguf_file else model_path if model_path.suffix == ".gguf" else None
+    if not (isinstance(save_dtype, str) and save_dtype == "auto"):
+        save_dtype = parse_dtype(save_dtype)
     if config.schedule == "layer_importance":
         raise ValueError("schedule='layer_importance' needs a dense pass over every block before pruning; "
                          "prune_pretrained does not stream that pass yet: use prune_model or another schedule")
@@ -317,21 +466,44 @@ def prune_pretrained(
     if export_format == "padded":
         raise ValueError("export_format='padded' pads every layer to the largest one, which is only known at the end; "
                          "prune_pretrained writes 'per_layer' or 'uniform' ('auto')")
-    ckpt = ShardedCheckpoint(model_path)
-    check_output_dir(output_dir, overwrite=overwrite, sources=[model_path])
-    work = output_dir.parent / f".{output_dir.name}.slimgpt-work"
+    if calibration is None:
+        check_dataset_source(config.dataset, config.dataset_text_field)
+    if gguf is not None:
+        _check_gguf_file(gguf)
+        ckpt = None
+    else:
+        ckpt = ShardedCheckpoint(model_path)
+    work = work_dir(output_dir)
     state_file = work / "state.json"
     if state_file.exists() and not resume:
         raise FileExistsError(f"{work} holds an interrupted run: pass resume=True (--resume) to continue it, or delete "
                               "the folder to start again")
     if resume and not state_file.exists():
         logger.info("nothing to resume in %s: starting a new run", work)
+    resuming = resume and state_file.exists()
+    if resuming and not overwrite and output_dir.is_dir() and any(output_dir.iterdir()):
+        logger.warning("resuming into %s, which is not empty: the resumed run replaces it when it is done "
+                       "(atomically)", output_dir)
+    # (the output may not be the source, lie inside it or contain it; for a GGUF, its folder: the model's name)
+    check_output_dir(output_dir, overwrite=overwrite or resuming, sources=[gguf.parent if gguf else model_path])
+    overwrite = overwrite or resuming
 
     if tune_allocator:  # after the checks: a refused call leaves the process's allocator alone
         _tune_allocator()
+    if gguf is not None:
+        started["work"] = work  # (a stop from here on keeps the work copy: say so)
+        dtype = dtype or torch.float32
+        ckpt = ShardedCheckpoint(_gguf_work_copy(gguf, work, dtype))
     dtype = dtype or ckpt.dtype()
-    model = _skeleton(model_path, dtype)
+    model = _skeleton(ckpt.folder, dtype)
+    if gguf is not None:
+        model.config.name_or_path = str(gguf.parent)  # as from_pretrained(folder, gguf_file=...) names it
     pruner = SlimGPTPruner(config)
+    prev = PruningRecord.of(model.config)
+    # the source's dtype (a pruned checkpoint's own record says its base's); what save_dtype="auto" writes
+    pruner.source_dtype = parse_dtype(prev.source_dtype) if prev is not None and prev.source_dtype else \
+        torch.bfloat16 if gguf is not None else ckpt.dtype()
+    out_dtype = pruner.source_dtype if isinstance(save_dtype, str) else save_dtype or dtype
     pruner.mask_only = False
     c = pruner.config
     c.validate()
@@ -362,16 +534,18 @@ def prune_pretrained(
         if tokenizer is None and not isinstance(c.dataset, torch.Tensor):
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(model_path)
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name) if gguf is not None else \
+                AutoTokenizer.from_pretrained(model_path)
         data = get_calibration_data(c, tokenizer, model=model)
     pruner._check_tokens(model, data)
     pruner._check_seqlen(model, adapter, data.shape[1])
     data_hash = hashlib.sha256(data.detach().cpu().long().contiguous().numpy().tobytes()).hexdigest()
     fingerprint = {"model": ckpt.fingerprint(), "config": json.loads(c.to_json_string()), "calibration": data_hash,
-                   "dtype": str(dtype), "export_format": export_format, "version": _STATE_VERSION}
+                   "dtype": str(dtype), "save_dtype": str(out_dtype), "export_format": export_format,
+                   "version": _STATE_VERSION}
 
-    state: dict[str, Any] = {"fingerprint": fingerprint, "blocks_done": 0, "reports": [], "kept": [],
-                             "mlp_tail": None, "package": __version__}
+    state: dict[str, Any] = {"fingerprint": fingerprint, "blocks_done": 0, "num_blocks": len(blocks), "reports": [],
+                             "kept": [], "mlp_tail": None, "package": __version__}
     if state_file.exists():
         saved = json.loads(state_file.read_text(encoding="utf-8"))
         diff = sorted(k for k in fingerprint if saved.get("fingerprint", {}).get(k) != fingerprint[k])
@@ -381,6 +555,7 @@ def prune_pretrained(
         state = saved
         logger.info("resuming after block %d of %d from %s", state["blocks_done"], len(blocks), work)
     work.mkdir(parents=True, exist_ok=True)
+    started["work"] = work
 
     clock = Stopwatch("hessian_attn", "head_solve", "hessian_ffn", "ffn_solve", "surgery", "forward_out", "load",
                       "write")
@@ -388,7 +563,8 @@ def prune_pretrained(
     run.spill_dir = os.fspath(work)  # the FFN solve inverts in its Hessian's storage (a copy waits on disk for a retry)
     run.start, run.mlp_tail = state["blocks_done"], state["mlp_tail"]
     total_before = sum(p.numel() for p in model.parameters())
-    stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
+    stop_value, _, stop_signal = os.environ.get(STOP_AFTER_ENV, "").partition(":")
+    stop_after = int(stop_value or 0)
 
     def block_names(i: int, block: nn.Module) -> list[str]:
         return [f"{prefix}{i}.{k}" for k in block.state_dict()]
@@ -400,8 +576,10 @@ def prune_pretrained(
         pruner._check_finite(block)
 
     def finish_block(i: int, block: nn.Module, outputs: list, report: LayerReport, kept: dict) -> None:
-        _save_tensors(work / f"block-{i:05d}.safetensors", {n: t for n, t in zip(block_names(i, block),
-                                                                                 block.state_dict().values())})
+        # (in the saved dtype: the cast that saving the in-memory model makes)
+        _save_tensors(work / f"block-{i:05d}.safetensors",
+                      {n: t.to(out_dtype) if t.is_floating_point() else t
+                       for n, t in zip(block_names(i, block), block.state_dict().values())})
         if i < len(blocks) - 1:
             _save_tensors(work / "inputs.safetensors", {f"batch{b}": x for b, x in enumerate(outputs)})
         state.update(blocks_done=i + 1, mlp_tail=run.mlp_tail)
@@ -410,8 +588,9 @@ def prune_pretrained(
         _atomic_write(state_file, lambda p: p.write_text(json.dumps(state, indent=1), encoding="utf-8"))
         _free(block)
         if stop_after and i + 1 == stop_after:
-            logger.warning("%s=%d: killing the process after block %d (test hook)", STOP_AFTER_ENV, stop_after, i)
-            os.kill(os.getpid(), signal.SIGKILL)
+            logger.warning("%s=%s: killing the process after block %d (test hook)", STOP_AFTER_ENV,
+                           os.environ[STOP_AFTER_ENV], i)
+            os.kill(os.getpid(), signal.SIGTERM if stop_signal.upper() == "TERM" else signal.SIGKILL)
 
     run.load_block, run.finish_block = load_block, finish_block
     was_cache = getattr(model.config, "use_cache", None)
@@ -448,18 +627,19 @@ def prune_pretrained(
         def shape_of(n: str) -> torch.Tensor:
             return shapes[n] if n in shapes else shapes[n[: -len("bias")] + "weight"][:, 0]
 
-        zeros = {n: torch.zeros(shape_of(n).shape, dtype=shape_of(n).dtype) for n in names if n.startswith(prefix)
+        zeros = {n: torch.zeros(shape_of(n).shape, dtype=out_dtype) for n in names if n.startswith(prefix)
                  and n.endswith(".bias") and not any(n in _header_shapes(work / f"block-{i:05d}.safetensors")
                                                      for i in [int(n[len(prefix):].split(".")[0])])}
-        _write_output_shards(folder, names, ckpt, work, blocks, prefix, dtype, max_shard_size, zeros)
+        _write_output_shards(folder, names, ckpt, work, blocks, prefix, dtype, out_dtype, max_shard_size, zeros)
 
     result = save_pruned_model(model, output_dir, tokenizer=tokenizer, export_format=export.format, overwrite=overwrite,
-                               model_card=model_card, write_weights=write_weights)
+                               model_card=model_card, write_weights=write_weights, dtype=out_dtype)
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)
-    logger.info("%s: streamed pruning of %s done in %.1f s (%s)", pruner.label, model_path.name,
-                time.perf_counter() - t_start, result.format)
+    logger.info("%s: streamed pruning of %s done in %.1f s (%s, %s); removed the work folder %s%s", pruner.label,
+                (gguf or model_path).name, time.perf_counter() - t_start, result.format, result.dtype, work,
+                " and the GGUF's work copy in it" if gguf is not None else "")
     return result
 
 
@@ -486,10 +666,11 @@ def _reshape_done_block(adapter, block: nn.Module, config, kept: dict, shard_sha
 
 
 def _write_output_shards(folder: Path, names: list[str], ckpt: ShardedCheckpoint, work: Path, blocks, prefix: str,
-                         dtype, max_shard_size, extra: dict[str, torch.Tensor]) -> None:
+                         dtype, out_dtype, max_shard_size, extra: dict[str, torch.Tensor]) -> None:
     """The output's tensors: each block's shard hard-linked (or copied) from the work folder, the other tensors
-    copied from the source checkpoint, ``extra`` (given tensors) in a shard of their own; with the index that
-    ``from_pretrained`` reads."""
+    copied from the source checkpoint (read in ``dtype``, the dtype pruned in, and saved in ``out_dtype``: the casts
+    of loading and saving the model in memory), ``extra`` (given tensors) in a shard of their own; with the index
+    that ``from_pretrained`` reads."""
     import shutil
 
     from transformers.utils.hub import convert_file_size_to_int
@@ -507,7 +688,7 @@ def _write_output_shards(folder: Path, names: list[str], ckpt: ShardedCheckpoint
     size = 0
     for n in rest:  # the non-block tensors, in shards of at most max_shard_size
         dt, shape = ckpt.info[n]
-        nbytes = int(torch.Size(shape).numel()) * torch.empty(0, dtype=dtype).element_size()
+        nbytes = int(torch.Size(shape).numel()) * torch.empty(0, dtype=out_dtype).element_size()
         if groups[-1] and size + nbytes > limit:
             groups.append([])
             size = 0
@@ -521,7 +702,7 @@ def _write_output_shards(folder: Path, names: list[str], ckpt: ShardedCheckpoint
     for g in groups:
         k += 1
         fname = f"model-{k:05d}-of-{total:05d}.safetensors"
-        tensors = ckpt.load(g, dtype)
+        tensors = {k: t.to(out_dtype) if t.is_floating_point() else t for k, t in ckpt.load(g, dtype).items()}
         _save_tensors(folder / fname, tensors)
         total_size += sum(t.numel() * t.element_size() for t in tensors.values())
         weight_map.update(dict.fromkeys(g, fname))

@@ -110,3 +110,54 @@ def test_real_tokenizer_adds_no_special_tokens(smollm2):
     assert tok.bos_token_id not in ids.tolist()
     assert ids.tolist() == tok("Hello world.\n\n", add_special_tokens=False).input_ids + tok(
         "Second document.\n\n", add_special_tokens=False).input_ids
+
+
+def test_check_dataset_source_names_the_file_and_the_problem(tmp_path):
+    """Every local format the loader reads is checked before anything loads; good files pass, and the names of
+    registered, generated and in-memory sources are left to their readers."""
+    import re
+
+    import datasets
+
+    from optimum_slimgpt.calibration import check_dataset_source
+
+    good = {"a.txt": "Once upon a time. " * 100, "a.jsonl": "\n".join(json.dumps({"text": d}) for d in DOCS),
+            "a.json": json.dumps([{"text": d} for d in DOCS]), "a.csv": "text,id\nhello,1\n"}
+    for name, text in good.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        check_dataset_source(tmp_path / name)
+    datasets.Dataset.from_dict({"text": DOCS}).to_parquet(str(tmp_path / "a.parquet"))
+    check_dataset_source(str(tmp_path / "a.parquet"))
+    check_dataset_source(str(tmp_path / "a.jsonl"), ("messages", "text"))  # any of several fields
+    for source in ("wikitext2", "self", DOCS, torch.zeros(2, 4, dtype=torch.long)):
+        check_dataset_source(source)
+    # a multi-byte character split by the 1 MiB read is still text; a truncated one is not
+    (tmp_path / "big.txt").write_bytes(b"a" * ((1 << 20) - 1) + "é".encode("utf-8") * 10)
+    check_dataset_source(tmp_path / "big.txt")
+    (tmp_path / "cut.txt").write_bytes(b"abc" + "é".encode("utf-8")[:1])
+    bad = {
+        "cut.txt": "ends inside a multi-byte character",
+        "list.json": ("is an empty JSON list", "[]"),
+        "nofield.json": ("has no 'text' field in its records (they have ['body'])", json.dumps([{"body": "x"}])),
+        "number.json": ("holds a JSON int", "42"),
+        "lines.jsonl": ("line 2 is not valid JSON", '{"text": "a"}\n{oops\n'),
+        "strings.jsonl": ("line 1 is a JSON str, not an object", '"just text"\n'),
+        "header.csv": ("has a header but no rows", "text\n"),
+    }
+    for name, what in bad.items():
+        message = what if isinstance(what, str) else what[0]
+        if not isinstance(what, str):
+            (tmp_path / name).write_text(what[1], encoding="utf-8")
+        with pytest.raises(ValueError, match=re.escape(f"dataset file {tmp_path / name}") + ".*" + re.escape(message)):
+            check_dataset_source(tmp_path / name)
+    datasets.Dataset.from_dict({"body": DOCS}).to_parquet(str(tmp_path / "b.parquet"))
+    with pytest.raises(ValueError, match="b.parquet has no 'text' column"):
+        check_dataset_source(tmp_path / "b.parquet")
+    (tmp_path / "c.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(ValueError, match="c.parquet is not a readable parquet file"):
+        check_dataset_source(tmp_path / "c.parquet")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ValueError, match="dataset folder .*folder holds no files"):
+        check_dataset_source(tmp_path / "folder")
+    with pytest.raises(ValueError, match="no such file or folder, and not a registered name"):
+        check_dataset_source("wikitext3")

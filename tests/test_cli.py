@@ -270,3 +270,146 @@ def test_info_reads_the_weights_not_the_record(pruned_dir, tmp_path, capsys):
     rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+", stdout, flags=re.M)
     assert [tuple(int(x) for x in r[1:4]) for r in rows] == truth
     assert "warning: the pruning record disagrees with the weights in layer(s) [2]" in stderr
+
+
+# ------------------------------------------------------------------------------------------ the saved dtype
+@pytest.fixture(scope="module")
+def stories_bf16_dir(tmp_path_factory) -> Path:
+    """stories260K saved in bf16 (a bf16 source checkpoint), with its tokenizer."""
+    d = tmp_path_factory.mktemp("stories260k-bf16")
+    load_stories260k().to(torch.bfloat16).save_pretrained(d)
+    tok512_tokenizer().save_pretrained(d)
+    return d
+
+
+@pytest.mark.parametrize("save_dtype", [None, "float32"])
+def test_prune_saves_in_the_source_dtype_unless_told(save_dtype, stories_bf16_dir, texts, tmp_path, capsys):
+    """``prune`` of a bf16 checkpoint computes in float32 (--dtype) and saves bf16: weights and config, and the reloaded
+    model's logits are the in-memory pruned model's with its weights cast to bf16, exactly; ``--save-dtype float32``
+    keeps float32. ``info`` and the model card say which."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from optimum_slimgpt import SlimGPTPruner
+    from optimum_slimgpt.cli import _config_from_args, build_parser
+
+    want = torch.float32 if save_dtype else torch.bfloat16
+    argv = ["prune", "--model", str(stories_bf16_dir), "--ratio", "0.3", "--dataset", str(texts[0]), "--samples", "8",
+            "--seqlen", "64", "--batch-size", "8", "--output", str(tmp_path / "out")]
+    argv += ["--save-dtype", save_dtype] if save_dtype else []
+    rc, stdout, stderr = call_cli(capsys, *argv)
+    assert rc == 0, stderr[-3000:]
+    name = str(want).removeprefix("torch.")
+    assert f"format, {name}:" in stdout
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["dtype"] == name and cfg["pruning_config"]["source_dtype"] == "bfloat16"
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as st:
+        assert {st.get_tensor(k).dtype for k in st.keys()} == {want}
+    # the same run in memory, in float32
+    model = AutoModelForCausalLM.from_pretrained(stories_bf16_dir, dtype=torch.float32).eval()
+    SlimGPTPruner(_config_from_args(build_parser().parse_args(argv))).prune_model(
+        model, AutoTokenizer.from_pretrained(stories_bf16_dir))
+    for p in model.parameters():
+        p.data = p.data.to(want)
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()  # dtype "auto": the config's
+    ids = torch.randint(3, 512, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(saved(ids).logits, model(ids).logits)
+    rc, stdout, _ = call_cli(capsys, "info", "--model", str(tmp_path / "out"))
+    assert rc == 0 and f"dtype: {name} (source bfloat16, pruned in float32)" in stdout
+    assert f"* weights: {name} (" in (tmp_path / "out" / "README.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------ inputs checked first
+BAD_INPUTS = {  # case: (extra arguments, the file the error names, what it says)
+    "missing dataset": (["--dataset", "{tmp}/missing.txt"], "{tmp}/missing.txt", "no such file"),
+    "binary dataset": (["--dataset", "{tmp}/data.txt"], "{tmp}/data.txt", "is not UTF-8 text: byte 0xac at offset 4"),
+    "binary dataset, NUL": (["--dataset", "{tmp}/data.bin"], "{tmp}/data.bin", "is binary, not text"),
+    "binary dataset, streamed": (["--dataset", "{tmp}/data.txt", "--low-memory"], "{tmp}/data.txt", "not UTF-8 text"),
+    "jsonl without the field": (["--dataset", "{tmp}/calib.jsonl"], "{tmp}/calib.jsonl",
+                                "has no 'text' field in its records (they have ['content', 'id'])"),
+    "empty dataset": (["--dataset", "{tmp}/empty.txt"], "{tmp}/empty.txt", "is empty"),
+    "csv without the column": (["--dataset", "{tmp}/calib.csv"], "{tmp}/calib.csv", "has no 'text' column"),
+    "recovery dataset": (["--recover-steps", "2", "--recover-dataset", "{tmp}/data.txt"], "{tmp}/data.txt",
+                         "not UTF-8 text"),
+    "model without config.json": (["--model", "{tmp}/noconfig"], "{tmp}/noconfig", "not a model folder"),
+    "model with a broken config.json": (["--model", "{tmp}/broken"], "{tmp}/broken/config.json",
+                                        "is not a readable JSON file"),
+    "model config without model_type": (["--model", "{tmp}/notype"], "{tmp}/notype/config.json", "no 'model_type'"),
+    "model without weights": (["--model", "{tmp}/noweights"], "{tmp}/noweights", "no weights"),
+    "not a GGUF file": (["--model", "{tmp}/fake.gguf"], "{tmp}/fake.gguf", "is not a GGUF file"),
+    "output is the model": (["--output", "{model}", "--overwrite"], "{model}", "model's own source"),
+    "output unwritable": (["--output", "/proc/slimgpt-no-such-output"], "/proc/slimgpt-no-such-output",
+                          "is not writable"),
+    "output is a file": (["--output", "{tmp}/empty.txt"], "{tmp}/empty.txt", "exists and is not a directory"),
+}
+
+
+@pytest.fixture()
+def no_loading(monkeypatch):
+    """Fail the test if anything loads a model or tokenizer."""
+    import transformers
+
+    from optimum_slimgpt import cli, streaming
+
+    def loaded(*args, **kwargs):
+        raise AssertionError(f"a model or tokenizer was loaded ({args[:1]})")
+
+    monkeypatch.setattr(cli, "load_model", loaded)
+    monkeypatch.setattr(streaming, "prune_pretrained", loaded)
+    for cls in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer, transformers.AutoConfig):
+        monkeypatch.setattr(cls, "from_pretrained", loaded)
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_inputs_are_named_before_any_model_is_loaded(case, stories_dir, tmp_path, capsys, no_loading):
+    if case == "output unwritable" and not Path("/proc").is_dir():
+        pytest.skip("needs /proc (a folder nobody can create files in)")
+    (tmp_path / "data.txt").write_bytes(b"PK\x03\x04\xac\xed\x05binary")  # no NUL: the decoding fails at 0xac
+    (tmp_path / "calib.txt").write_text(TINYSTORIES_TXT.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    (tmp_path / "data.bin").write_bytes(bytes(range(256)))
+    (tmp_path / "calib.jsonl").write_text("\n".join(json.dumps({"content": "x", "id": i}) for i in range(3)))
+    (tmp_path / "calib.csv").write_text("content,id\nOnce upon a time,1\n")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "noconfig").mkdir()
+    (tmp_path / "noconfig" / "notes.txt").write_text("no model here")
+    for name, text in (("broken", "{not json"), ("notype", '{"hidden_size": 8}'), ("noweights", '{"model_type": "llama"}')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(text)
+        (tmp_path / name / "model.safetensors").write_bytes(b"x" * (name != "noweights"))
+    if (tmp_path / "noweights" / "model.safetensors").exists():
+        (tmp_path / "noweights" / "model.safetensors").unlink()
+    (tmp_path / "fake.gguf").write_bytes(b"PK\x03\x04 not a gguf")
+    extra, named, message = BAD_INPUTS[case]
+    args = {"--model": str(stories_dir), "--output": str(tmp_path / "o"), "--dataset": str(tmp_path / "calib.txt")}
+    flags = [a.format(tmp=tmp_path, model=stories_dir) for a in extra]
+    rest = []
+    for i, a in enumerate(flags):
+        if a in args and i + 1 < len(flags):
+            args[a] = flags[i + 1]
+        elif i == 0 or flags[i - 1] not in args:
+            rest.append(a)
+    argv = ["prune", *[x for kv in args.items() for x in kv], "--samples", "4", "--seqlen", "32", *rest]
+    rc, _, stderr = call_cli(capsys, *argv)
+    assert rc == 2, (rc, stderr[-2000:])
+    err_lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(err_lines) == 1, stderr[-2000:]
+    assert named.format(tmp=tmp_path, model=stories_dir) in err_lines[0] and message in err_lines[0], err_lines[0]
+    assert "Traceback" not in stderr and not (tmp_path / "o").exists()
+
+
+def test_recover_checks_its_dataset_before_loading(stories_dir, tmp_path, capsys, no_loading):
+    (tmp_path / "data.txt").write_bytes(b"\x00\x01binary")
+    rc, _, stderr = call_cli(capsys, "recover", "--model", str(stories_dir), "--teacher", str(stories_dir),
+                             "--dataset", str(tmp_path / "data.txt"), "--output", str(tmp_path / "o"))
+    assert rc == 2 and f"error: dataset file {tmp_path / 'data.txt'} is binary" in stderr, stderr
+
+
+def test_a_bad_format_is_refused_before_loading(stories_dir, tmp_path, capsys, no_loading):
+    rc, _, stderr = call_cli(capsys, "prune", "--model", str(stories_dir), "--format", "onnx", "--output",
+                             str(tmp_path / "o"))
+    assert rc == 2 and "argument --format: invalid choice: 'onnx'" in stderr
+    rc, _, stderr = call_cli(capsys, "prune", "--model", str(stories_dir), "--format", "padded", "--low-memory",
+                             "--dataset", str(TINYSTORIES_TXT), "--output", str(tmp_path / "o"))
+    assert rc == 2 and "error: --format padded" in stderr and not (tmp_path / "o").exists()

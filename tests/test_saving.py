@@ -519,11 +519,106 @@ def test_smollm2_20_percent_round_trip(smollm2_pruned20, tmp_path):
     ids = tok("The capital of France is", return_tensors="pt").input_ids
     ref = _logits(model, ids)
     ref_greedy = _greedy(model, ids=ids, n=8)
-    res = save_pruned_model(model, tmp_path / "smollm2-slim", tokenizer=tok)
-    assert res.format == "per_layer"
+    rec = PruningRecord.of(model.config)
+    assert (rec.source_dtype, rec.compute_dtype) == ("bfloat16", "float32")  # a GGUF source: saved as bf16 by default
+    res = save_pruned_model(model, tmp_path / "smollm2-slim", tokenizer=tok, dtype="float32")  # the float32 round trip
+    assert res.format == "per_layer" and res.dtype == "float32"
     stored, names = _stored_params(res.path)  # SmolLM2 ties its embeddings: stored and counted once
     assert res.num_parameters == stored == sum(p.numel() for p in model.parameters()) and "lm_head.weight" not in names
     assert any(n.startswith("tokenizer") for n in res.files)
     loaded = _load(res.path)
     assert_same_function(_logits(loaded, ids), ref)
     assert torch.equal(_greedy(loaded, ids=ids, n=8), ref_greedy)
+
+
+def test_smollm2_20_percent_saves_bf16_by_default(smollm2_pruned20, tmp_path):
+    """The default save of a model pruned from the GGUF (in float32) is bf16: half the float32 checkpoint's bytes."""
+    from optimum_slimgpt.saving import checkpoint_dtype
+
+    model, tok, _ = smollm2_pruned20
+    res = save_pruned_model(model, tmp_path / "bf16")
+    assert res.dtype == "bfloat16" and checkpoint_dtype(res.path) == "bfloat16"
+    assert json.loads((res.path / "config.json").read_text())["dtype"] == "bfloat16"
+    assert next(model.parameters()).dtype == torch.float32  # the model in memory stays as it was
+    params = sum(p.numel() for p in model.parameters())
+    assert 2 * params <= res.weights_bytes < 2 * params + 2**20  # 2 bytes a parameter (+ the headers)
+
+
+# ------------------------------------------------------------------------------------------ saved dtype
+def _bf16_source(folder: Path, vocab: int = 96) -> Path:
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(folder)
+    return folder
+
+
+def _safetensors_dtypes(folder: Path) -> dict:
+    from safetensors import safe_open
+
+    out = {}
+    for f in folder.glob("*.safetensors"):
+        with safe_open(f, "pt") as st:
+            out.update({k: st.get_tensor(k).dtype for k in st.keys()})
+    return out
+
+
+@pytest.mark.parametrize("dtype, fmt, want", [
+    ("auto", "per_layer", torch.bfloat16), (None, "per_layer", torch.float32), ("float16", "per_layer", torch.float16),
+    (torch.float32, "per_layer", torch.float32), ("auto", "padded", torch.bfloat16)])
+def test_the_save_writes_the_source_dtype_unless_told(dtype, fmt, want, tmp_path):
+    """A bf16 checkpoint loaded and pruned in float32: ``dtype="auto"`` saves bf16 (the record knows the source),
+    ``None`` the float32 it was pruned in, an explicit dtype that one; the config says so, the tied head is stored
+    once, the model in memory is not touched, and the reloaded per-layer model computes what the in-memory one does
+    in that dtype, exactly."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    src = _bf16_source(tmp_path / "src")
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    pruner = SlimGPTPruner(SlimGPTConfig(pruning_ratio=0.3, dataset=None, batch_size=4))
+    pruner.prune_model(model, calibration=CALIB % 96)
+    rec = PruningRecord.of(model.config)
+    assert (rec.source_dtype, rec.compute_dtype) == ("bfloat16", "float32")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = pruner.save(model, tmp_path / "out", export_format=fmt, dtype=dtype)
+    assert res.dtype == str(want).removeprefix("torch.")
+    stored = _safetensors_dtypes(res.path)
+    assert set(stored.values()) == {want} and "lm_head.weight" not in stored
+    assert json.loads((res.path / "config.json").read_text())["dtype"] == res.dtype
+    after = model.state_dict()
+    assert all(after[k].dtype == torch.float32 and torch.equal(after[k], v) for k, v in before.items())
+    loaded = _load(res.path)  # dtype "auto": the config's
+    assert {p.dtype for p in loaded.parameters()} == {want}
+    ids = PROMPT % 96
+    if fmt == "per_layer":
+        cast = copy.deepcopy(model)
+        for p in cast.parameters():  # the weights cast, as loading them does (the rotary buffers stay float32)
+            p.data = p.data.to(want)
+        sd = loaded.state_dict()
+        assert all(torch.equal(sd[k], v) for k, v in cast.state_dict().items())
+        assert torch.equal(_logits(loaded, ids), _logits(cast, ids))
+    card = (res.path / "README.md").read_text()
+    note = "the source checkpoint's dtype; pruned in float32" if want == torch.bfloat16 else \
+        "the source was bfloat16" + ("" if want == torch.float32 else "; pruned in float32")
+    assert f"* weights: {res.dtype} ({note})" in card
+
+
+def test_source_dtype_is_read_without_loading_anything(tmp_path):
+    from optimum_slimgpt.saving import parse_dtype, source_dtype
+
+    model = _tiny("llama")
+    assert source_dtype(model) is None  # built in memory: nothing says
+    src = _bf16_source(tmp_path / "src")
+    model.config.name_or_path = str(src)
+    assert source_dtype(model) == torch.bfloat16  # its config.json
+    assert parse_dtype("bf16") == torch.bfloat16 and parse_dtype(None) is None
+    with pytest.raises(ValueError, match="unknown dtype 'float8'"):
+        parse_dtype("float8")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        save_pruned_model(_pruned("llama"), tmp_path / "x", dtype="int8")
+    assert not (tmp_path / "x").exists()

@@ -68,9 +68,11 @@ def _in_memory(src: Path, out: Path, config, dtype, export_format="auto") -> Non
     pruner.save(model, out, export_format=export_format)
 
 
-@pytest.mark.parametrize("case", ["bf16-sharded", "fp16-tied-qwen2", "slimllm-biases", "uniform", "uniform-affine"])
+@pytest.mark.parametrize("case", ["bf16-sharded", "fp16-tied-qwen2", "slimllm-biases", "uniform", "uniform-affine",
+                                  "bf16-pruned-in-fp32"])
 def test_streamed_prune_equals_the_in_memory_prune_and_save(case, tmp_path):
     dtype = {"fp16-tied-qwen2": torch.float16}.get(case, torch.bfloat16)
+    compute = torch.float32 if case == "bf16-pruned-in-fp32" else dtype
     src = _source(tmp_path / "src", dtype=dtype, tied=case == "fp16-tied-qwen2",
                   family="qwen2" if case == "fp16-tied-qwen2" else "llama")
     if case != "fp16-tied-qwen2":
@@ -81,9 +83,11 @@ def test_streamed_prune_equals_the_in_memory_prune_and_save(case, tmp_path):
             "uniform-affine": lambda: SlimGPTConfig(pruning_ratio=0.3, schedule="uniform", dataset=None, batch_size=4,
                                                     bias_compensation=True),
             }.get(case, lambda: SlimGPTConfig(pruning_ratio=0.3, dataset=None, batch_size=4))
-    _in_memory(src, tmp_path / "mem", make(), dtype)
-    res = prune_pretrained(src, tmp_path / "stream", make(), calibration=CALIB)
+    _in_memory(src, tmp_path / "mem", make(), compute)
+    res = prune_pretrained(src, tmp_path / "stream", make(), calibration=CALIB, dtype=compute)
     assert res.format == ("uniform" if case.startswith("uniform") else "per_layer")
+    # saved in the source's dtype, whatever the dtype pruned in
+    assert res.dtype == str(dtype).removeprefix("torch.") and {t.dtype for t in _tensors(res.path).values()} == {dtype}
     if case == "uniform-affine":
         assert json.loads((tmp_path / "stream" / "config.json").read_text())["mlp_bias"] is True
     _assert_same_checkpoint(tmp_path / "mem", tmp_path / "stream")
@@ -127,11 +131,11 @@ def test_cli_low_memory_kill_and_resume(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err, err
 
-    refused([], "pass resume=True")  # never silently restarted or overwritten
+    refused([], "add --resume to continue it")  # never silently restarted or overwritten
     refused(["--resume", "--ratio", "0.25"], "belongs to another run (different config from")
     other = _source(tmp_path / "other", vocab=512, shard="100KB", dtype=torch.float16)
     tok.save_pretrained(other)
-    refused(["--resume"], "belongs to another run (different model from",
+    refused(["--resume"], "belongs to another run (different model,",
             argv=[a if a != str(src) else str(other) for a in args])
     calib = (tmp_path / "calib.txt").read_text(encoding="utf-8")
     (tmp_path / "calib.txt").write_text(calib[::-1], encoding="utf-8")  # same path and config, other windows
@@ -205,3 +209,146 @@ def test_a_failing_write_loses_nothing_and_the_run_resumes(tmp_path, monkeypatch
     assert json.loads((work / "state.json").read_text())["blocks_done"] == 2 and not (tmp_path / "out").exists()
     prune_pretrained(src, tmp_path / "out", make(), calibration=CALIB, resume=True)
     _assert_same_checkpoint(tmp_path / "ref", tmp_path / "out")
+
+
+def _tok_source(tmp_path: Path):
+    """A bf16 4-block source with stories260K's tokenizer and a TinyStories calibration file."""
+    from helpers import TINYSTORIES_TXT, have_shared, tok512_tokenizer
+
+    if not have_shared(TINYSTORIES_TXT):
+        pytest.skip("../shared TinyStories missing")
+    src = _source(tmp_path / "src", vocab=512, shard="100KB")
+    tok512_tokenizer().save_pretrained(src)
+    (tmp_path / "calib.txt").write_text(TINYSTORIES_TXT.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    return src, ["prune", "--model", str(src), "--ratio", "0.3", "--dataset", str(tmp_path / "calib.txt"), "--samples",
+                 "4", "--seqlen", "32", "--batch-size", "4", "--low-memory"]
+
+
+def _interrupt_in_block_2(monkeypatch) -> None:
+    from optimum_slimgpt import streaming
+
+    real = streaming._save_tensors
+
+    def ctrl_c(path, tensors):
+        if path.name == "block-00002.safetensors":
+            raise KeyboardInterrupt
+        return real(path, tensors)
+
+    monkeypatch.setattr(streaming, "_save_tensors", ctrl_c)
+
+
+def _resume_line(stderr: str) -> list[str]:
+    import shlex
+
+    line = next(x for x in stderr.splitlines() if "to resume it:" in x)
+    return shlex.split(line.split("to resume it:", 1)[1])
+
+
+def test_an_interrupted_run_says_how_to_resume_and_a_rerun_resumes(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in block 2 of ``prune --low-memory``: the message names the work folder and prints the command that
+    resumes. An in-memory rerun next to it says it is there (and leaves it); a streamed rerun without --resume says
+    how to resume or delete it; the printed command resumes (no --overwrite needed, though the in-memory rerun
+    wrote --output meanwhile), says so, and gives the uninterrupted run's bytes."""
+    import shlex
+
+    from optimum_slimgpt import cli
+
+    from helpers import call_cli
+
+    src, args = _tok_source(tmp_path)
+    out, work = tmp_path / "out", tmp_path / ".out.slimgpt-work"
+    argv = [*args, "--output", str(out)]
+    _interrupt_in_block_2(monkeypatch)
+    rc, _, err = call_cli(capsys, *argv)
+    monkeypatch.undo()
+    assert rc == 130 and "error: interrupted" in err, err[-2000:]
+    assert f"the stopped run's work folder stays: {work} (2 of 4 blocks done, " in err
+    assert _resume_line(err) == ["optimum-slimgpt", *argv, "--resume"]
+    assert f"to start again instead, delete it:  rm -r {shlex.quote(str(work))}" in err
+    assert json.loads((work / "state.json").read_text())["blocks_done"] == 2 and not out.exists()
+
+    rc, _, err = call_cli(capsys, *[a for a in argv if a != "--low-memory"])  # in memory, beside the work folder
+    assert rc == 0, err[-2000:]
+    assert f"found the work folder of an interrupted --low-memory run into this --output: {work}" in err
+    assert _resume_line(err) == ["optimum-slimgpt", *[a for a in argv if a != "--low-memory"], "--low-memory",
+                                 "--resume"]
+    assert out.is_dir() and (work / "state.json").is_file()  # left alone
+
+    rc, _, err = call_cli(capsys, *argv, "--overwrite")  # streamed, without --resume: refused, and told how
+    assert rc == 2 and "add --resume to continue it" in err and _resume_line(err)[-1] == "--resume"
+    assert "rm -r" in err and json.loads((work / "state.json").read_text())["blocks_done"] == 2
+
+    rc, _, err = call_cli(capsys, *_resume_line(err)[1:-2], "--resume")  # (without its --overwrite)
+    assert rc == 0, err[-2000:]
+    assert "resuming the interrupted run: 2 of 4 blocks are done" in err and not work.exists()
+    assert cli.main([*args, "--output", str(tmp_path / "full")]) == 0
+    _assert_same_checkpoint(tmp_path / "full", out)
+
+
+def test_sigterm_stops_a_streamed_run_with_the_resume_command(tmp_path):
+    src, args = _tok_source(tmp_path)
+    env = dict(os.environ, **{STOP_AFTER_ENV: "1:TERM", "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run([sys.executable, "-m", "optimum_slimgpt.cli", *args, "--output", str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 130 and "error: interrupted" in proc.stderr, proc.stderr[-2000:]
+    work = tmp_path / ".out.slimgpt-work"
+    assert f"the stopped run's work folder stays: {work} (1 of 4 blocks done" in proc.stderr
+    assert _resume_line(proc.stderr) == ["optimum-slimgpt", *args, "--output", str(tmp_path / "out"), "--resume"]
+    assert json.loads((work / "state.json").read_text())["blocks_done"] == 1
+
+
+def _tiny_gguf(folder: Path, text: str) -> Path:
+    """A 4-block Llama with a byte-level BPE tokenizer trained on ``text``, written as a Q8_0 GGUF by the package's
+    own exporter (what llama.cpp users have)."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from optimum_slimgpt import export_gguf
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator([text], trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                   tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    folder.mkdir()
+    return export_gguf(model, folder / "tiny.gguf", tokenizer=tok, outtype="q8_0", require_record=False).path
+
+
+def test_a_gguf_source_streams_through_a_work_copy(tmp_path, monkeypatch, capsys, caplog):
+    """``prune --model x.gguf --low-memory``: the GGUF is converted once into a safetensors work copy in the work
+    folder (said, with where), a stop keeps it and a resume reuses it; when done the copy is gone with the work folder,
+    and the checkpoint is the in-memory run's, bit for bit, saved bf16 (a GGUF source)."""
+    import logging
+
+    pytest.importorskip("gguf")
+    from helpers import call_cli
+
+    _, args = _tok_source(tmp_path)  # (the calibration text)
+    gguf = _tiny_gguf(tmp_path / "gguf", (tmp_path / "calib.txt").read_text(encoding="utf-8"))
+    argv = [args[0], "--model", str(gguf), *args[3:], "--output", str(tmp_path / "out")]
+    caplog.set_level(logging.INFO, logger="optimum_slimgpt")
+    work = tmp_path / ".out.slimgpt-work"
+    _interrupt_in_block_2(monkeypatch)
+    rc, _, err = call_cli(capsys, *argv)
+    monkeypatch.undo()
+    assert rc == 130, err[-2000:]
+    assert f"converting tiny.gguf once to a safetensors work copy in {work / 'source'}" in caplog.text
+    assert "a safetensors work copy of the GGUF source" in err and (work / "source" / "config.json").is_file()
+    caplog.clear()
+    rc, _, err = call_cli(capsys, *_resume_line(err)[1:])
+    assert rc == 0, err[-2000:]
+    assert "reusing the safetensors work copy of tiny.gguf" in caplog.text and "converting" not in caplog.text
+    assert "removed the work folder" in caplog.text and "work copy" in caplog.text
+    assert not work.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["calib.txt", "gguf", "out", "src"]
+    assert {t.dtype for t in _tensors(tmp_path / "out").values()} == {torch.bfloat16}
+    rc, _, err = call_cli(capsys, *[a for a in argv if a != "--low-memory"][:-1], str(tmp_path / "mem"))
+    assert rc == 0, err[-2000:]
+    _assert_same_checkpoint(tmp_path / "mem", tmp_path / "out")

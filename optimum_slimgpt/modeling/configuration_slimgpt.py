@@ -122,7 +122,10 @@ class PruningRecord:
     ``cumulative_ratio``: the fraction of them removed so far (``achieved_ratio`` is this run's, against its own
     input); ``history``: the earlier runs when a pruned model was pruned again (oldest first); ``recovery``: the
     fine-tuning runs after this pruning (:func:`optimum_slimgpt.recovery.recover`: data, steps, tokens, loss, LoRA
-    rank), oldest first (absent in older records, which load with an empty list).
+    rank), oldest first (absent in older records, which load with an empty list). ``source_dtype``: the floating-point
+    dtype of the checkpoint the base model was loaded from (``"bfloat16"`` for a GGUF file; ``None`` when unknown),
+    which ``save_pretrained``/``save_pruned_model(dtype="auto")`` saves in; ``compute_dtype``: the dtype the weights
+    were pruned in.
     """
 
     pruning_method: str
@@ -145,6 +148,8 @@ class PruningRecord:
     cumulative_ratio: Optional[float] = None
     history: list = field(default_factory=list)
     recovery: list = field(default_factory=list)
+    source_dtype: Optional[str] = None
+    compute_dtype: Optional[str] = None
     format_version: int = RECORD_VERSION
 
     #: the fields of one run (what ``history`` keeps of each earlier run)
