@@ -290,3 +290,32 @@ def test_lm_eval_cli_on_per_layer_checkpoint(lm_eval_mod, tmp_path):
         assert (builtin["acc"], builtin["acc_norm"]) == (bridge[name]["acc"], bridge[name]["acc_norm"]), name
         for a, b, c in zip(cli_ll, bridge[name]["logliks"], builtin["logliks"]):
             assert a == pytest.approx(b, abs=LL_TOL, rel=0) and c == pytest.approx(b, abs=LL_TOL, rel=0), name
+
+
+def test_cli_eval_harness_flag(lm_eval_mod, tmp_path, capsys, monkeypatch):
+    """``optimum-slimgpt eval --harness lm-eval --tasks ...`` gives the built-in harness's accuracies; without lm_eval
+    the flag is one clear error."""
+    from helpers import call_cli
+
+    data = write_tiny_data(tmp_path / "data")
+    model = tiny_llama(torch.float32)
+    model.save_pretrained(tmp_path / "m")
+    byte_tokenizer(False).save_pretrained(tmp_path / "m")
+    out = {}
+    for harness in ("builtin", "lm-eval"):
+        rc, stdout, err = call_cli(capsys, "eval", "--model", str(tmp_path / "m"), "--tasks", "openbookqa,boolq",
+                                   "--data-dir", str(data), "--harness", harness, "--json", str(tmp_path / f"{harness}.json"))
+        assert rc == 0, err
+        assert "openbookqa: acc" in stdout and "boolq: acc" in stdout
+        out[harness] = json.loads((tmp_path / f"{harness}.json").read_text())
+        assert out[harness]["zero_shot_harness"] == harness
+    for t in ("openbookqa", "boolq"):
+        a, b = out["builtin"]["zero_shot"][t], out["lm-eval"]["zero_shot"][t]
+        assert (a["acc"], a["acc_norm"], a["n"]) == (b["acc"], b["acc_norm"], b["n"]) and a["n"] == 3
+    rc, _, err = call_cli(capsys, "eval", "--model", str(tmp_path / "m"), "--tasks", "copa", "--data-dir", str(data),
+                          "--harness", "lm-eval")
+    assert rc == 2 and "copa" in err and "openbookqa" in err
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    rc, _, err = call_cli(capsys, "eval", "--model", str(tmp_path / "m"), "--tasks", "boolq", "--data-dir", str(data),
+                          "--harness", "lm-eval")
+    assert rc == 2 and "pip install optimum-slimgpt[eval]" in err
