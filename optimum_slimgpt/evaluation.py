@@ -32,6 +32,7 @@ lm-evaluation-harness (:func:`evaluate_lm_eval`, formerly ``lm_eval_bridge``)
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import json
@@ -39,6 +40,7 @@ import logging
 import math
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
@@ -1184,9 +1186,6 @@ def evaluate_lm_eval(
     from lm_eval.tasks import TaskManager
 
     from .lm_eval_tasks import LM_EVAL_TASKS, lm_eval_task_name, write_lm_eval_tasks
-
-    import copy
-    import tempfile
 
     names = [lm_eval_task_name(t) for t in ([tasks] if isinstance(tasks, str) else list(tasks))]
     if not names:
