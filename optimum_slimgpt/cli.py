@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import inspect
 import json
 import logging
@@ -298,14 +299,18 @@ def _prune_streamed(args, cfg, path: str, gguf_file: Optional[str], out: Path, s
 def cmd_eval(args) -> int:
     """perplexity and zero-shot accuracy of a saved model
 
-    Perplexity on WikiText-2 test or a text file, and zero-shot accuracy (lm-eval-harness protocol) on local task
-    files."""
-    from .evaluation import ZERO_SHOT_TASKS, evaluate_zero_shot, perplexity, wikitext2_test_text
+    Perplexity on WikiText-2 test or a text file, and zero-shot accuracy on local task files, by the built-in scorer
+    or by lm-evaluation-harness (--harness lm-eval)."""
+    from .evaluation import evaluate_zero_shot, perplexity, wikitext2_test_text, zero_shot_task_names
 
+    harness = getattr(args, "harness", "builtin")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else []
-    unknown = [t for t in tasks if t not in ZERO_SHOT_TASKS]
+    known = zero_shot_task_names(harness)
+    unknown = [t for t in tasks if t not in known]
     if unknown:
-        raise CLIError(f"unknown zero-shot task(s) {', '.join(unknown)}; known: {', '.join(sorted(ZERO_SHOT_TASKS))}")
+        raise CLIError(f"unknown zero-shot task(s) {', '.join(unknown)} for --harness {harness}; known: {', '.join(known)}")
+    if tasks and harness == "lm-eval" and importlib.util.find_spec("lm_eval") is None:
+        raise CLIError("--harness lm-eval needs lm-evaluation-harness: pip install optimum-slimgpt[eval]")
     if not (args.text_file or args.wikitext_dir or tasks):
         raise CLIError("nothing to evaluate: give --wikitext-dir, --text-file and/or --tasks")
     if args.text_file and not Path(args.text_file).is_file():
@@ -324,8 +329,8 @@ def cmd_eval(args) -> int:
                                            batch_size=args.batch_size)
         print(f"perplexity: {results['perplexity']:.3f}")
     if tasks:
-        zs = evaluate_zero_shot(model, tok, tasks, limit=args.limit, data_dir=args.data_dir)
-        results["zero_shot"] = zs
+        zs = evaluate_zero_shot(model, tok, tasks, limit=args.limit, data_dir=args.data_dir, harness=harness)
+        results["zero_shot"], results["zero_shot_harness"] = zs, harness
         for task, r in zs.items():
             print(f"{task}: acc {r['acc']:.4f} acc_norm {r['acc_norm']:.4f} (n={r['n']})")
     if args.json:
@@ -535,6 +540,10 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     ev.add_argument("--tasks", default=None, help="comma-separated zero-shot tasks, e.g. piqa,hellaswag,arc_easy")
     ev.add_argument("--limit", type=int, default=None, help="first N items of each task")
     ev.add_argument("--data-dir", default=None, help="folder with the zero-shot data files")
+    ev.add_argument("--harness", default="builtin", choices=["builtin", "lm-eval"],
+                    help="zero-shot scorer: the built-in one, or lm-evaluation-harness on the same local files")
+    ev.add_argument("--harness", default="builtin", choices=["builtin", "lm-eval"],
+                    help="zero-shot scorer: the built-in one, or lm-evaluation-harness on the same local files")
     ev.add_argument("--device", default=None, help="e.g. cuda:0 (default: CPU)")
     ev.add_argument("--dtype", default="float32", type=dtype_arg, help=dtypes)
     ev.add_argument("--json", default=None, help="also write the results to this JSON file")

@@ -24,19 +24,23 @@ Zero-shot multiple choice (:func:`zero_shot`, :func:`evaluate_zero_shot`)
     :data:`ZERO_SHOT_TASKS`; a task is a loader ``(path) -> list[MCItem]`` plus a default path relative
     to the data directory (:func:`default_data_dir`); add one with :func:`register_task`.
 
-lm-evaluation-harness (:func:`lm_eval_bridge`)
-    Runs the real harness on an in-memory model, when ``lm_eval`` is installed
-    (``pip install optimum-slimgpt[eval]``).
+lm-evaluation-harness (:func:`evaluate_lm_eval`, formerly ``lm_eval_bridge``)
+    Runs the real harness (``lm_eval.simple_evaluate`` with ``HFLM``) on an in-memory model, with task YAMLs that
+    read the same local files (:mod:`optimum_slimgpt.lm_eval_tasks`), when ``lm_eval`` is installed
+    (``pip install optimum-slimgpt[eval]``). :func:`evaluate_zero_shot` takes ``harness="lm-eval"`` to use it.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import json
 import logging
 import math
 import os
+import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
@@ -67,13 +71,21 @@ __all__ = [
     "load_task",
     "load_piqa",
     "load_hellaswag_text",
+    "hellaswag_preprocess",
+    "hellaswag_text_rows",
+    "load_boolq_mosaic",
+    "parse_boolq_query",
     "load_mosaicml_jsonl",
+    "encode_pair",
     "loglikelihoods",
     "score_items",
     "zero_shot",
     "evaluate_zero_shot",
+    "HARNESSES",
     # lm-eval
+    "evaluate_lm_eval",
     "lm_eval_bridge",
+    "zero_shot_task_names",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -583,22 +595,39 @@ def load_piqa(path: PathLike) -> list[MCItem]:
     ]
 
 
-def load_hellaswag_text(path: PathLike) -> list[MCItem]:
-    """HellaSwag in llama.cpp's text layout (``hellaswag_val_full.txt``): 6 lines per item.
+def hellaswag_preprocess(text: str) -> str:
+    """lm-evaluation-harness's ``hellaswag`` text clean-up (``tasks/hellaswag/utils.py: preprocess``): strip,
+    ``" [title]"`` -> ``". "``, drop every ``[...]``, replace double spaces by one."""
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    text = text.replace("  ", " ")
+    return text
 
-    Line 1 is the context (``activity_label + ": " + ctx``), line 2 the gold index, lines 3-6 the four
-    endings; context = line 1, choices = ``" " + ending`` (lm-eval's ``hellaswag`` prompt, up to its
-    slightly different text preprocessing).
-    """
-    lines = Path(path).read_text(encoding="utf-8").split("\n")
-    lines = [line.rstrip("\r") for line in lines]
+
+def hellaswag_text_rows(text: str, source: Any = "hellaswag text") -> list[tuple[str, int, list[str]]]:
+    """``(context line, gold, four endings)`` per item of llama.cpp's 6-lines-per-item HellaSwag layout
+    (lines split on ``"\\n"`` only, a trailing ``"\\r"`` dropped, trailing empty lines ignored)."""
+    lines = [line.rstrip("\r") for line in text.split("\n")]
     while lines and lines[-1] == "":
         lines.pop()
     if len(lines) % 6:
-        raise ValueError(f"{path}: {len(lines)} lines is not a multiple of 6")
+        raise ValueError(f"{source}: {len(lines)} lines is not a multiple of 6")
+    return [(lines[i], int(lines[i + 1]), lines[i + 2 : i + 6]) for i in range(0, len(lines), 6)]
+
+
+def load_hellaswag_text(path: PathLike) -> list[MCItem]:
+    """HellaSwag in llama.cpp's text layout (``hellaswag_val_full.txt``): 6 lines per item.
+
+    Line 1 is the context (``activity_label + ": " + ctx_a + " " + ctx_b``, already cleaned by the file's
+    extractor), line 2 the gold index, lines 3-6 the four endings. As lm-eval's ``hellaswag``: context =
+    ``preprocess(line 1)``, choices = ``" " + preprocess(ending)`` (:func:`hellaswag_preprocess`; it changes 14
+    of the 50,210 strings of the full file). The one difference left: lm-eval capitalises ``ctx_b``
+    (``str.capitalize``), which the joined line 1 no longer separates.
+    """
     return [
-        MCItem(lines[i], [" " + e for e in lines[i + 2 : i + 6]], int(lines[i + 1]))
-        for i in range(0, len(lines), 6)
+        MCItem(hellaswag_preprocess(ctx), [" " + hellaswag_preprocess(e) for e in endings], gold)
+        for ctx, gold, endings in hellaswag_text_rows(Path(path).read_text(encoding="utf-8"), path)
     ]
 
 
@@ -619,14 +648,43 @@ def load_mosaicml_jsonl(path: PathLike, delimiter: str = " ") -> list[MCItem]:
     return items
 
 
+def parse_boolq_query(query: str) -> tuple[str, str]:
+    """``(passage, question)`` of a MosaicML BoolQ ``query`` (``"Passage: {passage}\\nQuestion: {question}?"``):
+    the passage loses its ``"Passage: "`` prefix, the question its one trailing ``"?"`` (lm-eval's ``boolq``
+    fields; the split is at the *last* ``"\\nQuestion: "``, since one passage contains that string itself)."""
+    head, sep, question = query.strip().rpartition("\nQuestion: ")
+    if not sep:
+        raise ValueError(f"not a MosaicML BoolQ query (no '\\nQuestion: '): {query[:80]!r}")
+    passage = head[len("Passage: "):] if head.startswith("Passage: ") else head
+    return passage, question[:-1] if question.endswith("?") else question
+
+
+def load_boolq_mosaic(path: PathLike) -> list[MCItem]:
+    """BoolQ from MosaicML's jsonl with lm-eval's ``boolq`` prompt: ``"{passage}\\nQuestion: {question}?\\nAnswer:"``,
+    choices ``" no"`` / ``" yes"``, gold from ``"gold"`` (0 = no, 1 = yes); fields from :func:`parse_boolq_query`.
+
+    lm-eval's ``super_glue`` passages start with the Wikipedia title (``"Ethanol fuel -- All biomass ..."``);
+    the MosaicML copy has no title, so that prefix is missing here.
+    """
+    items = []
+    for d in _read_jsonl(Path(path)):
+        passage, question = parse_boolq_query(str(d["query"]))
+        if [str(c).strip().lower() for c in d["choices"]] != ["no", "yes"]:
+            raise ValueError(f"{path}: BoolQ choices must be ['no', 'yes'], got {d['choices']!r}")
+        items.append(MCItem(f"{passage}\nQuestion: {question}?\nAnswer:", [" no", " yes"], int(d["gold"])))
+    return items
+
+
 def _register_builtin_tasks() -> None:
     register_task("piqa", load_piqa, "piqa/valid.jsonl", "PIQA validation (1,838), original release, lm-eval prompt")
     register_task("hellaswag", load_hellaswag_text, "hellaswag/hellaswag_val_full.txt",
-                  "HellaSwag validation (10,042), llama.cpp text layout")
+                  "HellaSwag validation (10,042), llama.cpp text layout, lm-eval prompt")
+    register_task("boolq", load_boolq_mosaic, "mosaicml-eval/boolq.jsonl",
+                  "BoolQ dev (3,270), MosaicML jsonl, lm-eval prompt")
     mosaic = {
         "arc_easy": ("\nAnswer: ", "ARC-Easy test (2,376)"),
-        "boolq": ("\nAnswer: ", "BoolQ dev (3,270)"),
         "openbook_qa": (" ", "OpenBookQA test (500), question stem only"),
+        "openbookqa": (" ", "OpenBookQA test (500), question stem only (lm-eval's name)", "openbook_qa"),
         "piqa_mosaic": ("\nAnswer: ", "PIQA validation (1,838), MosaicML format", "piqa"),
         "copa": (" ", "COPA (100), MosaicML subset"),
         "siqa": (" ", "Social IQa dev (1,954)"),
@@ -646,8 +704,18 @@ _register_builtin_tasks()
 # --------------------------------------------------------------------------------------------------
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+def _encode(tokenizer: Any, text: str, add_special_tokens: Optional[bool] = None) -> list[int]:
+    """``tokenizer(text)["input_ids"]``; ``add_special_tokens=None`` keeps the tokenizer's own default (as
+    lm-eval's ``HFLM.tok_encode`` with ``add_bos_token`` unset), except that a text which already starts with
+    the BOS string gets no special tokens (lm-eval's ``has_bos_prefix`` rule)."""
+    kwargs: dict[str, Any] = {}
+    if add_special_tokens is not None:
+        kwargs["add_special_tokens"] = bool(add_special_tokens)
+    else:
+        bos = getattr(tokenizer, "bos_token", None)
+        if isinstance(bos, str) and bos and text.startswith(bos):
+            kwargs["add_special_tokens"] = False
+    return list(tokenizer(text, **kwargs)["input_ids"])
 
 
 def _prefix_token_id(tokenizer: Any) -> int:
@@ -658,31 +726,59 @@ def _prefix_token_id(tokenizer: Any) -> int:
     raise ValueError("empty context but the tokenizer has neither a BOS nor an EOS token")
 
 
-def encode_pair(tokenizer: Any, context: str, continuation: str, separate: bool) -> tuple[list[int], list[int]]:
-    """lm-evaluation-harness ``HFLM._encode_pair`` (0.4): trailing whitespace of the context moves to the
-    continuation; the continuation tokens are those of ``encode(context + continuation)`` after the first
-    ``len(encode(context))`` tokens. ``separate=True``: encode both parts independently (older lm-eval)."""
+def encode_pair(
+    tokenizer: Any,
+    context: str,
+    continuation: str,
+    separate: bool = False,
+    add_special_tokens: Optional[bool] = None,
+) -> tuple[list[int], list[int]]:
+    """lm-evaluation-harness ``HFLM`` tokenisation of one ``(context, continuation)`` request (0.4.13).
+
+    Trailing whitespace of the context moves to the continuation; the continuation tokens are those of
+    ``encode(context + continuation)`` after the first ``len(encode(context))`` tokens. ``encode`` uses the
+    tokenizer's default special tokens unless ``add_special_tokens`` says otherwise (lm-eval's
+    ``add_bos_token``): a Llama/SentencePiece tokenizer that adds BOS by default gets BOS before every
+    context, a GPT-2-style one (SmolLM2, Qwen) gets none. An empty context becomes ``[BOS]`` (else
+    ``[EOS]``) and the continuation is encoded without special tokens; if the continuation itself starts
+    with that token, its first token is the context instead. ``separate=True``: encode both parts
+    independently (older lm-eval).
+    """
     if context == "":
-        return [_prefix_token_id(tokenizer)], _encode(tokenizer, continuation)
+        cont = _encode(tokenizer, continuation, add_special_tokens=False)
+        prefix = _prefix_token_id(tokenizer)
+        if cont and cont[0] == prefix:
+            return cont[:1], cont[1:]
+        return [prefix], cont
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces > 0:
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]
-    ctx = _encode(tokenizer, context)
+    ctx = _encode(tokenizer, context, add_special_tokens)
     if separate:
-        return ctx, _encode(tokenizer, continuation)
-    whole = _encode(tokenizer, context + continuation)
+        return ctx, _encode(tokenizer, continuation, add_special_tokens=False)
+    whole = _encode(tokenizer, context + continuation, add_special_tokens)
     return ctx, whole[len(ctx):]
 
 
-def _max_length(model: torch.nn.Module, max_length: Optional[int]) -> int:
+#: a tokenizer's ``model_max_length`` when it sets none (transformers' ``VERY_LARGE_INTEGER``)
+_TOKENIZER_INFINITY = 1000000000000000019884624838656
+
+
+def _max_length(model: torch.nn.Module, max_length: Optional[int], tokenizer: Any = None) -> int:
+    """lm-eval's ``resolve_max_length``: ``n_positions``, ``max_position_embeddings`` or ``n_ctx`` of the
+    (text) config, else the tokenizer's ``model_max_length``, else 2048."""
     if max_length is not None:
         return int(max_length)
     cfg = getattr(model, "config", None)
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+    cfg = getattr(cfg, "text_config", None) or cfg
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
         v = getattr(cfg, attr, None)
-        if isinstance(v, int) and v > 0:
-            return v
+        if v is not None:
+            return int(v)
+    v = getattr(tokenizer, "model_max_length", None)
+    if isinstance(v, int) and 0 < v < _TOKENIZER_INFINITY:
+        return v
     return 2048
 
 
@@ -695,23 +791,26 @@ def loglikelihoods(
     max_length: Optional[int] = None,
     separate_encoding: bool = False,
     show_progress: bool = True,
+    add_special_tokens: Optional[bool] = None,
 ) -> list[float]:
     """Summed log-likelihood (nats) of each ``continuation`` given its ``context``.
 
-    ``requests`` are ``(context, continuation)`` pairs, tokenised like lm-evaluation-harness (see
-    :func:`zero_shot`); inputs longer than ``max_length`` (default: the model's
-    ``max_position_embeddings``) are truncated on the left. Requests are sorted by length and scored in
-    right-padded batches with an attention mask; padding is on the right of a causal model, so the
-    numbers equal unbatched scoring up to float rounding. Requests whose input ids are identical (one-token
-    continuations of one context, as BoolQ's " no" / " yes") are run once, as lm-eval's context grouping does;
-    ``batch_size`` counts distinct inputs. Log-probabilities are computed in float32.
+    ``requests`` are ``(context, continuation)`` pairs, tokenised like lm-evaluation-harness's ``HFLM``
+    (:func:`encode_pair`; ``add_special_tokens=None`` keeps the tokenizer's default, like ``HFLM``'s
+    ``add_bos_token=None``); inputs longer than ``max_length`` (default: the model's
+    ``max_position_embeddings``, see :func:`_max_length`) are truncated on the left. Requests are sorted by
+    length and scored in right-padded batches with an attention mask; padding is on the right of a causal
+    model, so the numbers equal unbatched scoring up to float rounding. Requests whose input ids are
+    identical (one-token continuations of one context, as BoolQ's " no" / " yes") are run once, as lm-eval's
+    context grouping does; ``batch_size`` counts distinct inputs. Log-probabilities are computed in float32,
+    or float64 for a float64 model.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    maxlen = _max_length(model, max_length)
+    maxlen = _max_length(model, max_length, tokenizer)
     encoded = []
     for ctx, cont in requests:
-        c_ids, k_ids = encode_pair(tokenizer, ctx, cont, separate_encoding)
+        c_ids, k_ids = encode_pair(tokenizer, ctx, cont, separate_encoding, add_special_tokens)
         if not k_ids:
             raise ValueError(f"continuation {cont!r} encodes to no tokens after context {ctx[-40:]!r}")
         full = (c_ids + k_ids)[-(maxlen + 1):]
@@ -753,7 +852,8 @@ def loglikelihoods(
                     for i in members[g]:
                         inp, cont = encoded[i]
                         n = len(inp) - start
-                        lp = torch.log_softmax(logits[r, n - len(cont) : n].float(), dim=-1)
+                        rows_ = logits[r, n - len(cont) : n]
+                        lp = torch.log_softmax(rows_.to(torch.promote_types(rows_.dtype, torch.float32)), dim=-1)
                         tgt = torch.tensor(cont, dtype=torch.long, device=lp.device)
                         results[i] = float(lp.gather(-1, tgt[:, None]).sum().item())
                     bar.update(len(members[g]))
@@ -772,11 +872,13 @@ def score_items(
     max_length: Optional[int] = None,
     separate_encoding: bool = False,
     show_progress: bool = True,
+    add_special_tokens: Optional[bool] = None,
 ) -> list[list[float]]:
     """Per item, the summed log-likelihood of each choice given the item's context (see :func:`loglikelihoods`)."""
     requests = [(it.context, ch) for it in items for ch in it.choices]
     flat = loglikelihoods(model, tokenizer, requests, batch_size=batch_size, device=device, max_length=max_length,
-                          separate_encoding=separate_encoding, show_progress=show_progress)
+                          separate_encoding=separate_encoding, show_progress=show_progress,
+                          add_special_tokens=add_special_tokens)
     out, k = [], 0
     for it in items:
         out.append(flat[k : k + len(it.choices)])
@@ -822,6 +924,7 @@ def zero_shot(
     separate_encoding: bool = False,
     return_details: bool = False,
     show_progress: bool = True,
+    add_special_tokens: Optional[bool] = None,
 ) -> dict[str, Any]:
     """Zero-shot multiple-choice accuracy, lm-evaluation-harness style.
 
@@ -836,10 +939,14 @@ def zero_shot(
         separate_encoding: tokenise context and continuation independently instead of lm-eval 0.4's
             "encode the whole string, split at the context length".
         return_details: also return ``"logliks"`` (per item, per choice) and ``"gold"``.
+        add_special_tokens: ``None`` (default): the tokenizer's default, as lm-eval's ``HFLM`` with
+            ``add_bos_token`` unset (BOS before every context for tokenizers that add it, none for GPT-2-style
+            ones); ``True`` / ``False`` force it (``HFLM(add_bos_token=...)``).
 
-    Scoring (as lm-eval's ``multiple_choice`` with ``HFLM``): trailing whitespace of the context moves to
-    the continuation; no special tokens are added (an empty context is replaced by BOS/EOS); the choice's
-    log-likelihood is the sum over its tokens of ``log p(token | context, previous choice tokens)``.
+    Scoring (as lm-eval 0.4.13's ``multiple_choice`` with ``HFLM``): trailing whitespace of the context moves
+    to the continuation; special tokens as the tokenizer adds them by default (an empty context is replaced
+    by BOS/EOS); the choice's log-likelihood is the sum over its tokens of
+    ``log p(token | context, previous choice tokens)``.
     ``acc`` = mean of ``argmax(ll) == gold``; ``acc_norm`` = mean of ``argmax(ll / len(choice)) == gold``
     with ``len`` in characters not counting the leading separator space (lm-eval's ``len(doc_to_choice)``).
     Ties resolve to the first choice.
@@ -856,7 +963,8 @@ def zero_shot(
     if not items:
         raise ValueError(f"task {name!r} has no items")
     lls = score_items(model, tokenizer, items, batch_size=batch_size, device=device, max_length=max_length,
-                      separate_encoding=separate_encoding, show_progress=show_progress)
+                      separate_encoding=separate_encoding, show_progress=show_progress,
+                      add_special_tokens=add_special_tokens)
     hits, hits_norm = [], []
     for it, ll in zip(items, lls):
         hits.append(float(first_argmax(ll) == it.gold))
@@ -877,6 +985,22 @@ def zero_shot(
     return out
 
 
+#: zero-shot harnesses: the package's scorer and lm-evaluation-harness
+HARNESSES = ("builtin", "lm-eval")
+
+
+def zero_shot_task_names(harness: str = "builtin") -> list[str]:
+    """Task names :func:`evaluate_zero_shot` accepts with ``harness`` (``"builtin"``: :data:`ZERO_SHOT_TASKS`;
+    ``"lm-eval"``: the local lm-eval tasks of :mod:`optimum_slimgpt.lm_eval_tasks`, plus ``openbook_qa``)."""
+    if harness == "builtin":
+        return sorted(ZERO_SHOT_TASKS)
+    if harness == "lm-eval":
+        from .lm_eval_tasks import LM_EVAL_TASKS, TASK_ALIASES
+
+        return sorted([*LM_EVAL_TASKS, *TASK_ALIASES])
+    raise ValueError(f"unknown harness {harness!r}; choose from {HARNESSES}")
+
+
 def evaluate_zero_shot(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -886,12 +1010,28 @@ def evaluate_zero_shot(
     device: Optional[Union[str, torch.device]] = None,
     data_dir: Optional[PathLike] = None,
     paths: Optional[dict[str, PathLike]] = None,
+    harness: str = "builtin",
     **kwargs: Any,
 ) -> dict[str, dict[str, Any]]:
-    """:func:`zero_shot` on each task; ``{task: result}``. ``paths`` overrides data files per task;
-    ``limit`` applies to every task; other keyword arguments go to :func:`zero_shot`."""
+    """Zero-shot accuracy on each task; ``{task: result}``. ``paths`` overrides data files per task; ``limit``
+    applies to every task.
+
+    ``harness="builtin"`` (default): :func:`zero_shot` per task (other keyword arguments go to it).
+    ``harness="lm-eval"``: :func:`evaluate_lm_eval` on the same local files (needs ``lm_eval``; ``device`` is
+    not used there: ``HFLM`` runs where the model is; other keyword arguments go to :func:`evaluate_lm_eval`).
+    The two give the same per-item choices (``benchmarks/scorer_agreement.py``); results are keyed by the task
+    names as given.
+    """
     if isinstance(tasks, str):
         tasks = [tasks]
+    if harness == "lm-eval":
+        out = evaluate_lm_eval(model, tokenizer, list(tasks), limit=limit, batch_size=batch_size, data_dir=data_dir,
+                               paths=paths, **kwargs)
+        from .lm_eval_tasks import lm_eval_task_name
+
+        return {t: dict(out[lm_eval_task_name(t)], task=t) for t in tasks}
+    if harness != "builtin":
+        raise ValueError(f"unknown harness {harness!r}; choose from {HARNESSES}")
     paths = paths or {}
     return {
         t: zero_shot(model, tokenizer, t, path=paths.get(t), limit=limit, batch_size=batch_size, device=device,
@@ -905,27 +1045,173 @@ def evaluate_zero_shot(
 # --------------------------------------------------------------------------------------------------
 
 
-def lm_eval_bridge(
+_LM_EVAL_MISSING = "needs lm-evaluation-harness: pip install optimum-slimgpt[eval]  (lm-eval 0.4.x)"
+
+
+def _import_lm_eval():
+    try:
+        import lm_eval  # noqa: F401
+        from lm_eval.models.huggingface import HFLM  # noqa: F401
+        from lm_eval.tasks import TaskManager  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"evaluate_lm_eval {_LM_EVAL_MISSING}") from e
+    return lm_eval
+
+
+class _KeepRNG:
+    """Restores Python's, NumPy's and torch's global RNG states on exit (lm-eval's ``simple_evaluate`` reseeds
+    them, which would otherwise change what a caller draws afterwards, e.g. calibration samples)."""
+
+    def __enter__(self):
+        import random
+
+        self.py = random.getstate()
+        try:
+            import numpy as np
+
+            self.np = np.random.get_state()
+        except ImportError:  # pragma: no cover - numpy comes with lm-eval
+            self.np = None
+        self.torch = torch.random.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        return self
+
+    def __exit__(self, *exc):
+        import random
+
+        random.setstate(self.py)
+        if self.np is not None:
+            import numpy as np
+
+            np.random.set_state(self.np)
+        torch.random.set_rng_state(self.torch)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+        return False
+
+
+class _maybe_skip_env_info:
+    """Replaces ``lm_eval.evaluator.add_env_info`` by a no-op for the block when ``skip`` is true."""
+
+    def __init__(self, skip: bool):
+        self.skip = skip
+
+    def __enter__(self):
+        if self.skip:
+            import lm_eval.evaluator as evaluator
+
+            self.module, self.saved = evaluator, getattr(evaluator, "add_env_info", None)
+            if self.saved is not None:
+                evaluator.add_env_info = lambda storage: None
+        return self
+
+    def __exit__(self, *exc):
+        if self.skip and self.saved is not None:
+            self.module.add_env_info = self.saved
+        return False
+
+
+def _summarise_lm_eval(out: dict, names: Sequence[str], return_details: bool) -> dict[str, dict[str, Any]]:
+    summary: dict[str, dict[str, Any]] = {}
+    for name in names:
+        res = out["results"].get(name)
+        if res is None:
+            raise RuntimeError(f"lm-eval returned no result for task {name!r} (got {sorted(out['results'])})")
+        row: dict[str, Any] = {"task": name}
+        for key, value in res.items():
+            metric, _, filt = key.partition(",")
+            if filt == "none" and isinstance(value, (int, float)):
+                row[metric] = float(value)
+        n = out.get("n-samples", {}).get(name, {})
+        row["n"] = int(n.get("effective", n.get("original", 0)))
+        if return_details:
+            samples = sorted(out.get("samples", {}).get(name, []), key=lambda d: d["doc_id"])
+            row["logliks"] = [[float(r[0]) for r in d["filtered_resps"]] for d in samples]
+            row["gold"] = [d["target"] for d in samples]
+        summary[name] = row
+    return summary
+
+
+def evaluate_lm_eval(
     model: torch.nn.Module,
     tokenizer: Any,
     tasks: Union[str, Sequence[str]],
-    batch_size: Union[int, str] = 1,
+    limit: Optional[int] = None,
+    batch_size: Union[int, str] = 8,
+    data_dir: Optional[PathLike] = None,
+    paths: Optional[dict[str, PathLike]] = None,
+    include_path: Optional[Union[PathLike, Sequence[PathLike]]] = None,
+    add_bos_token: Optional[bool] = None,
+    return_details: bool = False,
+    return_raw: bool = False,
+    env_info: bool = False,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Run lm-evaluation-harness on an in-memory model and tokenizer.
+    """Run lm-evaluation-harness (``lm_eval.simple_evaluate`` with ``HFLM``) on an in-memory model, on local data.
 
-    Calls ``lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=...),
-    tasks=tasks, **kwargs)`` and returns its result dict (scores under ``["results"][task]``). Needs
-    ``lm_eval`` (``pip install optimum-slimgpt[eval]``); the harness downloads its datasets itself.
+    The tasks ``piqa``, ``arc_easy``, ``hellaswag``, ``boolq`` and ``openbookqa`` (``openbook_qa`` is accepted)
+    come from :mod:`optimum_slimgpt.lm_eval_tasks`: lm-eval YAMLs with lm-eval's own prompts whose data are
+    the files under ``data_dir`` (written to a temporary folder and passed as the task manager's include path).
+    lm-eval's built-in task registry is **not** loaded, so nothing is downloaded; other tasks need YAMLs of
+    your own in ``include_path``.
+
+    Args:
+        model: a ``*ForCausalLM`` (dense or pruned); it is used where it is (``HFLM`` takes its device) and put
+            back in training mode afterwards if it was.
+        tokenizer: a ``transformers`` tokenizer (a copy is given to ``HFLM``, which may set a pad token on it).
+        tasks: task names (a string or a sequence).
+        limit: only the first ``limit`` documents of each task (lm-eval's ``limit``; file order).
+        batch_size: ``HFLM`` batch size (or ``"auto"``).
+        data_dir: root of the data files (default :func:`default_data_dir`).
+        paths: per-task data files overriding the defaults (see
+            :func:`optimum_slimgpt.lm_eval_tasks.write_lm_eval_tasks`).
+        include_path: more folders of lm-eval task YAMLs (searched after the local ones; same names win later).
+        add_bos_token: ``HFLM``'s ``add_bos_token`` (``None``: the tokenizer's default, as the ``lm_eval`` CLI).
+        return_details: add per-document ``"logliks"`` (per choice) and ``"gold"`` to each task's row.
+        return_raw: return lm-eval's own result dict (``simple_evaluate``'s) instead of the summary.
+        env_info: let lm-eval add its environment report to the raw result (``torch.utils.collect_env``, which runs
+            ``pip`` in subprocesses: about 3 s per call); off by default.
+        **kwargs: passed to ``lm_eval.simple_evaluate`` (e.g. ``num_fewshot``, ``bootstrap_iters``).
+
+    Returns:
+        ``{task: {"task", "acc", "acc_norm", "acc_stderr", "acc_norm_stderr", "n", ...}}`` (the same keys as
+        :func:`evaluate_zero_shot`, plus any other metric the task reports), or the raw dict.
+
+    Raises:
+        ImportError: ``lm_eval`` is not installed (``pip install optimum-slimgpt[eval]``).
+        KeyError: a task with no local definition and no ``include_path``.
     """
-    try:
-        import lm_eval
-        from lm_eval.models.huggingface import HFLM
-    except ImportError as e:
-        raise ImportError(
-            "lm_eval_bridge needs lm-evaluation-harness: pip install optimum-slimgpt[eval]"
-        ) from e
-    if isinstance(tasks, str):
-        tasks = [tasks]
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    return lm_eval.simple_evaluate(model=lm, tasks=list(tasks), **kwargs)
+    lm_eval = _import_lm_eval()
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from .lm_eval_tasks import LM_EVAL_TASKS, lm_eval_task_name, write_lm_eval_tasks
+
+    names = [lm_eval_task_name(t) for t in ([tasks] if isinstance(tasks, str) else list(tasks))]
+    if not names:
+        raise ValueError("no tasks given")
+    local = [t for t in names if t in LM_EVAL_TASKS]
+    extra = [] if include_path is None else (
+        [include_path] if isinstance(include_path, (str, os.PathLike)) else list(include_path))
+    if not extra and len(local) < len(names):
+        missing = [t for t in names if t not in LM_EVAL_TASKS]
+        raise KeyError(f"no local lm-eval task {missing}; available: {sorted(LM_EVAL_TASKS)} "
+                       "(or pass include_path= with your own task YAMLs)")
+    paths = {lm_eval_task_name(k): v for k, v in (paths or {}).items()}
+    with tempfile.TemporaryDirectory(prefix="slimgpt-lm-eval-tasks-") as tmp:
+        if local:
+            write_lm_eval_tasks(tmp, tasks=local, data_dir=data_dir, paths={k: v for k, v in paths.items() if k in local})
+        manager = TaskManager(include_path=[tmp, *map(str, extra)], include_defaults=False)
+        with _EvalMode(model), _KeepRNG(), _maybe_skip_env_info(not env_info):
+            lm = HFLM(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=batch_size,
+                      add_bos_token=add_bos_token)
+            log_samples = bool(kwargs.pop("log_samples", False)) or return_details
+            out = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit,
+                                          log_samples=log_samples, **kwargs)
+    if return_raw:
+        return out
+    return _summarise_lm_eval(out, names, return_details)
+
+
+#: the former name of :func:`evaluate_lm_eval`
+lm_eval_bridge = evaluate_lm_eval

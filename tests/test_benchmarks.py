@@ -157,3 +157,24 @@ def test_gpu_suite_a_part_over_its_budget_is_stopped_and_keeps_what_it_measured(
     res = suite["run_parts"]([("slow", _slow_part, (0.5,), 100.0), ("quick", _quick_part, (7,), 30.0)], {}, out, 1.5,
                              tmp_path, poll_s=0.2)
     assert res["parts"]["slow"]["status"] == "timeout" and res["parts"]["quick"]["status"] == "skipped"
+
+
+def test_scorer_agreement_lists_every_disagreeing_item():
+    """benchmarks/scorer_agreement.py's per-item comparison: choices, acc / acc_norm of both scorers, prompt
+    identity, and the items where a choice differs, with both scorers' log-likelihoods."""
+    from optimum_slimgpt.evaluation import MCItem
+
+    a = runpy.run_path(str(ROOT / "benchmarks" / "scorer_agreement.py"))
+    items = [MCItem("Q1\nAnswer:", [" a", " bbbb"], 0), MCItem("Q2\nAnswer:", [" a", " bbbb"], 1)]
+    builtin = [[-1.0, -3.0], [-2.0, -3.0]]  # acc picks 0 and 0
+    lm = [[-1.0, -3.0], [-3.5, -3.0]]  # acc picks 0 and 1: the second item disagrees
+    samples = [{"doc_id": i, "target": it.gold, "arguments": [(it.context, c) for c in it.choices],
+                "filtered_resps": [(v, False) for v in ll]} for i, (it, ll) in enumerate(zip(items, lm))]
+    samples[1]["arguments"][0] = ("Q2 changed\nAnswer:", " a")
+    row = a["compare_task"](items, builtin, samples, {"acc,none": 1.0, "acc_norm,none": 0.5})
+    assert row["n"] == 2 and row["prompts_identical"] == 1
+    assert row["acc"] == {"builtin": 0.5, "lm_eval": 1.0, "lm_eval_reported": 1.0}
+    assert row["same_acc_choice"] == 0.5 and row["max_abs_loglik_diff"] == 1.5
+    (d,) = row["disagreements"]
+    assert d["doc_id"] == 1 and d["builtin_ll"] == [-2.0, -3.0] and d["lm_eval_ll"] == [-3.5, -3.0]
+    assert d["builtin_pick"][0] == 0 and d["lm_eval_pick"][0] == 1

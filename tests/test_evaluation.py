@@ -6,9 +6,9 @@ Protocol details are checked on a tiny random Llama (fast); the real-data checks
 
 from __future__ import annotations
 
+import copy
 import json
 import math
-import sys
 
 import pytest
 import torch
@@ -32,17 +32,21 @@ PIQA_N = 24
 
 
 class CharTokenizer:
-    """Minimal tokenizer: one id per character (``ord % 120 + 3``), BOS=1, EOS=2, no pad."""
+    """Minimal tokenizer: one id per character (``ord % 120 + 3``), BOS=1, EOS=2, no pad. Like a GPT-2-style
+    tokenizer it adds no special token by default; ``add_bos=True`` makes it add BOS like a Llama tokenizer."""
 
     bos_token_id = 1
     eos_token_id = 2
     pad_token_id = None
 
+    def __init__(self, add_bos: bool = False):
+        self.add_bos = add_bos
+
     def encode_ids(self, text):
         return [ord(c) % 120 + 3 for c in text]
 
     def __call__(self, text, add_special_tokens=True, return_tensors=None, verbose=True):
-        ids = ([self.bos_token_id] if add_special_tokens else []) + self.encode_ids(text)
+        ids = ([self.bos_token_id] if add_special_tokens and self.add_bos else []) + self.encode_ids(text)
         if return_tensors == "pt":
             return {"input_ids": torch.tensor([ids], dtype=torch.long)}
         return {"input_ids": ids}
@@ -244,6 +248,33 @@ def test_one_token_choices_share_one_forward_row(tiny):
     assert got[0][0] != got[0][1]
 
 
+def test_special_tokens_follow_the_tokenizer_like_lm_eval(tiny):
+    """lm-eval 0.4.13's ``HFLM`` encodes with the tokenizer's default special tokens (``add_bos_token`` unset): a
+    tokenizer that adds BOS gets BOS before every context, and the continuation is what follows the context's
+    tokens; ``add_special_tokens`` forces it either way. An empty context is BOS + the continuation's tokens."""
+    model, _ = tiny
+    bos_tok = CharTokenizer(add_bos=True)
+    ids = bos_tok.encode_ids
+    assert ev.encode_pair(bos_tok, "Answer: ", "yes") == ([1] + ids("Answer:"), ids(" yes"))
+    assert ev.encode_pair(bos_tok, "Answer:", " yes", add_special_tokens=False) == (ids("Answer:"), ids(" yes"))
+    assert ev.encode_pair(CharTokenizer(), "Answer:", " yes") == (ids("Answer:"), ids(" yes"))
+    assert ev.encode_pair(CharTokenizer(), "Answer:", " yes", add_special_tokens=True) == (ids("Answer:"), ids(" yes"))
+    assert ev.encode_pair(bos_tok, "", " yes") == ([1], ids(" yes"))
+    # the log-likelihood is then scored after BOS; in float64 the scorer and an explicit forward differ by rounding
+    # only (5 log-probs of size <~ 10, each ~10^4 float64 operations: <~ 1e-10)
+    m64 = copy.deepcopy(model).double()
+    ll = ev.loglikelihoods(m64, bos_tok, [("A cat sat on the", " mat.")], show_progress=False)[0]
+    full = [1] + ids("A cat sat on the mat.")
+    with torch.no_grad():
+        lp = torch.log_softmax(m64(input_ids=torch.tensor(full)[None]).logits[0], -1)
+    n = len(ids(" mat."))
+    ref = sum(lp[len(full) - n - 1 + j, full[len(full) - n + j]].item() for j in range(n))
+    assert ll == pytest.approx(ref, abs=1e-9, rel=0)
+    without = ev.loglikelihoods(m64, bos_tok, [("A cat sat on the", " mat.")], add_special_tokens=False,
+                                show_progress=False)[0]
+    assert abs(without - ll) > 1e-3  # BOS changes the number: the test can tell the two apart
+
+
 def test_left_truncation(tiny):
     model, tok = tiny
     long_ctx = "word " * 200  # 1000 chars > max_length
@@ -400,7 +431,7 @@ def test_ptb_text():
 
 @pytest.mark.skipif(not have_shared(DATA / "mosaicml-eval", DATA / "hellaswag", DATA / "piqa"), reason="../shared data missing")
 def test_shared_task_files_load():
-    counts = {"piqa": 1838, "hellaswag": 10042, "arc_easy": 2376, "boolq": 3270, "openbook_qa": 500,
+    counts = {"piqa": 1838, "hellaswag": 10042, "arc_easy": 2376, "boolq": 3270, "openbook_qa": 500, "openbookqa": 500,
               "piqa_mosaic": 1838, "copa": 100, "siqa": 1954, "commonsense_qa": 1221}
     for name, n in counts.items():
         items = ev.load_task(name, data_dir=DATA)
@@ -413,6 +444,11 @@ def test_shared_task_files_load():
     hs = ev.load_task("hellaswag", data_dir=DATA, limit=1)[0]
     assert hs.context.startswith("Roof shingle removal: A man is sitting on a roof.") and hs.gold == 3
     assert hs.choices[3] == " starts pulling up roofing on a roof."
+    # BoolQ with lm-eval's prompt: no "Passage: " prefix, "?\nAnswer:" after the question; 62.2% of the golds are "yes"
+    bq = ev.load_task("boolq", data_dir=DATA)
+    assert bq[0].context.startswith("All biomass goes through") and bq[0].choices == [" no", " yes"]
+    assert bq[0].context.endswith("\nQuestion: does ethanol take more energy make that produces?\nAnswer:")
+    assert sum(it.gold for it in bq) == 2033
 
 
 # ------------------------------------------------------------------------------------------------
@@ -508,16 +544,14 @@ def test_piqa_broken_model_at_chance(smollm2_copy, piqa_dense):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_lm_eval_bridge_missing(monkeypatch, tiny):
-    monkeypatch.setitem(sys.modules, "lm_eval", None)  # makes `import lm_eval` raise ImportError
-    model, tok = tiny
-    with pytest.raises(ImportError, match=r"pip install optimum-slimgpt\[eval\]"):
-        ev.lm_eval_bridge(model, tok, ["piqa"])
-
-
 @pytest.mark.slow
-def test_lm_eval_bridge_runs(smollm2):
+@needs_piqa
+def test_lm_eval_bridge_runs(smollm2, piqa_dense):
+    """The real harness on SmolLM2 and the local PIQA files: the same per-item log-likelihoods as the built-in
+    scorer (up to float32 batching differences, as in test_piqa_batched_equals_unbatched)."""
     pytest.importorskip("lm_eval")
     model, tok = smollm2
-    out = ev.lm_eval_bridge(model, tok, ["piqa"], limit=8)
-    assert "piqa" in out["results"]
+    out = ev.evaluate_lm_eval(model, tok, ["piqa"], limit=8, data_dir=DATA, return_details=True)["piqa"]
+    assert out["n"] == 8 and out["gold"] == piqa_dense["gold"][:8]
+    for a, b in zip(out["logliks"], piqa_dense["logliks"][:8]):
+        assert a == pytest.approx(b, abs=1e-4)
