@@ -135,6 +135,11 @@ def find_smollm2_gguf() -> Path:
 
 
 # ----------------------------------------------------------------------------------- commands
+def _channel_multiple(value: str):
+    """``--channel-multiple``: ``auto`` or an int (the config validates the value)."""
+    return value if value == "auto" else int(value)
+
+
 def _config_from_args(args):
     import dataclasses
 
@@ -164,7 +169,7 @@ def _config_from_args(args):
             args.method, pruning_ratio=args.ratio, schedule=schedule, dataset=args.dataset,
             dataset_split=args.split, num_samples=args.samples, seqlen=args.seqlen, batch_size=args.batch_size,
             seed=args.seed, device=args.device, prune_heads=not args.no_heads, prune_ffn=not args.no_ffn,
-            channel_multiple=args.channel_multiple, **extra,
+            channel_multiple=args.channel_multiple, kv_head_multiple=args.kv_head_multiple, **extra,
         )
     except (ValueError, TypeError) as e:
         raise CLIError(str(e)) from e
@@ -546,8 +551,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--dtype", default="float32", help="dtype to load the model in: float32 | bfloat16 | float16 | auto")
     pr.add_argument("--damp", type=float, default=None, help="SlimGPT: Hessian damping, fraction of its mean diagonal "
                                                              "(default 0.01)")
-    pr.add_argument("--channel-multiple", type=int, default=1,
-                    help="round each layer's kept FFN channels to a multiple of this (e.g. 64 for GPU kernels)")
+    pr.add_argument("--channel-multiple", type=_channel_multiple, default="auto",
+                    help="keep each layer's FFN channels in multiples of this: 'auto' (default; 256 for most models, "
+                         "llama.cpp K-quants and GPU kernels take them whole) or an int (1 = whole channels)")
+    pr.add_argument("--kv-head-multiple", type=int, default=1,
+                    help="keep each layer's KV heads (and query heads) in multiples of this, e.g. the tensor-parallel "
+                         "degree (must divide num_key_value_heads)")
     pr.add_argument("--no-heads", action="store_true", help="do not prune attention heads")
     pr.add_argument("--no-ffn", action="store_true", help="do not prune FFN channels")
     pr.add_argument("--no-compensate", action="store_true", help="SlimGPT: plain removal without the OBS update")
