@@ -339,7 +339,8 @@ def solve_schedule(
         raise ValueError(
             f"pruning_ratio={pruning_ratio} cannot be reached: with every layer at max_layer_ratio="
             f"{max_layer_ratio} (and the floors on kept heads/channels, prune_heads={prune_heads}, "
-            f"prune_ffn={prune_ffn}, channel_multiple={channel_multiple!r}, kv_head_multiple={kv_head_multiple}) at most {1 - after_hi / total:.3f} of the block parameters can be removed"
+            f"prune_ffn={prune_ffn}, channel_multiple={channel_multiple!r}, kv_head_multiple={kv_head_multiple}) "
+            f"at most {1 - after_hi / total:.3f} of the block parameters can be removed"
         )
 
     def bisect(fn):
