@@ -239,7 +239,8 @@ def main() -> None:
             ppl = tps = None
             if not args.sizes_only:
                 ppl = cpp_ppl(path, wins, args.seqlen, args.threads)
-                tps = cpp_decode(path, prompt, args.new_tokens, args.threads, args.repeats) if label in ("f16", "Q4_K_M") else None
+                if label in ("f16", "Q4_K_M"):
+                    tps = cpp_decode(path, prompt, args.new_tokens, args.threads, args.repeats)
             row = dict(model=name, type=label, arch=res.arch, file_bytes=res.file_bytes,
                        file_mib=round(res.file_bytes / 2**20, 2), bytes_per_token=bytes_per_token(path),
                        ppl_llama_cpp=round(ppl, 3) if ppl else None, ppl_transformers=round(ref, 3) if ref else None,
