@@ -15,6 +15,16 @@ own quantiser):
     python benchmarks/llama_cpp_gguf.py --ratios 0.2 0.5 --samples 32 --seqlen-calib 256 --tokens 16384 --threads 2 \\
         --out bench_out/gguf.json
 
+Every row also counts the 2-D weight tensors that llama.cpp's quantiser could not give the requested K-quant
+(``fallback``: a row length not a multiple of 256, stored as Q5_0/Q5_1/Q8_0 instead) and those it had to leave in
+F16 (``f16_fallback``: not even a multiple of 32), and the fraction of *all* the model's parameters removed.
+``--sizes-only`` writes only the Q4_K_M files and checks the issue's rule: each pruned Q4_K_M file is smaller
+than the dense one by at least 0.9 x the fraction of all parameters removed, with no F16 fallback (no perplexity,
+no decode; the pruning uses the package defaults, ``channel_multiple="auto"`` included):
+
+    python benchmarks/llama_cpp_gguf.py --sizes-only --ratios 0.2 0.5 --samples 16 --seqlen-calib 256 \\
+        --out bench_out/gguf_sizes.json
+
 The pruned checkpoints are kept in ``--work`` (default ``bench_out/gguf``) and reused when their settings match.
 """
 
@@ -39,6 +49,8 @@ from optimum_slimgpt.evaluation import wikitext2_test_text, wikitext2_validation
 from optimum_slimgpt.gguf_export import open_in_llama_cpp  # noqa: E402
 
 TYPES = (("f16", "f16", None), ("q8_0", "q8_0", None), ("Q4_K_M", "f16", "Q4_K_M"))
+#: the types of llama.cpp's K-quant mixes; a 2-D weight of a K-quant file in another type fell back
+K_TYPES = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K"}
 
 
 def windows(ids: list[int], seqlen: int) -> list[list[int]]:
@@ -99,6 +111,34 @@ def bytes_per_token(path: Path) -> int:
     return sum(int(t.n_bytes) for t in r.tensors if t.name != "token_embd.weight" or tied)
 
 
+def tensor_types(path: Path) -> dict[str, dict]:
+    """Per tensor of a GGUF file: its type, row length (``ne[0]``) and rank."""
+    import gguf
+
+    return {t.name: {"type": t.tensor_type.name, "row": int(t.shape[0]), "dims": int(sum(1 for d in t.shape if d > 1))}
+            for t in gguf.GGUFReader(path).tensors}
+
+
+def fallbacks(path: Path, quantize: str | None) -> dict:
+    """The 2-D weights of a quantised file that did not get a K-quant (``fallback``) and those left in F16
+    (``f16_fallback``), with the count of every type; empty counts for an unquantised file."""
+    types = tensor_types(path)
+    mats = {n: t for n, t in types.items() if t["dims"] >= 2}
+    counts: dict[str, int] = {}
+    for t in mats.values():
+        counts[t["type"]] = counts.get(t["type"], 0) + 1
+    out = {"matrices": len(mats), "type_counts": dict(sorted(counts.items()))}
+    if quantize and quantize.upper().startswith("Q") and "_K" in quantize.upper():
+        out["fallback"] = sum(t["type"] not in K_TYPES for t in mats.values())
+        out["f16_fallback"] = sorted(n for n, t in mats.items() if t["type"] in ("F16", "BF16", "F32"))
+    return out
+
+
+def num_params(model) -> int:
+    """Every parameter once (a tied embedding/output matrix counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def decode_only(args) -> None:
     from transformers import AutoTokenizer
 
@@ -136,6 +176,9 @@ def main() -> None:
     ap.add_argument("--dense-from", default=None, help="JSONL with the dense rows of an earlier run (for the ratios)")
     ap.add_argument("--work", default="bench_out/gguf")
     ap.add_argument("--out", default="bench_out/gguf.json")
+    ap.add_argument("--sizes-only", action="store_true",
+                    help="only the Q4_K_M files: sizes, fallback tensors and the issue's size rule (no perplexity, "
+                         "no decode)")
     ap.add_argument("--decode-only", nargs="*", default=None,
                     help="only time the decode of these .gguf files, in interleaved rounds (best of --repeats), so "
                          "that a busy machine slows every file alike; the first file is the reference")
@@ -148,6 +191,8 @@ def main() -> None:
     dense, tok = load_smollm2(args.threads)
     ids = tok(wikitext2_test_text(WIKI), add_special_tokens=False)["input_ids"][: args.tokens]
     wins = windows(ids, args.seqlen)
+    dense_params = num_params(dense)
+    types = TYPES[2:] if args.sizes_only else TYPES
     prompt = tok("The history of the city begins", add_special_tokens=False)["input_ids"]
     rows = []
     models = [] if args.no_dense else [("dense", None)]
@@ -178,19 +223,29 @@ def main() -> None:
                     "heads": [r.heads[1] for r in pruner.summary.layers],
                     "channels": [r.channels[1] for r in pruner.summary.layers]}
             save_pruned_model(model, work / name, tokenizer=tok, overwrite=True)
-        t0 = time.perf_counter()
-        ref = hf_ppl(model, wins)
-        print(f"{name}: transformers fp32 perplexity {ref:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        for label, outtype, q in TYPES:
+        info["params"] = num_params(model)
+        info["removed_all_params"] = round(1 - info["params"] / dense_params, 5)
+        if "channels" not in info:
+            info["channels"] = [layer.mlp.down_proj.in_features for layer in model.model.layers]
+        ref = None
+        if not args.sizes_only:
+            t0 = time.perf_counter()
+            ref = hf_ppl(model, wins)
+            print(f"{name}: transformers fp32 perplexity {ref:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        for label, outtype, q in types:
             path = work / f"{name}-{label}.gguf"
             res = export_gguf(model, path, tokenizer=tok, outtype=outtype, quantize=q, overwrite=True,
                               require_record=ratio is not None, threads=args.threads)
-            t0 = time.perf_counter()
-            ppl = cpp_ppl(path, wins, args.seqlen, args.threads)
-            tps = cpp_decode(path, prompt, args.new_tokens, args.threads, args.repeats) if label in ("f16", "Q4_K_M") else None
-            row = dict(model=name, type=label, arch=res.arch, file_mib=round(res.file_bytes / 2**20, 2),
-                       bytes_per_token=bytes_per_token(path), ppl_llama_cpp=round(ppl, 3), ppl_transformers=round(ref, 3),
-                       decode_tok_s=round(tps, 1) if tps else None, tokens=len(wins) * args.seqlen, **info)
+            ppl = tps = None
+            if not args.sizes_only:
+                ppl = cpp_ppl(path, wins, args.seqlen, args.threads)
+                if label in ("f16", "Q4_K_M"):
+                    tps = cpp_decode(path, prompt, args.new_tokens, args.threads, args.repeats)
+            row = dict(model=name, type=label, arch=res.arch, file_bytes=res.file_bytes,
+                       file_mib=round(res.file_bytes / 2**20, 2), bytes_per_token=bytes_per_token(path),
+                       ppl_llama_cpp=round(ppl, 3) if ppl else None, ppl_transformers=round(ref, 3) if ref else None,
+                       decode_tok_s=round(tps, 1) if tps else None, tokens=len(wins) * args.seqlen,
+                       **fallbacks(path, q), **info)
             rows.append(row)
             with out.with_suffix(".jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -199,10 +254,25 @@ def main() -> None:
     for r in rows:
         d = dense_rows[r["type"]]
         r["bandwidth_limit"] = round(d["bytes_per_token"] / r["bytes_per_token"], 3)
+        r["smaller_than_dense"] = round(1 - r["file_bytes"] / d["file_bytes"], 5) if "file_bytes" in d else None
+        if r["model"] != "dense" and r["smaller_than_dense"] is not None and "f16_fallback" in r:
+            # the issue's rule: at least 0.9 x the fraction of all parameters removed, and no F16 fallback
+            r["size_rule_met"] = (r["smaller_than_dense"] >= 0.9 * r["removed_all_params"]
+                                  and not r["f16_fallback"])
         if r["decode_tok_s"] and d["decode_tok_s"]:
             r["speedup"] = round(r["decode_tok_s"] / d["decode_tok_s"], 3)
             r["of_limit"] = round(r["speedup"] / r["bandwidth_limit"], 3)
     out.write_text(json.dumps(rows, indent=1))
+    if args.sizes_only:
+        print("\n| model | type | file MB | smaller than dense | all params removed | 0.9 x removed | fallback "
+              "(of 2-D weights) | F16 fallback | rule met |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+        for r in rows:
+            s_, rem = r["smaller_than_dense"], r["removed_all_params"]
+            print(f"| {r['model']} | {r['type']} | {r['file_bytes'] / 1e6:.2f} | {100 * s_:.2f}% | {100 * rem:.2f}% | "
+                  f"{90 * rem:.2f}% | {r.get('fallback')} of {r['matrices']} | {len(r.get('f16_fallback', []))} | "
+                  f"{r.get('size_rule_met', '')} |")
+        return
     print("\n| model | type | file MiB | ppl llama.cpp | ppl transformers (fp32) | decode tok/s | speed-up | bandwidth limit | of limit |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -22,6 +22,8 @@ Rows (``--settings``, default all, in this order):
 - ``slimgpt-18.5``, ``slimgpt-47.3``: the removed fractions of the official code's two settings
 - ``self-20``: SlimGPT 20% calibrated on 64 x 512 tokens sampled from the model itself
 - ``slimgpt-m64-{20,50}``: SlimGPT with every layer's kept FFN channels rounded to a multiple of 64
+- ``slimgpt-m1-{20,50}``: SlimGPT with whole FFN channels (``channel_multiple=1``, the default before
+  ``"auto"``; every other row uses the default ``channel_multiple="auto"``: multiples of 256 on SmolLM2)
 - ``affine-{20,50}``: SlimGPT with affine OBS compensation (``bias_compensation=True``)
 - ``flap-{20,50}``: FLAP (fluctuation metric, global adaptive structure, bias compensation)
 - ``flap-sched-{20,50}``: FLAP's metric and bias with the log_increase per-layer sizes (no global allocation)
@@ -79,6 +81,8 @@ for _r in (20, 50):
 for _r in (20, 50):
     SETTINGS[f"slimgpt-m64-{_r}"] = dict(pruning_ratio=_r / 100, channel_multiple=64)
 for _r in (20, 50):
+    SETTINGS[f"slimgpt-m1-{_r}"] = dict(pruning_ratio=_r / 100, channel_multiple=1)
+for _r in (20, 50):
     SETTINGS[f"affine-{_r}"] = dict(pruning_ratio=_r / 100, bias_compensation=True)
     SETTINGS[f"flap-{_r}"] = dict(pruning_ratio=_r / 100, method="flap")
     SETTINGS[f"flap-sched-{_r}"] = dict(pruning_ratio=_r / 100, method="flap", global_allocation=False)
@@ -96,6 +100,7 @@ LABELS = {
     "slimgpt-imp": "SlimGPT + layer_importance schedule",
     "self": "SlimGPT, self-generated calibration",
     "slimgpt-m64": "SlimGPT, FFN channels kept in multiples of 64",
+    "slimgpt-m1": "SlimGPT, whole FFN channels (channel_multiple=1)",
     "affine": "SlimGPT + affine OBS compensation (bias_compensation=True)",
     "flap": "FLAP (fluctuation metric, global adaptive structure, bias compensation)",
     "flap-sched": "FLAP metric + bias compensation, log_increase sizes (global_allocation=False)",

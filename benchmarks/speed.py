@@ -125,7 +125,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--channel-multiple", type=int, default=1)
+    ap.add_argument("--channel-multiple", type=lambda v: v if v == "auto" else int(v), default="auto",
+                    help="the config's channel_multiple: 'auto' (the default) or an int (1 = whole channels)")
     ap.add_argument("--offload-activations", action="store_true")
     ap.add_argument("--compare-masked", action="store_true", help="also time mask_only=True (no surgery)")
     ap.add_argument("--decode", action="store_true", help="measure dense vs pruned decode throughput")

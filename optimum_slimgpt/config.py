@@ -120,7 +120,18 @@ class PruningConfig:
         seed: Seed of the calibration window sampler (and anything else random).
         prune_heads / prune_ffn: Remove attention heads / FFN channels.
         min_heads / min_channels: Floors on query heads / FFN channels kept per layer.
-        channel_multiple: Round the kept FFN channels of every layer to a multiple of this (1 = off).
+        channel_multiple: Keep every layer's FFN channels in multiples of this (the schedule is solved under the
+            constraint). ``"auto"`` (default): per layer, the largest power of two dividing its dense width, at
+            most 256 and at most a quarter of the width
+            (:func:`~optimum_slimgpt.solvers.schedule.auto_channel_multiple`): 256 for SmolLM2 (1536),
+            Llama-2/3, Mistral and most Qwen2 widths, so llama.cpp quantises every pruned ``ffn_down`` with its
+            K-quants (rows of whole 256-value blocks; other rows fall back to Q5_0/Q8_0, or to F16 when not a
+            multiple of 32) and GPU kernels get whole 64/128 tiles; a width the dense model does not align (172:
+            4) gets no coarser steps than it has. An int is used for every layer (``1`` = whole channels, the
+            setting before ``"auto"``).
+        kv_head_multiple: Keep every layer's KV heads (and so its query heads) in multiples of this, the schedule
+            solved under the constraint; set it to the tensor-parallel degree to serve the per-layer model with
+            ``--tensor-parallel-size N`` (1 = off). Must divide the model's ``num_key_value_heads``.
         device: Where each block is processed (``None``: where the model's first block lives).
         offload_activations: Keep the calibration activations in (pinned) CPU memory.
         meta: Free-form notes recorded with the run.
@@ -158,8 +169,13 @@ class PruningConfig:
     prune_ffn: bool = field(default=True, metadata={"help": "remove FFN channels", "aliases": ["--ffn"]})
     min_heads: int = field(default=1, metadata={"help": "fewest query heads kept in any layer"})
     min_channels: int = field(default=1, metadata={"help": "fewest FFN channels kept in any layer"})
-    channel_multiple: int = field(default=1, metadata={
-        "help": "round each layer's kept FFN channels to a multiple of this (e.g. 64 for GPU kernels; 1: off)"})
+    channel_multiple: Union[int, str] = field(default="auto", metadata={
+        "help": "keep each layer's FFN channels in multiples of this: 'auto' (the largest power of two dividing the "
+                "dense width, at most 256 and width/4: llama.cpp K-quants and GPU kernels take them whole) or an int "
+                "(1 = whole channels)"})
+    kv_head_multiple: int = field(default=1, metadata={
+        "help": "keep each layer's KV heads (and their query heads) in multiples of this, e.g. the tensor-parallel "
+                "degree (must divide num_key_value_heads)"})
     device: Optional[str] = field(default=None, metadata={
         "help": "where each block is pruned, e.g. cuda:0 (None: where the model's first block is)"})
     offload_activations: bool = field(default=False, metadata={
@@ -195,8 +211,10 @@ class PruningConfig:
                self.schedule_spread)
         _check(_is_number(self.max_layer_ratio) and 0.0 < self.max_layer_ratio < 1.0, "max_layer_ratio",
                "a number in (0, 1)", self.max_layer_ratio)
-        for name in ("num_samples", "seqlen", "batch_size", "min_heads", "min_channels", "channel_multiple"):
+        for name in ("num_samples", "seqlen", "batch_size", "min_heads", "min_channels", "kv_head_multiple"):
             _check(_is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "a positive integer", getattr(self, name))
+        cm = self.channel_multiple
+        _check(cm == "auto" or (_is_int(cm) and cm >= 1), "channel_multiple", "'auto' or a positive integer", cm)
         il = self.importance_layers
         _check(il is None or (_is_int(il) and il >= 1), "importance_layers", "None or a positive integer", il)
         _check(_is_number(self.importance_alpha) and self.importance_alpha >= 0, "importance_alpha",

@@ -650,7 +650,8 @@ def export_gguf(
     if odd and (qtype is not None or outtype == "q8_0"):
         logger.warning("the FFN widths of %d layer(s) (e.g. layer %d: %d channels) are not multiples of 32: llama.cpp "
                        "keeps their ffn_down in f16 (its rows must hold whole 32-value blocks; 256 for the K-quants), "
-                       "so the quantised file is larger than it could be; prune with channel_multiple=32 (or 256)",
+                       "so the quantised file is larger than it could be; prune with channel_multiple='auto' (the "
+                       "default: 256 for widths that are multiples of 256) or a multiple of 32",
                        len(odd), odd[0], src.sizes[odd[0]]["intermediate_size"])
     logger.info("writing %s as llama.cpp '%s' (%s), %s%s", target, plan.arch, plan.reason, outtype,
                 f", quantised to {qtype}" if qtype else "")

@@ -40,7 +40,7 @@ from .methods import AttentionTask, FFNTask, Observer, PruneResult, PruningMetho
 from .modeling import PruningRecord, UnusableModelError, mark_unusable, to_pruned_model, unusable_reason
 from .solvers import full_precision_matmul, solve_schedule
 from .solvers.hessian import all_finite
-from .solvers.schedule import LayerPlan, PruningPlan, layer_importance_shape
+from .solvers.schedule import LayerPlan, PruningPlan, check_kv_head_multiple, layer_importance_shape
 
 logger = logging.getLogger(__name__)
 
@@ -374,7 +374,7 @@ class SlimGPTPruner:
         return solve_schedule(
             geoms, c.pruning_ratio, c.schedule, spread=c.schedule_spread, max_layer_ratio=c.max_layer_ratio,
             prune_heads=c.prune_heads, prune_ffn=c.prune_ffn, min_heads=c.min_heads, min_channels=c.min_channels,
-            channel_multiple=c.channel_multiple, shape=shape,
+            channel_multiple=c.channel_multiple, kv_head_multiple=c.kv_head_multiple, shape=shape,
         )
 
     @torch.no_grad()
@@ -441,7 +441,11 @@ class SlimGPTPruner:
             self._check_tokens(model, calibration)
         if calibration is None:  # a local calibration file: readable text with its field, before any work
             check_dataset_source(c.dataset, c.dataset_text_field)
-        plan = None if self._dense_plan(c) else self.plan_model(model)
+        if self._dense_plan(c):  # the plan needs a dense pass: check now what it can be checked without
+            plan = None
+            check_kv_head_multiple([adapter.geometry(b, model.config) for b in blocks], c.kv_head_multiple)
+        else:
+            plan = self.plan_model(model)
         if export_format is not None and plan is not None:
             self._check_export(model, adapter, blocks, plan, export_format)
         if save_dir is not None:

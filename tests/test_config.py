@@ -122,7 +122,10 @@ def test_string_and_number_booleans_are_rejected(cls, name, value):
     (dict(device="gpu"), "device"), (dict(meta={"x": float("nan")}), "meta"), (dict(meta=[1]), "meta"),
     (dict(dataset_split=""), "dataset_split"), (dict(dataset=" "), "dataset"), (dict(num_samples=True), "num_samples"),
     (dict(dataset=torch.tensor([[1, -2]])), "dataset"), (dict(damp_percent=float("nan")), "damp_percent"),
-    (dict(method="nosuch"), "method"),
+    (dict(method="nosuch"), "method"), (dict(channel_multiple="256"), "channel_multiple"),
+    (dict(channel_multiple=0), "channel_multiple"), (dict(channel_multiple=True), "channel_multiple"),
+    (dict(channel_multiple=64.0), "channel_multiple"), (dict(kv_head_multiple=0), "kv_head_multiple"),
+    (dict(kv_head_multiple="auto"), "kv_head_multiple"), (dict(kv_head_multiple=2.0), "kv_head_multiple"),
 ])
 def test_every_field_fails_with_one_exception_type(kwargs, field):
     """One type for every bad field: ConfigError, which is both a ValueError and a TypeError."""
@@ -141,3 +144,14 @@ def test_valid_devices_and_standard_json():
     cfg.meta["bad"] = float("inf")  # set after construction: never written as non-standard JSON
     with pytest.raises(ValueError):
         cfg.to_json_string()
+
+
+def test_size_multiples_default_and_round_trip():
+    """channel_multiple defaults to "auto" (resolved per layer by the planner), takes an int; kv_head_multiple
+    defaults to 1; both survive to_dict/from_dict, and a record written before "auto" (channel_multiple=1) loads."""
+    c = SlimGPTConfig()
+    assert (c.channel_multiple, c.kv_head_multiple) == ("auto", 1)
+    c = SlimGPTConfig(channel_multiple=64, kv_head_multiple=2)
+    back = SlimGPTConfig.from_dict(json.loads(c.to_json_string()))
+    assert (back.channel_multiple, back.kv_head_multiple) == (64, 2)
+    assert SlimGPTConfig.from_dict({"method": "slimgpt", "channel_multiple": 1}).channel_multiple == 1

@@ -84,7 +84,10 @@ def _tiny():
 def test_registered_method_prunes_saves_and_reloads(toy_method, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    config = PruningConfig.for_method("toy_norm", pruning_ratio=0.3, p=1.0, dataset=None, num_samples=8, seqlen=32)
+    # channel_multiple=1: every layer then loses FFN channels (one FFN Hessian each, counted below); with "auto"
+    # this 128-channel FFN steps by 32 and layer 0 keeps all its channels (no FFN task there)
+    config = PruningConfig.for_method("toy_norm", pruning_ratio=0.3, p=1.0, dataset=None, num_samples=8, seqlen=32,
+                                      channel_multiple=1)
     assert type(config) is ToyNormConfig and config.p == 1.0
     assert PruningConfig.from_dict(config.to_dict()) == config  # the registry dispatches from_dict too
     with pytest.raises(ValueError, match="p must be > 0"):

@@ -314,6 +314,33 @@ def test_quantised_exports_are_smaller_and_close(one_thread, smol_tok, tmp_path)
     assert rel["Q8_0"] < 0.1 and rel["Q8_0"] < rel["Q4_K_M"] < 0.5, rel
 
 
+K_QUANTS = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"}
+
+
+def test_default_widths_quantise_without_f16_fallback(one_thread, smol_tok, tmp_path):
+    """Prune, then quantise: a tiny Llama with hidden 256 and FFN 1024 (= 4 x 256), pruned 40% with the defaults
+    (channel_multiple="auto": 256 here), goes to Q4_K_M with every ffn_down in a K-quant and no tensor left in F16
+    by llama.cpp's fallback. The same model pruned with whole channels (channel_multiple=1) gets widths that are
+    not multiples of 32, and llama.cpp keeps those ffn_down in F16: the default is what makes the difference."""
+    _llama_cpp()
+    kw = dict(hidden_size=256, intermediate_size=1024, head_dim=64, num_attention_heads=4, num_key_value_heads=2,
+              num_hidden_layers=2, tie_word_embeddings=True)  # tied: half the 49152-row tables to write and quantise
+    types, widths = {}, {}
+    for name, extra in (("auto", {}), ("whole", dict(channel_multiple=1))):
+        model = _prune(_tiny("llama", **kw), **extra)
+        widths[name] = [layer.mlp.down_proj.in_features for layer in model.model.layers]
+        q = export_gguf(model, tmp_path / f"{name}.gguf", tokenizer=smol_tok, outtype="f16", quantize="Q4_K_M")
+        types[name] = {t.name: t.tensor_type.name for t in gguf.GGUFReader(q.path).tensors if t.n_elements > t.shape[0]}
+    assert all(w % 256 == 0 for w in widths["auto"]) and min(widths["auto"]) < 1024, widths
+    assert not [n for n, t in types["auto"].items() if t in ("F16", "BF16", "F32")], types["auto"]
+    downs = {n: t for n, t in types["auto"].items() if "ffn_down" in n}
+    assert len(downs) == 2 and set(downs.values()) <= K_QUANTS, downs
+    # whole channels: some width is not a multiple of 32, so its ffn_down fell back to F16
+    odd = [i for i, w in enumerate(widths["whole"]) if w % 32]
+    assert odd, widths
+    assert all(types["whole"][f"blk.{i}.ffn_down.weight"] == "F16" for i in odd), types["whole"]
+
+
 # ------------------------------------------------------------------------------------------ bad input
 def test_unknown_quant_type_is_refused_before_any_work(one_thread, smol_tok, tmp_path):
     model = pruned_tiny_llama()

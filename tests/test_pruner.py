@@ -200,6 +200,45 @@ def test_bad_input_errors():
         SlimGPTPruner(_cfg()).prune_model("meta-llama/Llama-2-7b", calibration=calib)
 
 
+@pytest.mark.parametrize("multiple", [2, 4])
+def test_kv_head_multiple_holds_on_every_pruned_layer(stories, stories_stream, multiple):
+    """stories260K (8 heads on 4 KV heads) pruned 50% with kv_head_multiple=N: every layer's pruned attention has a
+    multiple of N KV heads and of N query heads (what vLLM's tensor parallelism of degree N splits), the sizes are
+    the plan's, and the ratio is still met within one rounding step (one layer's FFN multiple, 4 channels of 172,
+    or one KV group: 2 query heads and their KV head)."""
+    before = _block_params(stories)
+    pruner = SlimGPTPruner(_cfg(pruning_ratio=0.5, kv_head_multiple=multiple))
+    model = pruner.prune_model(stories, calibration=_calib(stories_stream))
+    adapter = get_adapter(model)
+    kv = []
+    for block, lp in zip(adapter.get_blocks(model), pruner.plan.layers):
+        lay = adapter.head_layout(block, model.config)
+        assert (lay.num_heads, lay.num_kv_heads) == (lp.heads, lp.kv_heads)
+        assert lay.num_kv_heads % multiple == 0 and lay.num_heads % multiple == 0
+        kv.append(lay.num_kv_heads)
+    assert min(kv) < 4 or multiple == 4  # the constraint binds where KV heads go
+    hidden, hd = 64, 8
+    step = max(4 * 3 * hidden, 2 * (2 * hidden * hd) + 2 * hidden * hd)
+    assert abs((before - _block_params(model)) - 0.5 * before) <= step
+
+
+@pytest.mark.parametrize("method", ["slimgpt", "flap"])
+def test_impossible_kv_head_multiple_is_refused_before_any_work(method):
+    """kv_head_multiple=3 on 2 KV heads: one clear ValueError before any forward (FLAP too, whose plan needs a
+    dense pass), the model untouched."""
+    from optimum_slimgpt import PruningConfig
+
+    model = _tiny_llama()
+    ref = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = PruningConfig.for_method(method, pruning_ratio=0.3, dataset=None, num_samples=4, seqlen=16,
+                                   kv_head_multiple=3)
+    calls = []
+    model.model.layers[0].register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError, match="kv_head_multiple=3 does not divide .*layer 0 has 2"):
+        SlimGPTPruner(cfg).prune_model(model, calibration=torch.randint(0, 64, (4, 16)))
+    assert not calls and all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+
+
 def test_calibration_text_shorter_than_a_window(smollm2):
     _, tok = smollm2
     model = _tiny_llama()
@@ -216,6 +255,10 @@ def test_smollm2_ratio_within_half_a_point(smollm2, ratio):
     assert abs(plan.achieved_ratio - ratio) < 0.005
     assert plan.params_before == _block_params(model)
     assert len(plan.layers) == 30
+    # the default channel_multiple="auto": SmolLM2's FFN is 1536 = 6 x 256, so every width is a multiple of 256
+    # (llama.cpp's K-quants take the pruned ffn_down rows whole)
+    assert all(lp.channel_multiple == 256 and lp.channels % 256 == 0 for lp in plan.layers)
+    assert len({lp.channels for lp in plan.layers}) > 1
 
 
 def _ppl(model, ids, seqlen=512):

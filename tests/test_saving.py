@@ -312,10 +312,13 @@ def test_padded_export_is_exact(family, tmp_path):
     c = loaded.config
     max_heads, max_kv, max_ch = (max(s[i] for s in sizes) for i in range(3))
     max_rep = max(h // kv for h, kv, _ in sizes)
+    # every layer padded to the most KV heads and the most query heads per KV head of any layer: at least the most
+    # query heads of any layer (more when those two maxima come from different layers, e.g. (6, 3) and (4, 4))
+    heads = max_kv * max_rep
     assert c.intermediate_size == max_ch and c.num_key_value_heads == max_kv
-    assert c.num_attention_heads == max_kv * max_rep == max_heads
-    assert all(s == (max_heads, max_kv, max_ch) for s in _sizes(loaded))
-    assert res.layers[0] == {"num_attention_heads": max_heads, "num_key_value_heads": max_kv,
+    assert c.num_attention_heads == heads >= max_heads
+    assert all(s == (heads, max_kv, max_ch) for s in _sizes(loaded))
+    assert res.layers[0] == {"num_attention_heads": heads, "num_key_value_heads": max_kv,
                              "intermediate_size": max_ch}
     assert_same_function(_logits(loaded), ref)
     assert torch.equal(_greedy(loaded), _greedy(model))

@@ -14,6 +14,7 @@ from optimum_slimgpt.solvers import (
     HessianAccumulator,
     LayerGeometry,
     NotPositiveDefiniteError,
+    auto_channel_multiple,
     closed_form_group_obs,
     damped_inverse,
     dgs_group_sizes,
@@ -451,8 +452,110 @@ def test_plan_layer_rounding_and_floors():
     assert p.channels % 16 == 0 and p.heads % p.kv_heads == 0
     p = plan_layer(g, 0.89, min_heads=4, min_channels=100)
     assert p.heads >= 4 and p.channels >= 100
+    p = plan_layer(g, 0.89, min_channels=100, channel_multiple=16)  # the floor is rounded up to a multiple
+    assert p.channels == 112
     p = plan_layer(g, 0.3, prune_heads=False)
     assert (p.heads, p.kv_heads) == (8, 4) and p.channels == 172 - round(0.3 * 172)
+
+
+# ------------------------------------------------------------------ hardware-friendly sizes
+def _geoms(layers, heads, kv, head_dim, hidden, ffn):
+    """Llama-shaped layers (no biases): per query head its q rows and o columns, per KV head its k and v rows."""
+    g = LayerGeometry(heads, kv, head_dim, ffn, params_per_head=2 * hidden * head_dim,
+                      params_per_kv_head=2 * hidden * head_dim, params_per_channel=3 * hidden)
+    return [g] * layers
+
+
+#: (layers, heads, KV heads, head_dim, hidden, FFN) of real models (Qwen2-72B with 16 of its 80 layers: the
+#: planner's time grows with layers x head structures)
+SHAPES = {"smollm2-135m": (30, 9, 3, 64, 576, 1536), "llama-2-7b": (32, 32, 32, 128, 4096, 11008),
+          "llama-3-8b": (32, 32, 8, 128, 4096, 14336), "qwen2-7b": (28, 28, 4, 128, 3584, 18944),
+          "qwen2-72b-16l": (16, 64, 8, 128, 8192, 29568)}
+
+
+@pytest.mark.parametrize("width, expected", [
+    (1536, 256), (11008, 256), (14336, 256), (18944, 256), (4864, 256), (8960, 256), (29568, 128), (512, 128),
+    (256, 64), (172, 4), (344, 8), (128, 32), (64, 16), (37, 1), (3, 1), (1, 1)])
+def test_auto_channel_multiple_examples(width, expected):
+    assert auto_channel_multiple(width) == expected
+
+
+def test_auto_channel_multiple_rule_on_every_width():
+    """The rule, checked on every width up to 4096: the largest power of two that divides the width, at most 256
+    and at most a quarter of the width (so a layer keeps at least 4 sizes to choose from, pruning never becomes
+    impossible), and every 32/64/128/256 block that fits the dense width fits every pruned width too."""
+    for w in range(1, 4097):
+        m = auto_channel_multiple(w)
+        assert m & (m - 1) == 0 and w % m == 0 and m <= 256 and (m == 1 or w // m >= 4), (w, m)
+        assert 2 * m > 256 or w % (2 * m) or w // (2 * m) < 4, (w, m)  # maximal
+        for block in (32, 64, 128, 256):
+            if w % block == 0 and w // block >= 4:
+                assert m % block == 0, (w, m, block)
+
+
+@pytest.mark.parametrize("shape, ratio, kv_multiple", [
+    ("smollm2-135m", 0.2, 1), ("smollm2-135m", 0.5, 1), ("smollm2-135m", 0.5, 3), ("llama-2-7b", 0.5, 8),
+    ("llama-3-8b", 0.2, 4), ("llama-3-8b", 0.5, 4), ("llama-3-8b", 0.5, 2), ("qwen2-7b", 0.5, 2),
+    ("qwen2-72b-16l", 0.5, 4)])
+def test_planner_meets_size_multiples_on_every_layer_and_hits_the_ratio(shape, ratio, kv_multiple):
+    """channel_multiple="auto" and kv_head_multiple=N: every layer keeps a multiple of its auto multiple of FFN
+    channels and a multiple of N KV heads (so of N query heads), and the removed fraction is within one rounding
+    step of the request: the largest single step, one layer's ``m`` channels, since with the heads fixed the
+    channel scale moves one layer by one multiple at a time (the log_increase layers have distinct ratios)."""
+    geoms = _geoms(*SHAPES[shape])
+    plan = solve_schedule(geoms, ratio, "log_increase", channel_multiple="auto", kv_head_multiple=kv_multiple)
+    m = auto_channel_multiple(geoms[0].channels)
+    assert m in (128, 256)
+    for lp in plan.layers:
+        assert lp.channel_multiple == m and lp.channels % m == 0
+        assert lp.kv_heads % kv_multiple == 0 and lp.heads % kv_multiple == 0 and lp.heads % lp.kv_heads == 0
+        assert all(g % kv_multiple == 0 for g, _ in lp.head_options)
+    assert any(lp.channels < geoms[0].channels for lp in plan.layers)
+    step = m * geoms[0].params_per_channel / plan.params_before
+    assert abs(plan.achieved_ratio - ratio) <= step, (plan.achieved_ratio, step)
+    if ratio == 0.5 and kv_multiple < geoms[0].num_kv_heads:  # some layer lost KV heads, in whole multiples
+        assert any(lp.kv_heads < geoms[0].num_kv_heads for lp in plan.layers)
+
+
+def test_kv_head_multiple_restricts_the_structures_of_a_layer():
+    """8 query heads on 4 KV heads at 50%: whole-structure choices are 2 KV x 4 or 4 KV x 2 (equal parameters
+    only for MHA; here KV heads cost parameters too, so one wins); with kv_head_multiple=4 every KV head stays
+    and half the query heads of each group go."""
+    g = LayerGeometry(8, 4, 8, 172, 2 * 64 * 8, 2 * 64 * 8, 3 * 64)
+    assert plan_layer(g, 0.5).kv_heads < 4
+    p = plan_layer(g, 0.5, kv_head_multiple=4)
+    assert (p.kv_heads, p.heads, p.head_options) == (4, 4, [(4, 1)])
+    p = plan_layer(g, 0.5, kv_head_multiple=2)
+    assert p.kv_heads in (2, 4) and all(o[0] % 2 == 0 for o in p.head_options)
+
+
+def test_impossible_size_multiples_are_clear_errors():
+    geoms = _geoms(*SHAPES["smollm2-135m"])  # 3 KV heads
+    for bad in (2, 6):
+        with pytest.raises(ValueError, match=f"kv_head_multiple={bad} does not divide .*layer 0 has 3"):
+            solve_schedule(geoms, 0.2, "log_increase", kv_head_multiple=bad)
+        with pytest.raises(ValueError, match=f"kv_head_multiple={bad} does not divide"):
+            plan_layer(geoms[0], 0.2, kv_head_multiple=bad)
+    with pytest.raises(ValueError, match="kv_head_multiple must be a positive integer"):
+        solve_schedule(geoms, 0.2, "log_increase", kv_head_multiple=0)
+    with pytest.raises(ValueError, match="channel_multiple must be a positive integer or 'auto'"):
+        plan_layer(geoms[0], 0.2, channel_multiple="big")
+    # a multiple wider than the FFN leaves only the heads, which cannot carry 50% alone
+    with pytest.raises(ValueError, match="cannot be reached.*channel_multiple=2048"):
+        solve_schedule(geoms, 0.5, "log_increase", channel_multiple=2048)
+
+
+def test_auto_multiple_never_makes_small_models_unprunable():
+    """Tiny test shapes (FFN 172 like stories260K, 128, 64, 37) still reach 20% and 50% under "auto"."""
+    for ffn in (172, 128, 64, 37, 16):
+        geoms = _geoms(5, 8, 4, 8, 64, ffn)
+        for ratio in (0.2, 0.5):
+            plan = solve_schedule(geoms, ratio, "log_increase", channel_multiple="auto")
+            m = auto_channel_multiple(ffn)
+            assert all(lp.channels % m == 0 for lp in plan.layers)
+            # the coarsest step here is one KV group of one layer (2 query heads and 1 KV head)
+            group = 2 * geoms[0].params_per_head + geoms[0].params_per_kv_head
+            assert abs(plan.achieved_ratio - ratio) <= group / plan.params_before, (ffn, ratio, plan.achieved_ratio)
 
 
 def test_full_precision_matmul_turns_tf32_off_and_restores():

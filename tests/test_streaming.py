@@ -182,7 +182,9 @@ def test_a_failing_write_loses_nothing_and_the_run_resumes(tmp_path, monkeypatch
     from optimum_slimgpt.solvers import hessian
 
     src = _source(tmp_path / "src")
-    make = lambda: SlimGPTConfig(pruning_ratio=0.3, dataset=None, batch_size=4)  # noqa: E731
+    # channel_multiple=1: every block then loses FFN channels, so the third FFN solve (spill) is block 2's; with
+    # "auto" these 64-channel layers step by 16 and block 0 keeps all its channels (no FFN solve, no spill)
+    make = lambda: SlimGPTConfig(pruning_ratio=0.3, dataset=None, batch_size=4, channel_multiple=1)  # noqa: E731
     prune_pretrained(src, tmp_path / "ref", make(), calibration=CALIB)
     real, real_spill, spills = streaming._save_tensors, hessian._Spill.__init__, []
 

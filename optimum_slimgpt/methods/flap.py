@@ -76,7 +76,8 @@ class FLAPMethod(PruningMethod):
     def allocate(self, scores, geoms, config: FLAPConfig):
         layers = [FlapLayerScores(d.get("attention"), d.get("ffn")) for d in scores]
         return global_allocation(layers, geoms, config.pruning_ratio, min_heads=config.min_heads,
-                                 min_channels=config.min_channels, channel_multiple=config.channel_multiple)
+                                 min_channels=config.min_channels, channel_multiple=config.channel_multiple,
+                                 kv_head_multiple=config.kv_head_multiple)
 
     # --------------------------------------------------------------- per block
     def prune_attention(self, task: AttentionTask) -> PruneResult:

@@ -18,7 +18,17 @@ from .obs import (
     reconstruction_error,
     unit_scores,
 )
-from .schedule import LayerGeometry, LayerPlan, PruningPlan, plan_layer, schedule_shape, solve_schedule
+from .schedule import (
+    LayerGeometry,
+    LayerPlan,
+    PruningPlan,
+    auto_channel_multiple,
+    check_kv_head_multiple,
+    plan_layer,
+    resolve_channel_multiple,
+    schedule_shape,
+    solve_schedule,
+)
 
 __all__ = [
     "HessianAccumulator",
@@ -41,4 +51,7 @@ __all__ = [
     "plan_layer",
     "schedule_shape",
     "solve_schedule",
+    "auto_channel_multiple",
+    "resolve_channel_multiple",
+    "check_kv_head_multiple",
 ]

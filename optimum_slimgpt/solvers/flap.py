@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from .schedule import LayerGeometry, LayerPlan, PruningPlan, plan_layer
+from .schedule import LayerGeometry, LayerPlan, PruningPlan, check_kv_head_multiple, plan_layer
 
 __all__ = ["fluctuation_scores", "standardize", "head_scores", "global_allocation", "select_heads_by_score",
            "mean_shift_bias", "FlapLayerScores"]
@@ -67,7 +67,8 @@ def global_allocation(
     *,
     min_heads: int = 1,
     min_channels: int = 1,
-    channel_multiple: int = 1,
+    channel_multiple: int | str = 1,
+    kv_head_multiple: int = 1,
 ) -> PruningPlan:
     """The per-layer sizes of FLAP's adaptive structure: every unit (query head or FFN channel) of every layer
     whose standardised score is above one global threshold is kept; the threshold is set so that the parameters
@@ -78,15 +79,18 @@ def global_allocation(
     query heads per kept group; :func:`~optimum_slimgpt.solvers.schedule.plan_layer`), and the threshold is found
     by bisection over the sorted scores so that the parameters actually kept after that rounding are closest to
     the target (the official code takes the threshold from the unrounded cumulative sum). The floors
-    ``min_heads`` / ``min_channels`` apply as for every method.
+    ``min_heads`` / ``min_channels`` and the multiples ``channel_multiple`` / ``kv_head_multiple`` apply as for
+    every method.
     """
     if len(scores) != len(geoms):
         raise ValueError(f"{len(scores)} layers of scores for {len(geoms)} layers")
+    check_kv_head_multiple(geoms, kv_head_multiple)
     total = sum(g.total_params for g in geoms)
     target = total * (1 - pruning_ratio)
     pool = torch.cat([t for s in scores for t in (s.heads, s.channels) if t is not None]).to(torch.float64)
     levels = torch.unique(pool)  # ascending; keeping the units with score > levels[k] for some k (or all)
-    kw = dict(min_heads=min_heads, min_channels=min_channels, channel_multiple=channel_multiple)
+    kw = dict(min_heads=min_heads, min_channels=min_channels, channel_multiple=channel_multiple,
+              kv_head_multiple=kv_head_multiple)
 
     def at(t: float | None) -> tuple[list[LayerPlan], int]:
         plans = []

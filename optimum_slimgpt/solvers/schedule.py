@@ -18,8 +18,68 @@ from typing import Sequence
 
 __all__ = [
     "LayerGeometry", "LayerPlan", "schedule_shape", "plan_layer", "solve_schedule", "PruningPlan",
-    "layer_importance_shape", "default_importance_layers",
+    "layer_importance_shape", "default_importance_layers", "auto_channel_multiple", "resolve_channel_multiple",
+    "check_kv_head_multiple", "AUTO", "MAX_CHANNEL_MULTIPLE", "MIN_CHANNEL_STEPS",
 ]
+
+#: the ``channel_multiple`` value resolved per layer by :func:`auto_channel_multiple`
+AUTO = "auto"
+#: llama.cpp's K-quant super-block (Q2_K..Q6_K quantise rows of whole 256-value blocks); it is a multiple of the
+#: 32-value blocks of Q4_0..Q8_0 and of the 64/128 tiles of GPU kernels (tensor cores, Marlin/Machete int4)
+MAX_CHANNEL_MULTIPLE = 256
+#: the automatic multiple leaves every layer at least this many widths to choose from (m, 2m, ..., dense)
+MIN_CHANNEL_STEPS = 4
+
+
+def auto_channel_multiple(width: int) -> int:
+    """The FFN multiple that ``channel_multiple="auto"`` gives a layer of ``width`` (dense) channels.
+
+    The largest power of two that divides ``width``, at most :data:`MAX_CHANNEL_MULTIPLE` (256) and at most
+    ``width / MIN_CHANNEL_STEPS`` (a quarter of the width). So every block size (32, 64, 128, 256) that the
+    dense width takes whole, every pruned width takes whole too: pruning never sends a tensor to a coarser
+    quantisation type than the dense model's (llama.cpp falls back from a K-quant to Q5_0/Q8_0 when a row is
+    not a multiple of 256, and to F16 when it is not a multiple of 32), and never makes pruning impossible
+    (a layer can always lose a quarter, a half, three quarters of its channels).
+
+    Examples: 1536 (SmolLM2, 6·256), 11008 (Llama-2-7B, 43·256), 14336 (Llama-3-8B, Mistral-7B), 4864
+    (Qwen2-0.5B) and 18944 (Qwen2-7B) give 256; 29568 (Qwen2-72B, 2⁷·231) gives 128; 512 gives 128 (256
+    would leave only 256 and 512); 172 (stories260K, 4·43) gives 4; an odd width gives 1.
+    """
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+        raise ValueError(f"an FFN width must be a positive integer, got {width!r}")
+    m = width & -width  # the largest power of two dividing width
+    m = min(m, MAX_CHANNEL_MULTIPLE)
+    while m > 1 and width // m < MIN_CHANNEL_STEPS:
+        m //= 2
+    return m
+
+
+def resolve_channel_multiple(channel_multiple: int | str, width: int) -> int:
+    """``channel_multiple`` for a layer of ``width`` channels: an int as given, ``"auto"`` by
+    :func:`auto_channel_multiple`."""
+    if channel_multiple == AUTO:
+        return auto_channel_multiple(width)
+    if not isinstance(channel_multiple, int) or isinstance(channel_multiple, bool) or channel_multiple < 1:
+        raise ValueError(f"channel_multiple must be a positive integer or {AUTO!r}, got {channel_multiple!r}")
+    return channel_multiple
+
+
+def check_kv_head_multiple(geoms: Sequence["LayerGeometry"], kv_head_multiple: int) -> None:
+    """Raise ``ValueError`` unless every layer's KV heads (hence its query heads) can be kept in multiples of
+    ``kv_head_multiple``: it must divide each layer's number of KV heads (``num_key_value_heads``), since a layer
+    that is not pruned keeps them all."""
+    if not isinstance(kv_head_multiple, int) or isinstance(kv_head_multiple, bool) or kv_head_multiple < 1:
+        raise ValueError(f"kv_head_multiple must be a positive integer, got {kv_head_multiple!r}")
+    if kv_head_multiple == 1:
+        return
+    bad = [(i, g.num_kv_heads) for i, g in enumerate(geoms) if g.num_kv_heads % kv_head_multiple]
+    if bad:
+        i, n = bad[0]
+        raise ValueError(
+            f"kv_head_multiple={kv_head_multiple} does not divide the number of KV heads of {len(bad)} layer(s) "
+            f"(layer {i} has {n}; num_key_value_heads must be a multiple of kv_head_multiple, since a layer keeps "
+            f"its KV heads in multiples of it): use a divisor of {n}, e.g. for tensor parallelism a "
+            f"--tensor-parallel-size that divides {n}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +128,8 @@ class LayerPlan:
     channels: int
     head_options: list[tuple[int, int]] = field(default_factory=list)
     ffn_ratio: float | None = None
+    #: the multiple the kept channels were rounded to (``channel_multiple`` resolved for this layer)
+    channel_multiple: int = 1
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -142,22 +204,27 @@ def plan_layer(
     prune_ffn: bool = True,
     min_heads: int = 1,
     min_channels: int = 1,
-    channel_multiple: int = 1,
+    channel_multiple: int | str = 1,
+    kv_head_multiple: int = 1,
     ffn_ratio: float | None = None,
 ) -> LayerPlan:
     """Round a layer ratio to whole structures (``ffn_ratio``, when given, is used for the channels).
 
-    Attention: among the structures allowed under GQA (``g`` KV heads kept, each with ``m`` query
-    heads, ``g·m >= min_heads``), the ones whose removed parameters are closest to
-    ``ratio · attention_params``; ties are all returned as options. FFN: ``round(ratio · channels)``
-    removed, then the kept count rounded to ``channel_multiple``.
+    Attention: among the structures allowed under GQA (``g`` KV heads kept, ``g`` a multiple of
+    ``kv_head_multiple``, each with ``m`` query heads, ``g·m >= min_heads``), the ones whose removed
+    parameters are closest to ``ratio · attention_params``; ties are all returned as options. FFN:
+    ``round(ratio · channels)`` removed, then the kept count rounded to the nearest multiple of
+    ``channel_multiple`` (``"auto"``: :func:`auto_channel_multiple` of the layer's width), at least one
+    multiple; the floor ``min_channels`` is rounded up to a multiple; the dense width is always allowed.
     """
+    check_kv_head_multiple([geom], kv_head_multiple)
+    multiple = resolve_channel_multiple(channel_multiple, geom.channels)
     n_rep = geom.num_heads // geom.num_kv_heads
     options = [(geom.num_kv_heads, n_rep)]
     if prune_heads and ratio > 0:
         target = ratio * geom.attention_params
         cands = []
-        for g in range(1, geom.num_kv_heads + 1):
+        for g in range(kv_head_multiple, geom.num_kv_heads + 1, kv_head_multiple):
             for m in range(1, n_rep + 1):
                 if g * m < min(min_heads, geom.num_heads):
                     continue
@@ -172,11 +239,13 @@ def plan_layer(
     fr = ratio if ffn_ratio is None else ffn_ratio
     if prune_ffn and fr > 0:
         kept = geom.channels - int(round(fr * geom.channels))
-        if channel_multiple > 1:
-            kept = max(channel_multiple, int(round(kept / channel_multiple)) * channel_multiple)
-        channels = min(geom.channels, max(kept, min(min_channels, geom.channels)))
+        floor = min(min_channels, geom.channels)
+        if multiple > 1:
+            kept = max(multiple, int(round(kept / multiple)) * multiple)
+            floor = -(-floor // multiple) * multiple
+        channels = min(geom.channels, max(kept, floor))
     return LayerPlan(ratio=ratio, heads=kv * m, kv_heads=kv, channels=channels, head_options=options,
-                     ffn_ratio=fr)
+                     ffn_ratio=fr, channel_multiple=multiple)
 
 
 @dataclass
@@ -208,7 +277,8 @@ def solve_schedule(
     prune_ffn: bool = True,
     min_heads: int = 1,
     min_channels: int = 1,
-    channel_multiple: int = 1,
+    channel_multiple: int | str = 1,
+    kv_head_multiple: int = 1,
     iterations: int = 60,
     shape: Sequence[float] | None = None,
 ) -> PruningPlan:
@@ -220,11 +290,17 @@ def solve_schedule(
     is returned. With an explicit list, the ratios are used as given. ``shape``: an explicit shape
     (non-negative, maximum > 0; layers at 0 are not pruned) used instead of the named one, e.g.
     :func:`layer_importance_shape` for ``schedule="layer_importance"``.
+
+    ``channel_multiple`` (an int or ``"auto"``) and ``kv_head_multiple`` are constraints of the rounding
+    (:func:`plan_layer`): the scale is solved with them, so the removed fraction stays as close to the target
+    as the coarser steps allow. A ``kv_head_multiple`` that does not divide every layer's KV heads raises
+    ``ValueError`` (:func:`check_kv_head_multiple`).
     """
     L = len(geoms)
     total = sum(g.total_params for g in geoms)
+    check_kv_head_multiple(geoms, kv_head_multiple)
     kw = dict(prune_heads=prune_heads, prune_ffn=prune_ffn, min_heads=min_heads, min_channels=min_channels,
-              channel_multiple=channel_multiple)
+              channel_multiple=channel_multiple, kv_head_multiple=kv_head_multiple)
     if not isinstance(schedule, str):
         ratios = [float(r) for r in schedule]
         if len(ratios) != L:
@@ -263,7 +339,8 @@ def solve_schedule(
         raise ValueError(
             f"pruning_ratio={pruning_ratio} cannot be reached: with every layer at max_layer_ratio="
             f"{max_layer_ratio} (and the floors on kept heads/channels, prune_heads={prune_heads}, "
-            f"prune_ffn={prune_ffn}) at most {1 - after_hi / total:.3f} of the block parameters can be removed"
+            f"prune_ffn={prune_ffn}, channel_multiple={channel_multiple!r}, kv_head_multiple={kv_head_multiple}) "
+            f"at most {1 - after_hi / total:.3f} of the block parameters can be removed"
         )
 
     def bisect(fn):
