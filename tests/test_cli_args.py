@@ -89,6 +89,8 @@ def _candidates(cls, f) -> list[str]:
     text = str(tp)
     if tp is int or text == "typing.Optional[int]":
         return ["2", "3", "5", "64", "1"]
+    if text in ("typing.Union[int, str]", "int | str"):  # a number or a keyword (channel_multiple: 'auto')
+        return ["64", "2", "auto"]
     if tp is float or text == "typing.Optional[float]":
         return ["0.5", "0.25", "2.0", "3.0", "0.05"]
     if "list" in text:
