@@ -12,28 +12,37 @@ by ``pruner.save`` / ``save_pruned_model`` with per-layer sizes, without ``trust
   reads the config without remote code); constructing it checks the checkpoint (:mod:`.config`);
 * registers ``SlimGPT<Family>ForCausalLM`` for Llama, Mistral, Qwen2 and Qwen3 (:data:`FAMILIES`) with
   ``ModelRegistry`` as lazy ``module:class`` strings (:mod:`.models`, built on vLLM's own layers);
-* adds a pre-flight check of the weights against the per-layer record (:func:`check_checkpoint`), run while
-  vLLM builds its model config, before the engine starts.
+* adds pre-flight checks, run while vLLM builds its configs, before the engine starts: the weights against
+  the per-layer record (:func:`check_checkpoint`), every layer against ``--tensor-parallel-size``
+  (:func:`check_tensor_parallel`).
 
-Importing this package imports neither vLLM nor torch; only :func:`register` (called by vLLM) and
-:mod:`.models` import vLLM.
+Importing this package imports no vLLM; only :func:`register` (called by vLLM) and :mod:`.models` do.
 """
 
 from __future__ import annotations
 
 import os
 
-from .checks import FAMILIES, CheckpointInfo, FamilyRules, VLLMCheckpointError, check_checkpoint, check_config
+from .checks import (
+    FAMILIES,
+    CheckpointInfo,
+    FamilyRules,
+    VLLMCheckpointError,
+    check_checkpoint,
+    check_config,
+    check_tensor_parallel,
+)
 
 __all__ = ["FAMILIES", "CheckpointInfo", "FamilyRules", "VLLMCheckpointError", "check_checkpoint", "check_config",
-           "register", "PreflightCheck"]
+           "check_tensor_parallel", "register", "PreflightCheck"]
 
 _registered = False
 
 
 class PreflightCheck:
-    """vLLM's per-architecture config hook (``MODELS_CONFIG_MAP``): checks a local checkpoint's weights
-    against its per-layer record when vLLM builds the ``ModelConfig``, before any engine process starts."""
+    """vLLM's per-architecture config hooks (``MODELS_CONFIG_MAP``), run while vLLM builds its configs, before
+    any engine process starts: a local checkpoint's weights against its per-layer record (``ModelConfig``),
+    every layer's sizes against ``--tensor-parallel-size`` (``VllmConfig``)."""
 
     @staticmethod
     def verify_and_update_model_config(model_config) -> None:
@@ -45,7 +54,8 @@ class PreflightCheck:
 
     @staticmethod
     def verify_and_update_config(vllm_config) -> None:
-        return None
+        info = check_config(vllm_config.model_config.hf_config)
+        check_tensor_parallel(info, vllm_config.parallel_config.tensor_parallel_size)
 
 
 def register() -> None:

@@ -20,6 +20,7 @@ __all__ = [
     "VLLMCheckpointError",
     "check_checkpoint",
     "check_config",
+    "check_tensor_parallel",
     "layer_sizes",
 ]
 
@@ -186,6 +187,30 @@ def check_config(config: Any) -> CheckpointInfo:
             raise VLLMCheckpointError(f"{model_type}: layer {i}: per_layer_config says {s}, the pruning record {rec}")
     return CheckpointInfo(family, tuple(sizes), head_dim, _get(config, "hidden_size"),
                           bool(_get(config, "pruned_out_bias", False)))
+
+
+def check_tensor_parallel(info: CheckpointInfo, tp_size: int) -> None:
+    """Check that every layer splits over ``tp_size`` tensor-parallel ranks the way vLLM splits it.
+
+    vLLM gives each rank ``1/tp_size`` of a layer's query heads and FFN channels, and of its KV heads (or a
+    copy of them, when the layer has fewer KV heads than ranks and ``tp_size`` is a multiple of them), so every
+    layer needs query heads and channels divisible by ``tp_size`` and KV heads a multiple or a divisor of it.
+    Raises :class:`VLLMCheckpointError` naming the layers that do not.
+    """
+    if tp_size <= 1:
+        return
+    bad = []
+    for i, s in enumerate(info.layers):
+        h, kv, ch = (s[k] for k in _SIZE_KEYS)
+        if h and (h % tp_size or (kv % tp_size and tp_size % kv)) or ch % tp_size:
+            bad.append(f"layer {i} ({h} heads, {kv} KV heads, {ch} channels)")
+    if bad:
+        more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+        raise VLLMCheckpointError(
+            f"--tensor-parallel-size {tp_size} splits every layer's query heads and FFN channels in {tp_size} and "
+            f"its KV heads in {tp_size} (or copies them when there are fewer): {', '.join(bad[:4])}{more} do not "
+            f"split. Prune with kv_head_multiple={tp_size} (every layer keeps a multiple of {tp_size} KV heads) and "
+            f"channel_multiple a multiple of {tp_size}, or serve with a tensor-parallel size that divides them")
 
 
 def expected_layer_tensors(info: CheckpointInfo, config: Any, i: int) -> dict[str, tuple]:
