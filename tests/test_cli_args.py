@@ -87,7 +87,7 @@ def _candidates(cls, f) -> list[str]:
     if choices:
         return [str(c) for c in choices]
     text = str(tp)
-    if tp is int or text == "typing.Optional[int]":
+    if tp is int or text in ("typing.Optional[int]", "typing.Union[int, str]"):  # Union: channel_multiple
         return ["2", "3", "5", "64", "1"]
     if text in ("typing.Union[int, str]", "int | str"):  # a number or a keyword (channel_multiple: 'auto')
         return ["64", "2", "auto"]
