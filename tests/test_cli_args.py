@@ -89,8 +89,6 @@ def _candidates(cls, f) -> list[str]:
     text = str(tp)
     if tp is int or text in ("typing.Optional[int]", "typing.Union[int, str]"):  # Union: channel_multiple
         return ["2", "3", "5", "64", "1"]
-    if text in ("typing.Union[int, str]", "int | str"):  # a number or a keyword (channel_multiple: 'auto')
-        return ["64", "2", "auto"]
     if tp is float or text == "typing.Optional[float]":
         return ["0.5", "0.25", "2.0", "3.0", "0.05"]
     if "list" in text:
