@@ -247,3 +247,11 @@ def test_tensor_parallel_check(layers, tp, bad):
         PreflightCheck.verify_and_update_config(vllm_config)
     assert [int(p.split()[1]) for p in str(err.value).split(": ", 1)[1].split(" do not")[0].split("), ")] == bad
     assert f"kv_head_multiple={tp}" in str(err.value)
+
+
+def test_zero_padded_layer_keys_are_read():
+    """transformers writes ``per_layer_config`` keys zero-padded from 10 layers on ("00", "01", ...)."""
+    layers = [(8, 4, 64 - i) for i in range(12)]
+    cfg = _info(*layers)
+    cfg["per_layer_config"] = {f"{int(k):02d}": v for k, v in cfg["per_layer_config"].items()}
+    assert [tuple(s.values()) for s in check_config(cfg).layers] == layers

@@ -128,9 +128,13 @@ def layer_sizes(config: Any) -> list[dict]:
         raw = spec.per_layer_overrides if spec is not None else config.__dict__.get("per_layer_config")
     if not isinstance(raw, dict) or not raw:
         raise VLLMCheckpointError("the config has no per_layer_config: this is not a per-layer pruned checkpoint")
+    try:  # config.json keys are strings, zero-padded from 10 layers on ("00", "01", ...)
+        raw = {int(k): v for k, v in raw.items()}
+    except (TypeError, ValueError):
+        raise VLLMCheckpointError(f"per_layer_config keys must be layer indices, got {sorted(raw)[:4]}") from None
     out = []
     for i in range(n):
-        over = raw.get(str(i), raw.get(i, {})) or {}
+        over = raw.get(i) or {}
         out.append({k: over.get(k, _get(config, k)) for k in _SIZE_KEYS})
     return out
 
