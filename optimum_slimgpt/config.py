@@ -71,6 +71,15 @@ def _check_json_safe(name: str, value: Any) -> None:
                                 f"{value!r}: {e}") from e
 
 
+def _check_chat_instructions(value: Any) -> None:
+    """``chat_instructions``: ``None``, a path, or a non-empty list of non-empty strings (the file is read when used)."""
+    if value is None or isinstance(value, os.PathLike) or (isinstance(value, str) and value.strip()):
+        return
+    _check(isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) and v.strip() for v in value),
+           "chat_instructions", "None, a text file (one instruction per line) or a non-empty list of non-empty strings",
+           value)
+
+
 def _check_device(value: Any) -> None:
     if value is None or isinstance(value, torch.device):
         return
@@ -101,9 +110,14 @@ class PruningConfig:
         importance_layers: ``layer_importance``: how many layers are pruned (``None``:
             ``round(L · (35 + 20·pruning_ratio)/48)``, the line through the official SlimLLM settings).
         importance_alpha: ``layer_importance``: softmax temperature on the layer cosines (official: 10).
-        dataset: Calibration data: a registered name (``"wikitext2"``, ``"c4"``, ``"ptb"``, ``"self"``), a local
-            text/json/jsonl/csv/parquet file or dataset folder, a list of strings, or a ``(samples, seqlen)``
-            integer tensor of token ids (then no tokenizer is needed).
+        dataset: Calibration data: ``"auto"`` (default: ``"self-chat"`` when the tokenizer has a chat template and
+            the model is loaded whole, else ``"wikitext2"``), a registered name (``"wikitext2"``, ``"c4"``, ``"ptb"``,
+            ``"self"``: text sampled from the model, ``"self-chat"``: conversations the model writes with its own chat
+            template), a local text/json/jsonl/csv/parquet file or dataset folder (a ``.jsonl``/``.json`` file of
+            ``{"messages": [...]}`` records is a chat file, formatted with the chat template), a list of strings, or a
+            ``(samples, seqlen)`` integer tensor of token ids (then no tokenizer is needed).
+        chat_instructions: ``"self-chat"``: the instructions the model answers, a text file with one per line or a
+            list of strings (``None``: the 100 varied ones shipped with the package).
         dataset_split: Split to read for a registered dataset name.
         dataset_text_field: Column holding the text for file/folder datasets.
         num_samples: Number of calibration windows.
@@ -128,7 +142,10 @@ class PruningConfig:
     max_layer_ratio: float = 0.9
     importance_layers: Optional[int] = None
     importance_alpha: float = 10.0
-    dataset: DatasetLike = "wikitext2"
+    dataset: DatasetLike = "auto"
+    chat_instructions: Union[str, list[str], None] = field(
+        default=None, metadata={"help": "dataset self-chat: a text file with one instruction per line for the model "
+                                        "to answer (default: 100 varied built-in ones)"})
     dataset_split: str = "train"
     dataset_text_field: str = "text"
     num_samples: int = 128
@@ -203,6 +220,9 @@ class PruningConfig:
                    f"{type(d).__name__} of {len(d)} items")
         if isinstance(d, str):
             _check(bool(d.strip()), "dataset", "a non-empty name or path", d)
+        if isinstance(self.chat_instructions, os.PathLike):
+            self.chat_instructions = os.fspath(self.chat_instructions)
+        _check_chat_instructions(self.chat_instructions)
 
     # ------------------------------------------------------------------ construction by name
     @staticmethod

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .calibration import describe_source, get_calibration_data
+from .calibration import describe_source, get_calibration_data, resolve_dataset
 from .config import PruningConfig, SlimGPTConfig
 from .families import FamilyAdapter, get_adapter
 from .families.registry import record_layout
@@ -352,6 +352,8 @@ class SlimGPTPruner:
         self.layer_scores: Optional[list[float]] = None
         #: the checkpoint format the planned sizes will be saved in (set when ``export_format`` is checked)
         self.export_plan = None
+        #: what ``config.dataset`` resolved to in the last run (``"auto"``: see ``calibration.resolve_dataset``)
+        self._calibration_source = None
 
     @property
     def label(self) -> str:
@@ -549,6 +551,7 @@ class SlimGPTPruner:
         clock = Stopwatch("hessian_attn", "head_solve", "hessian_ffn", "ffn_solve", "surgery", "forward_out")
 
         with clock("calibration_data"):
+            self._calibration_source = None if calibration is not None else resolve_dataset(c.dataset, tokenizer, model)
             data = calibration if calibration is not None else get_calibration_data(c, tokenizer, model=model)
         self._check_tokens(model, data)
         self._check_seqlen(model, adapter, data.shape[1])
@@ -929,13 +932,14 @@ class SlimGPTPruner:
                                 (first.heads[0], first.kv_heads[0], first.channels[0]))
         base_params = self.plan.params_before if prev is None else prev.base_block_params
         # the calibration facts live in rec.calibration (what was really used): not repeated from the config
-        calibration_fields = {"dataset", "dataset_split", "dataset_text_field", "num_samples", "seqlen", "seed"}
+        calibration_fields = {"dataset", "dataset_split", "dataset_text_field", "num_samples", "seqlen", "seed",
+                              "chat_instructions"}
         return dataclasses.replace(
             rec, pruning_ratio=c.pruning_ratio, achieved_ratio=round(s.achieved_ratio, 6), schedule=c.schedule,
             layer_ratios=[round(lp.ratio, 6) for lp in self.plan.layers],
             ffn_ratios=[round(lp.ffn_ratio if lp.ffn_ratio is not None else lp.ratio, 6) for lp in self.plan.layers],
             config={k: v for k, v in c.to_dict().items() if k not in calibration_fields},
-            calibration=describe_source(c, data, explicit=explicit),
+            calibration=describe_source(c, data, explicit=explicit, source=self._calibration_source),
             base_block_params=base_params,
             cumulative_ratio=round(1 - s.block_params_after / base_params, 6) if base_params else None,
             history=(prev.history + [prev.run_summary()]) if prev is not None else [],
