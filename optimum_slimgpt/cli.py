@@ -13,6 +13,9 @@ Bad input ends with exit status 2 and a one-line ``error: ...`` on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import functools
 import json
 import logging
 import os
@@ -82,6 +85,32 @@ def resolve_model_path(path: str, gguf_file: Optional[str] = None) -> tuple[str,
     return str(p), None, p
 
 
+@contextlib.contextmanager
+def gguf_parsed_once():
+    """transformers parses a GGUF file once for the config, once for the tokenizer and once for the weights, and
+    rebuilds gguf's tensor-name map for each of hundreds of modules (most of a SmolLM2 load). Inside this block each
+    is done once: the same read-only reader and map are handed out again (patched only while loading)."""
+    try:
+        import gguf
+    except ImportError:  # transformers says what is missing
+        yield
+        return
+    orig_reader, orig_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict = {}
+
+    def reader(path, *args, **kwargs):
+        key = (os.fspath(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = orig_reader(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.lru_cache(maxsize=None)(orig_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = orig_reader, orig_map
+
+
 def load_model(path: str, gguf_file: Optional[str] = None, dtype: str = "float32", device: Optional[str] = None):
     """Load a causal LM and its tokenizer from a folder/hub id (optionally a GGUF file in it)."""
     import optimum_slimgpt  # noqa: F401  (registers the pruned model classes)
@@ -91,15 +120,17 @@ def load_model(path: str, gguf_file: Optional[str] = None, dtype: str = "float32
     check_device(device)
     path, gguf_file, _ = resolve_model_path(path, gguf_file)
     kw = {"gguf_file": gguf_file} if gguf_file else {}
-    try:
-        tok = AutoTokenizer.from_pretrained(path, **kw)
-    except Exception as e:  # noqa: BLE001 - a model without a tokenizer can still be pruned with token-id data
-        logging.getLogger(__name__).warning("no tokenizer loaded from %s: %s", path, str(e).splitlines()[0] if str(e) else e)
-        tok = None
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kw)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise CLIError(f"cannot load a model from {path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    with gguf_parsed_once() if gguf_file else contextlib.nullcontext():
+        try:
+            tok = AutoTokenizer.from_pretrained(path, **kw)
+        except Exception as e:  # noqa: BLE001 - a model without a tokenizer can still be pruned with token-id data
+            logging.getLogger(__name__).warning("no tokenizer loaded from %s: %s", path,
+                                                str(e).splitlines()[0] if str(e) else e)
+            tok = None
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kw)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise CLIError(f"cannot load a model from {path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     if device:
         model.to(device)
     return model.eval(), tok
@@ -196,6 +227,7 @@ def cmd_prune(args) -> int:
 
         teacher = copy.deepcopy(model)  # the dense model, before pruning
     pruner = SlimGPTPruner(cfg)
+    print_estimate(pruner, model, tok)
     pruner.prune_model(model, tok, save_dir=out, export_format=args.format, overwrite=args.overwrite)
     print(pruner.summary.table())
     if rcfg is not None:
@@ -343,10 +375,14 @@ def cmd_eval(args) -> int:
     unknown = [t for t in tasks if t not in ZERO_SHOT_TASKS]
     if unknown:
         raise CLIError(f"unknown zero-shot task(s) {', '.join(unknown)}; known: {', '.join(sorted(ZERO_SHOT_TASKS))}")
-    if not (args.text_file or args.wikitext_dir or tasks):
-        raise CLIError("nothing to evaluate: give --wikitext-dir, --text-file and/or --tasks")
+    if not (args.text_file or args.wikitext_dir or tasks or args.chat):
+        raise CLIError("nothing to evaluate: give --wikitext-dir, --text-file, --tasks and/or --chat")
     if args.text_file and not Path(args.text_file).is_file():
         raise CLIError(f"--text-file {args.text_file}: no such file")
+    if args.reference and not args.chat:
+        raise CLIError("--reference is the dense model of --chat: add --chat")
+    if args.reference:
+        resolve_model_path(args.reference)  # a missing path fails before anything is loaded
     model, tok = load_model(args.model, args.gguf_file, args.dtype, args.device)
     if tok is None:
         raise CLIError(f"no tokenizer found in {args.model}")
@@ -360,6 +396,8 @@ def cmd_eval(args) -> int:
         results["perplexity"] = perplexity(model, tok, text, seqlen=args.seqlen, max_tokens=args.max_tokens,
                                            batch_size=args.batch_size)
         print(f"perplexity: {results['perplexity']:.3f}")
+    if args.chat:
+        results["chat"] = _eval_chat(args, model, tok)
     if tasks:
         zs = evaluate_zero_shot(model, tok, tasks, limit=args.limit, data_dir=args.data_dir)
         results["zero_shot"] = zs
@@ -368,6 +406,21 @@ def cmd_eval(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _eval_chat(args, model, tok) -> dict:
+    """``eval --chat N [--reference DENSE]``: the chat check (non-empty share; KL from the reference)."""
+    from .calibration import has_chat_template
+    from .evaluation import chat_check
+
+    if not has_chat_template(tok):
+        raise CLIError(f"--chat: the tokenizer of {args.model} has no chat template")
+    reference = load_model(args.reference, dtype=args.dtype, device=args.device)[0] if args.reference else None
+    res = chat_check(model, tok, reference, n=args.chat, max_new_tokens=args.chat_tokens)
+    print(res.summary())
+    if reference is None:
+        print("(give --reference DENSE_MODEL for the KL of this model from it over its answers)")
+    return {k: v for k, v in dataclasses.asdict(res).items() if k != "reference_answer_ids"}
 
 
 def _read_json(file: Path) -> dict:
@@ -447,64 +500,157 @@ def cmd_export(args) -> int:
     return 0
 
 
+#: the chat prompt the demo answers before and after pruning (from the held-out check set, never calibrated on)
+DEMO_QUESTION = "How do I boil an egg?"
+
+
+class _Phases:
+    """Wall and CPU seconds per phase of a command, printed as a breakdown at the end."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, float, float]] = []
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t, c = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.rows.append((name, time.perf_counter() - t, time.process_time() - c))
+
+    def add(self, name: str, wall: float, cpu: Optional[float] = None) -> None:
+        self.rows.append((name, wall, cpu if cpu is not None else float("nan")))
+
+    def table(self, total_wall: float, total_cpu: float) -> str:
+        lines = [f"{'phase':<34} {'wall s':>8} {'cpu s':>8}"]
+        for name, w, c in self.rows:
+            lines.append(f"{name:<34} {w:>8.1f} {c:>8.1f}")
+        lines.append(f"{'total':<34} {total_wall:>8.1f} {total_cpu:>8.1f}")
+        try:
+            load = " ".join(open("/proc/loadavg").read().split()[:3])
+            lines.append(f"(load average {load}; cpu s: all threads of this process; {os.cpu_count()} cores)")
+        except OSError:
+            pass
+        return "\n".join(lines)
+
+
+def _process_age() -> Optional[float]:
+    """Seconds since this process started (Linux), to count the imports before the command ran."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        start = float(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+        return float(Path("/proc/uptime").read_text().split()[0]) - start
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def print_estimate(pruner, model, tokenizer) -> None:
+    """Print how long the prune will take (a short probe, see :mod:`optimum_slimgpt.estimate`) before it starts.
+    Bad input raises as the run would; a probe that fails for another reason only says so."""
+    try:
+        est = pruner.estimate(model, tokenizer)
+    except (ValueError, TypeError, CLIError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the estimate is advice: never the reason a run does not start
+        logging.getLogger(__name__).warning("no time estimate (%s: %s)", type(e).__name__, str(e).splitlines()[0])
+        return
+    print(est.message(), flush=True)
+
+
+def _chat_answer(model, tok, question: str, max_new_tokens: int = 48) -> str:
+    from .selfgen import chat_generate
+
+    ids = chat_generate(model, tok, [question], max_new_tokens=max_new_tokens, batch_size=1)[0]
+    return tok.decode(ids, skip_special_tokens=True).strip()
+
+
 def cmd_demo(args) -> int:
-    """Prune SmolLM2-135M-Instruct by 20% with self-generated calibration, evaluate, save, reload."""
+    """Prune SmolLM2-135M-Instruct by 20% with chat calibration it writes itself, check that it still chats,
+    evaluate, save, reload; print where the time went."""
     import copy
     import tempfile
+
+    age = _process_age()
+    cpu0 = time.process_time()  # so far: the interpreter and the imports
+    t0 = time.perf_counter()
+    phases = _Phases()
+    if age is not None:
+        phases.add("import (python, torch, transformers)", age, cpu0)
 
     import torch
     from transformers import AutoModelForCausalLM
 
     from .config import SlimGPTConfig
-    from .saving import check_output_dir
-    from .evaluation import perplexity, wikitext2_test_text
+    from .evaluation import chat_check, perplexity, wikitext2_test_text
     from .pruner import SlimGPTPruner
-    from .selfgen import generate_calibration
+    from .saving import check_output_dir
 
-    t0 = time.perf_counter()
     # never into the current folder unasked: a fresh temporary folder unless --output names one
     out_dir = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="optimum-slimgpt-demo-")) / "smollm2-135m-slim"
     check_output_dir(out_dir, overwrite=args.overwrite)
     gguf = find_smollm2_gguf()
-    print(f"[demo] loading SmolLM2-135M-Instruct from {gguf}")
-    model, tok = load_model(str(gguf))
-    dense = copy.deepcopy(model)
-    cfg = SlimGPTConfig(pruning_ratio=args.ratio, dataset="self", num_samples=args.samples, seqlen=args.seqlen,
+    print(f"[demo] loading SmolLM2-135M-Instruct from {gguf}", flush=True)
+    with phases("GGUF load"):
+        model, tok = load_model(str(gguf))
+        dense = copy.deepcopy(model)
+    cfg = SlimGPTConfig(pruning_ratio=args.ratio, dataset="self-chat", num_samples=args.samples, seqlen=args.seqlen,
                         batch_size=8, seed=0)
+    pruner = SlimGPTPruner(cfg)
+    with phases("time estimate (probe)"):
+        print_estimate(pruner, model, tok)
+    with phases("chat answer, dense"):
+        before = _chat_answer(dense, tok, DEMO_QUESTION)
+    print(f"[demo] chat: {DEMO_QUESTION!r}\n[demo]  dense answer: {before!r}", flush=True)
+    print(f"[demo] pruning {args.ratio:.0%}, calibrated on {args.samples} windows of {args.seqlen} tokens of "
+          "conversations the model writes itself in its chat template (dataset='self-chat')", flush=True)
+    t, c = time.perf_counter(), time.process_time()
+    pruner.prune_model(model, tok)
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    tm = pruner.summary.timings
+    gen, cap = tm.get("calibration_data", 0.0), tm.get("capture", 0.0)
+    phases.add("prune, of which:", wall, cpu)
+    phases.add("  calibration generation (self-chat)", gen)
+    phases.add("  capture", cap)
+    phases.add(f"  blocks ({len(pruner.summary.layers)}: statistics + solves)", wall - gen - cap)
+    print(pruner.summary.table())
+    with phases("chat answer, pruned"):
+        after = _chat_answer(model, tok, DEMO_QUESTION)
+    print(f"[demo] chat: {DEMO_QUESTION!r}\n[demo]  dense answer:  {before!r}\n[demo]  pruned answer: {after!r}",
+          flush=True)
+
+    with phases("chat check"):
+        check = chat_check(model, tok, dense, n=args.chat_n, max_new_tokens=32)
+    print(f"[demo] {check.summary()} on {check.n} held-out instructions, {check.max_new_tokens} new tokens",
+          flush=True)
+
     shared = find_shared()
     wiki = shared / "data" / "wikitext-2" if shared else None
-    if wiki is not None and (wiki / "wiki.test.tokens").exists():
-        eval_text, eval_name = wikitext2_test_text(wiki), "WikiText-2 test (first 16k tokens)"
-        eval_ids = None
-    else:
-        held = generate_calibration(SlimGPTConfig(dataset="self", num_samples=8, seqlen=512, seed=1234), tok, model)
-        eval_text, eval_ids, eval_name = None, held.flatten(), "held-out self-generated text (seed 1234)"
-    print(f"[demo] pruning {args.ratio:.0%} with {args.samples} self-generated windows of {args.seqlen} tokens")
-    pruner = SlimGPTPruner(cfg)
-    pruner.prune_model(model, tok)
-    print(pruner.summary.table())
+    with phases(f"perplexity (2 models x {args.eval_tokens} tokens)"):
+        if wiki is not None and (wiki / "wiki.test.tokens").exists():
+            text, ids, name = wikitext2_test_text(wiki), None, f"WikiText-2 test (first {args.eval_tokens} tokens)"
+        else:  # no data on this machine: text the dense model samples, with another seed than the calibration
+            from .selfgen import generate_calibration
 
-    def ppl(m):
-        if eval_ids is not None:
-            return perplexity(m, None, eval_ids, seqlen=512)
-        return perplexity(m, tok, eval_text, seqlen=512, max_tokens=16_384)
+            held = generate_calibration(SlimGPTConfig(dataset="self", num_samples=max(1, args.eval_tokens // 512),
+                                                      seqlen=512, seed=1234), tok, dense)
+            text, ids, name = None, held.flatten(), "held-out self-generated text (seed 1234)"
+        ppl = [perplexity(m, None if ids is not None else tok, ids if ids is not None else text, seqlen=512,
+                          max_tokens=args.eval_tokens) for m in (dense, model)]
+    print(f"[demo] perplexity on {name}: dense {ppl[0]:.2f} -> pruned {ppl[1]:.2f}", flush=True)
 
-    p_dense, p_pruned = ppl(dense), ppl(model)
-    print(f"[demo] perplexity on {eval_name}: dense {p_dense:.2f} -> pruned {p_pruned:.2f}")
-    prompt = "The capital of France is"
-    ids = tok(prompt, return_tensors="pt").input_ids
-    for name, m in (("dense", dense), ("pruned", model)):
-        out = m.generate(ids, max_new_tokens=24, do_sample=False)
-        print(f"[demo] {name:>6}: {tok.decode(out[0], skip_special_tokens=True)!r}")
-    res = pruner.save(model, out_dir, tokenizer=tok, overwrite=args.overwrite)
-    reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
-    with torch.no_grad():
-        diff = (reloaded(ids).logits - model(ids).logits).abs().max().item()
+    with phases("save + reload + compare"):
+        res = pruner.save(model, out_dir, tokenizer=tok, overwrite=args.overwrite)
+        reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
+        ids = tok(DEMO_QUESTION, return_tensors="pt").input_ids
+        with torch.no_grad():
+            diff = (reloaded(ids).logits - model(ids).logits).abs().max().item()
     n_dense = sum(p.numel() for p in dense.parameters())
     n_pruned = sum(p.numel() for p in reloaded.parameters())
     print(f"[demo] saved to {out_dir} ({getattr(res, 'format', '?')}); reloaded {type(reloaded).__name__}: "
           f"{n_dense:,} -> {n_pruned:,} parameters, max |logit diff| vs in-memory {diff:.2e}")
-    print(f"[demo] done in {time.perf_counter() - t0:.0f} s")
+    total_wall = time.perf_counter() - t0 + (age or 0.0)
+    print(f"[demo] where the time went:\n{phases.table(total_wall, time.process_time())}")
+    print(f"[demo] done in {total_wall:.0f} s")
     return 0
 
 
@@ -533,9 +679,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--method", default="slimgpt", help="a registered pruning method: slimgpt | slimllm | flap | ...")
     pr.add_argument("--schedule", default="log_increase",
                     help=f"how the ratio grows with depth: {' | '.join(SCHEDULES)}, or a comma list of per-layer ratios")
-    pr.add_argument("--dataset", default="wikitext2",
-                    help="calibration data: a registered name (wikitext2, c4, ptb), 'self' (text the model "
-                         "generates) or a local .txt/.json/.jsonl/.csv/.parquet file or dataset folder")
+    pr.add_argument("--dataset", default="auto",
+                    help="calibration data: auto (self-chat for a model with a chat template, else wikitext2), a "
+                         "registered name (wikitext2, c4, ptb), 'self' (text the model generates), 'self-chat' "
+                         "(conversations it writes in its chat template), a chat file (.jsonl with 'messages') or a "
+                         "local .txt/.json/.jsonl/.csv/.parquet file or dataset folder")
     pr.add_argument("--split", default="train", help="split of a registered dataset or dataset folder")
     pr.add_argument("--samples", type=int, default=128, help="number of calibration windows")
     pr.add_argument("--seqlen", type=int, default=2048,
@@ -587,9 +735,11 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--teacher-gguf-file", default=None, help="the GGUF file inside --teacher when it holds several")
     rc.add_argument("--output", required=True, help="folder to write the recovered checkpoint to")
     rc.add_argument("--overwrite", action="store_true", help="replace a non-empty --output (atomically)")
-    rc.add_argument("--dataset", default="wikitext2",
-                    help="training data: a registered name (wikitext2, c4, ptb), 'self' (text sampled from the "
-                         "teacher: no data needed) or a local .txt/.json/.jsonl/.csv/.parquet file or dataset folder")
+    rc.add_argument("--dataset", default="auto",
+                    help="training data: auto (self-chat for a model with a chat template, else wikitext2), a "
+                         "registered name (wikitext2, c4, ptb), 'self' (text sampled from the teacher: no data "
+                         "needed), 'self-chat' (conversations the teacher writes), a chat file (.jsonl with "
+                         "'messages') or a local .txt/.json/.jsonl/.csv/.parquet file or dataset folder")
     rc.add_argument("--split", default="train", help="split of a registered dataset or dataset folder")
     rc.add_argument("--samples", type=int, default=None,
                     help="training windows (default: every window of the text; 'self': steps x batch x accumulation)")
@@ -638,6 +788,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", default=None, help="folder with the zero-shot data files")
     ev.add_argument("--device", default=None, help="e.g. cuda:0 (default: CPU)")
     ev.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 | auto")
+    ev.add_argument("--chat", type=int, nargs="?", const=50, default=None, metavar="N",
+                    help="chat check: greedy answers in the chat template to N held-out instructions (50 without N); "
+                         "the share that are not empty, and with --reference the KL from it over its own answers")
+    ev.add_argument("--chat-tokens", type=int, default=64, help="with --chat: new tokens per answer")
+    ev.add_argument("--reference", default=None, help="with --chat: the dense model (folder or .gguf file)")
     ev.add_argument("--json", default=None, help="also write the results to this JSON file")
     ev.set_defaults(func=cmd_eval)
 
@@ -669,15 +824,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="llama.cpp's name of the BPE pre-tokenizer (default: recognised from the tokenizer)")
     ex.set_defaults(func=cmd_export)
 
-    de = sub.add_parser("demo", help="prune SmolLM2-135M-Instruct by 20%% with self-generated calibration",
+    de = sub.add_parser("demo", help="prune SmolLM2-135M-Instruct by 20%% with chat calibration it writes itself",
                         formatter_class=fmt,
-                        description="Prune SmolLM2-135M-Instruct with text it generates itself (no data, no Hub), "
-                                    "compare perplexity and generations, save, reload and compare logits.")
+                        description="Prune SmolLM2-135M-Instruct with conversations it writes itself in its chat "
+                                    "template (no data, no Hub), show a chat answer before and after, run the chat "
+                                    "check, compare perplexity, save, reload and compare logits, and print where the "
+                                    "time went.")
     de.add_argument("--output", default=None, help="where to save the pruned model (default: a new temporary folder)")
     de.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     de.add_argument("--ratio", type=float, default=0.2, help="fraction of decoder-block parameters to remove")
-    de.add_argument("--samples", type=int, default=32, help="self-generated calibration windows")
+    de.add_argument("--samples", type=int, default=32, help="calibration windows of self-written conversations")
     de.add_argument("--seqlen", type=int, default=256, help="tokens per window")
+    de.add_argument("--chat-n", type=int, default=16, help="held-out instructions of the chat check")
+    de.add_argument("--eval-tokens", type=int, default=8192, help="perplexity: the first N WikiText-2 test tokens")
     de.set_defaults(func=cmd_demo)
     return p
 

@@ -43,6 +43,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
@@ -412,7 +413,11 @@ def perplexity_details(
     with _EvalMode(model):
         bar = _progress(total=len(windows), desc="perplexity", unit="window", disable=not show_progress)
         try:
-            for batch in batches:
+            for k, batch in enumerate(batches):
+                if k == 1 and show_progress:  # the first batch was the probe
+                    _report_perplexity_estimate(time.perf_counter() - t_first, len(batches), len(windows), seqlen,
+                                                dev, stride, add_bos)
+                t_first = time.perf_counter() if k == 0 else t_first
                 rows = [ids[b:e] if prefix is None else torch.cat([prefix, ids[b:e]]) for b, e, _ in batch]
                 logits = _forward_logits(model, torch.stack(rows).to(dev))
                 for r, (b, e, ft) in enumerate(batch):
@@ -435,6 +440,23 @@ def perplexity_details(
         add_bos=add_bos,
         n_stream_tokens=n,
     )
+
+
+def _report_perplexity_estimate(first: float, batches: int, windows: int, seqlen: int, device: torch.device,
+                                stride: Optional[int], add_bos: bool) -> None:
+    """Log the estimated time of a perplexity run from its first batch; on a CPU past 10 minutes, the ``max_tokens``
+    that would fit."""
+    from .estimate import CPU_BUDGET_S, format_seconds
+
+    total = first * batches
+    logger.info("perplexity: %d windows of %d tokens, about %s (the first batch took %.1f s)", windows, seqlen,
+                format_seconds(total), first)
+    if device.type == "cpu" and total > CPU_BUDGET_S and stride is None:
+        fit = max(1, int(0.9 * CPU_BUDGET_S / first)) * windows // batches
+        span = seqlen - 1 if add_bos else seqlen
+        logger.warning("perplexity will take more than %s on a CPU: max_tokens=%d (--max-tokens %d, %d windows) would "
+                       "take about %s, a noisier number from less text", format_seconds(CPU_BUDGET_S), fit * span,
+                       fit * span, fit, format_seconds(fit * first * batches / windows))
 
 
 def perplexity(

@@ -404,6 +404,16 @@ class SlimGPTPruner:
         with full_precision_matmul():
             return self._prune_model(model, tokenizer, calibration, save_dir, export_format, overwrite)
 
+    def estimate(self, model: nn.Module, tokenizer=None, *, calibration: Optional[torch.Tensor] = None):
+        """How long :meth:`prune_model` will take on this model and device, from a short probe (writing a few
+        calibration tokens when the data are generated, the capture of one batch, and one block pruned on a copy):
+        a :class:`~optimum_slimgpt.estimate.PruneEstimate` (``print`` it; on a CPU past 10 minutes it suggests
+        smaller settings). The model is not changed. See :mod:`optimum_slimgpt.estimate`."""
+        from .estimate import estimate_prune
+
+        with full_precision_matmul():
+            return estimate_prune(self, model, tokenizer, calibration=calibration)
+
     def preflight(self, model: nn.Module, *, calibration: Optional[torch.Tensor] = None,
                   save_dir: Union[str, os.PathLike, None] = None, export_format: Optional[str] = None,
                   overwrite: bool = False) -> Optional[PruningPlan]:
@@ -652,6 +662,7 @@ class SlimGPTPruner:
         handles: list = []
         saved_forwards: dict[int, Any] = {}
         restore: Callable[[], Any] = lambda: None  # noqa: E731
+        bar = None
         try:  # everything that changes the model happens inside: the finally undoes all of it
             handles = [b.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
             for j, b in enumerate(list(blocks)[:-1]):
@@ -662,6 +673,10 @@ class SlimGPTPruner:
                 restore = _move_all_but(model, blocks, device)
             in_dev = _first_param_device(model.get_input_embeddings()) if hasattr(model, "get_input_embeddings") else device
             bs = self.config.batch_size
+            from transformers.utils.logging import tqdm
+
+            bar = tqdm(total=data.shape[0], desc="capturing calibration inputs", unit="window",
+                       disable=data.shape[0] <= bs)  # one batch: nothing to follow
             for start in range(0, data.shape[0], bs):
                 try:
                     model(input_ids=data[start : start + bs].to(in_dev), use_cache=False)
@@ -669,7 +684,10 @@ class SlimGPTPruner:
                     pass
                 else:  # pragma: no cover - the hook always fires
                     raise RuntimeError("calibration forward finished without reaching the last decoder block")
+                bar.update(min(bs, data.shape[0] - start))
         finally:
+            if bar is not None:
+                bar.close()
             for h in handles:
                 h.remove()
             for j, f in saved_forwards.items():
