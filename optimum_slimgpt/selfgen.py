@@ -103,13 +103,21 @@ class _CappedBar:
 
     def __init__(self, bar) -> None:
         self.bar = bar
+        total, n = getattr(bar, "total", None), getattr(bar, "n", None)
+        # transformers' bar is a stub whose attributes are functions when progress bars are disabled
+        self.counts = isinstance(total, (int, float)) and isinstance(n, (int, float))
 
     def update(self, k: int) -> None:
-        k = min(int(k), int(self.bar.total or 0) - int(self.bar.n)) if self.bar.total else int(k)
+        if self.counts and self.bar.total:
+            k = min(int(k), int(self.bar.total) - int(self.bar.n))
         if k > 0:
             self.bar.update(k)
 
     add = update
+
+    def finish(self) -> None:
+        if self.counts and self.bar.total:
+            self.update(int(self.bar.total) - int(self.bar.n))
 
 
 class _TokenProgress(LogitsProcessor):
@@ -227,7 +235,7 @@ def generate_chat_calibration(config: PruningConfig, tokenizer=None, model=None)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(config.seed)
             data = pack_conversations(conversations(), config.num_samples, config.seqlen)
-        bar.update(max(0, bar.total - bar.n))
+        progress.finish()
     finally:
         bar.close()
     return data

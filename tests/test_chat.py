@@ -87,6 +87,13 @@ def test_self_chat_is_chat_formatted_and_deterministic_per_seed(stories, chat_to
                                                                                           "Say hi."])
     text = chat_tok.decode(get_calibration_data(cfg2, chat_tok, model=stories)[0])
     assert "Tell a story." in text or "Say hi." in text
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the bars are stubs then: the generation must not read them
+    try:
+        assert torch.equal(get_calibration_data(cfg, chat_tok, model=stories), a)
+    finally:
+        hf_logging.enable_progress_bar()
     rec = describe_source(cfg2, a, source="self-chat")
     assert rec["dataset"] == "self-chat" and rec["instructions"]["count"] == 2
 
