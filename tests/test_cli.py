@@ -71,8 +71,11 @@ def test_prune_writes_a_loadable_smaller_model(stories_dir, pruned_dir):
     assert re.search(r"saved to .*stories-slim \((per_layer|uniform)", proc.stdout), proc.stdout[-2000:]
     assert len(re.findall(r"^\s*\d+\s", proc.stdout, flags=re.M)) >= 5
     # a progress bar per block went to stderr, and the per-layer table was printed once
-    assert "SlimGPT blocks" in proc.stderr
+    assert "SlimGPT blocks" in proc.stderr and "capturing calibration inputs" in proc.stderr
     assert (proc.stdout + proc.stderr).count("attn err") == 1
+    # the time estimate came first, before any work (5 blocks, 16 x 128 tokens)
+    m = re.search(r"estimate: about .* for 16 x 128 calibration tokens \(capture .*5 blocks x", proc.stdout)
+    assert m and proc.stdout.index("estimate:") < proc.stdout.index("saved to"), proc.stdout[:2000]
     cfg = json.loads((out / "config.json").read_text())
     assert abs(cfg["pruning_config"]["achieved_ratio"] - 0.3) < 0.05
     dense = AutoModelForCausalLM.from_pretrained(stories_dir)
