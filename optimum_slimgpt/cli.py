@@ -579,8 +579,6 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     ev.add_argument("--data-dir", default=None, help="folder with the zero-shot data files")
     ev.add_argument("--harness", default="builtin", choices=["builtin", "lm-eval"],
                     help="zero-shot scorer: the built-in one, or lm-evaluation-harness on the same local files")
-    ev.add_argument("--harness", default="builtin", choices=["builtin", "lm-eval"],
-                    help="zero-shot scorer: the built-in one, or lm-evaluation-harness on the same local files")
     ev.add_argument("--device", default=None, help="e.g. cuda:0 (default: CPU)")
     ev.add_argument("--dtype", default="float32", type=dtype_arg, help=dtypes)
     ev.add_argument("--chat", type=int, nargs="?", const=50, default=None, metavar="N",

@@ -87,7 +87,7 @@ def _candidates(cls, f) -> list[str]:
     if choices:
         return [str(c) for c in choices]
     text = str(tp)
-    if tp is int or text == "typing.Optional[int]":
+    if tp is int or text in ("typing.Optional[int]", "typing.Union[int, str]"):  # Union: channel_multiple
         return ["2", "3", "5", "64", "1"]
     if tp is float or text == "typing.Optional[float]":
         return ["0.5", "0.25", "2.0", "3.0", "0.05"]
