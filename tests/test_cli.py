@@ -331,7 +331,7 @@ BAD_INPUTS = {  # case: (extra arguments, the file the error names, what it says
     "binary dataset, NUL": (["--dataset", "{tmp}/data.bin"], "{tmp}/data.bin", "is binary, not text"),
     "binary dataset, streamed": (["--dataset", "{tmp}/data.txt", "--low-memory"], "{tmp}/data.txt", "not UTF-8 text"),
     "jsonl without the field": (["--dataset", "{tmp}/calib.jsonl"], "{tmp}/calib.jsonl",
-                                "has no 'text' field in its records (they have ['content', 'id'])"),
+                                "has no 'text' or 'messages' field in its records (they have ['content', 'id'])"),
     "empty dataset": (["--dataset", "{tmp}/empty.txt"], "{tmp}/empty.txt", "is empty"),
     "csv without the column": (["--dataset", "{tmp}/calib.csv"], "{tmp}/calib.csv", "has no 'text' column"),
     "recovery dataset": (["--recover-steps", "2", "--recover-dataset", "{tmp}/data.txt"], "{tmp}/data.txt",
