@@ -15,23 +15,49 @@ Sources (``PruningConfig.dataset``):
 
 :func:`check_dataset_source` checks a local file before anything is loaded (the CLI calls it first, the pruner's
 preflight too): it exists, is readable, is UTF-8 text (or parquet), is not empty, and its records have the text field.
+
+Chat models (see :func:`resolve_dataset` and :mod:`optimum_slimgpt.selfgen`):
+
+* ``"self-chat"``: conversations the model writes itself with its own chat template, answering seed
+  instructions (a built-in varied set, or ``PruningConfig.chat_instructions``);
+* a chat file: a ``.jsonl`` file (or a ``.json`` list) whose rows hold ``messages`` (a list of ``{"role",
+  "content"}`` dicts), each conversation formatted with the tokenizer's chat template;
+* ``"auto"`` (the default): ``"self-chat"`` when the tokenizer has a chat template and the whole model is there to
+  write with, else ``"wikitext2"`` (with a warning saying why, for a chat model).
+
+Chat conversations are *packed* (:func:`pack_conversations`): every window starts at the beginning of a
+conversation, as every real chat does, and holds whole conversations until the next one does not fit; that one is
+cut at the window's end and starts the next window again, whole. So nothing generated is lost and no window starts
+in the middle of a turn.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
+import logging
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 
 from .config import PruningConfig
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["DatasetSpec", "DATASETS", "register_dataset", "load_texts", "tokenize_stream", "sample_windows",
-           "get_calibration_data", "describe_source", "check_dataset_source"]
+           "get_calibration_data", "describe_source", "check_dataset_source", "resolve_dataset", "has_chat_template", "read_instructions",
+           "builtin_instructions", "read_chat_file", "is_chat_file", "format_conversations", "pack_conversations",
+           "AUTO", "SELF_CHAT"]
+
+#: the default calibration source: chat-formatted for a chat model, WikiText-2 otherwise (:func:`resolve_dataset`)
+AUTO = "auto"
+#: conversations the model writes with its own chat template (:mod:`optimum_slimgpt.selfgen`)
+SELF_CHAT = "self-chat"
 
 
 @dataclass
@@ -247,9 +273,10 @@ def check_dataset_source(dataset: Any, text_field: Union[str, Sequence[str]] = "
     """
     if isinstance(dataset, os.PathLike):
         dataset = os.fspath(dataset)
-    if not isinstance(dataset, str) or dataset in DATASETS or dataset in _GENERATORS:
+    if not isinstance(dataset, str) or dataset in DATASETS or dataset in _GENERATORS or dataset in (AUTO, SELF_CHAT):
         return
     fields = (text_field,) if isinstance(text_field, str) else tuple(text_field)
+    fields += ("messages",)  # a chat file (is_chat_file): conversations, formatted with the chat template
     path = Path(dataset).expanduser()
     if path.is_dir():
         if not any(p.is_file() for p in path.rglob("*")):
@@ -319,8 +346,9 @@ def sample_windows(stream: torch.Tensor, num_samples: int, seqlen: int, seed: in
 
 
 def get_calibration_data(config: PruningConfig, tokenizer=None, *, model=None) -> torch.Tensor:
-    """The ``(num_samples, seqlen)`` token-id tensor described by ``config``."""
-    d = config.dataset
+    """The ``(num_samples, seqlen)`` token-id tensor described by ``config`` (``"auto"`` resolved by
+    :func:`resolve_dataset`; a chat file packed conversation by conversation, see the module doc)."""
+    d = resolve_dataset(config.dataset, tokenizer, model)
     if d is None:
         raise ValueError("no calibration dataset given (PruningConfig.dataset is None)")
     if isinstance(d, torch.Tensor):
@@ -328,10 +356,223 @@ def get_calibration_data(config: PruningConfig, tokenizer=None, *, model=None) -
             raise ValueError("the calibration token tensor is empty")
         return d.long()
     if isinstance(d, str) and d in _GENERATORS:
-        return _GENERATORS[d](config, tokenizer, model)
+        if model is not None and any(p.device.type == "meta" for p in model.parameters()):
+            raise ValueError(f"dataset={d!r} generates text with the whole model, which a streamed (low-memory) run "
+                             "never loads: calibrate on a text or chat file instead")
+        return _GENERATORS[d](config if d == config.dataset else dataclasses.replace(config, dataset=d), tokenizer,
+                              model)
+    if is_chat_file(d):
+        convs = format_conversations(tokenizer, read_chat_file(d), source=os.fspath(d))
+        return pack_conversations(_reshuffled(convs, config.seed), config.num_samples, config.seqlen)
     docs, joiner = load_texts(d, config.dataset_split, config.dataset_text_field)
+    _warn_plain_text_for_chat(tokenizer, d)
     stream = tokenize_stream(tokenizer, docs, joiner)
     return sample_windows(stream, config.num_samples, config.seqlen, config.seed)
+
+
+# ---------------------------------------------------------------------------------------------- chat sources
+def has_chat_template(tokenizer) -> bool:
+    """Whether ``tokenizer`` formats conversations (a non-empty ``chat_template``)."""
+    return bool(getattr(tokenizer, "chat_template", None)) if tokenizer is not None else False
+
+
+def _usable_for_generation(model) -> bool:
+    return model is not None and not any(p.device.type == "meta" for p in model.parameters())
+
+
+def resolve_dataset(dataset, tokenizer=None, model=None):
+    """The calibration source ``dataset`` stands for: ``"auto"`` becomes ``"self-chat"`` when ``tokenizer`` has a
+    chat template and ``model`` is loaded (not a streamed skeleton), else ``"wikitext2"``; for a chat model that
+    falls back, a warning says why. Any other value is returned as it is."""
+    if not (isinstance(dataset, str) and dataset == AUTO):
+        return dataset
+    if not has_chat_template(tokenizer):
+        return "wikitext2"
+    if not _usable_for_generation(model):
+        logger.warning("the tokenizer has a chat template, but without the whole model loaded (a streamed, "
+                       "low-memory run) the model cannot write its own chat calibration: calibrating on plain "
+                       "text (wikitext2). A model pruned on prose may stop answering chat prompts: pass a chat "
+                       "file (.jsonl with 'messages') as the dataset to keep it a chat model")
+        return "wikitext2"
+    return SELF_CHAT
+
+
+def _warn_plain_text_for_chat(tokenizer, dataset) -> None:
+    if has_chat_template(tokenizer):
+        name = os.path.basename(os.fspath(dataset)) if isinstance(dataset, (str, os.PathLike)) else "a list of texts"
+        logger.warning("calibrating a chat model (its tokenizer has a chat template) on plain text (%s): the pruned "
+                       "model may stop answering chat prompts. dataset='self-chat' (the model writes its own "
+                       "conversations) or a chat file (.jsonl with 'messages') keeps it a chat model", name)
+
+
+def builtin_instructions(kind: str = "calibration") -> list[str]:
+    """The instructions shipped with the package: ``"calibration"`` (100 varied seed instructions of
+    ``"self-chat"``) or ``"check"`` (60 others, disjoint from them, for :func:`~optimum_slimgpt.evaluation.chat_check`)."""
+    from importlib.resources import files
+
+    names = {"calibration": "chat_calibration.txt", "check": "chat_check.txt"}
+    if kind not in names:
+        raise ValueError(f"kind must be one of {sorted(names)}, got {kind!r}")
+    text = (files("optimum_slimgpt") / "data" / names[kind]).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_instructions(source=None, kind: str = "calibration") -> list[str]:
+    """Instructions from ``source``: ``None`` (the built-in set of ``kind``), a list of strings, or a UTF-8 text
+    file with one instruction per line (blank lines skipped). Errors name the file."""
+    if source is None:
+        return builtin_instructions(kind)
+    if isinstance(source, (list, tuple)):
+        out = [s.strip() for s in source if isinstance(s, str) and s.strip()]
+        if len(out) != len(source):
+            raise ValueError("chat instructions must be non-empty strings")
+        return out
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        raise ValueError(f"chat instructions file {path!r} does not exist (give a text file with one instruction "
+                         "per line, or a list of strings)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            out = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"chat instructions file {path!r} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    if not out:
+        raise ValueError(f"chat instructions file {path!r} has no instructions (one per line)")
+    return out
+
+
+def is_chat_file(dataset) -> bool:
+    """A local ``.jsonl``/``.json`` file whose first record has a ``messages`` field (a chat file)."""
+    if not isinstance(dataset, (str, os.PathLike)):
+        return False
+    path = os.fspath(dataset)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".jsonl", ".json") or not os.path.isfile(path):
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            if ext == ".jsonl":
+                first = next((line for line in f if line.strip()), "")
+                rec = json.loads(first) if first else None
+            else:
+                head = f.read(1 << 16).lstrip()
+                if not head.startswith("["):
+                    return False
+                try:
+                    rec = json.loads(head + f.read())
+                except json.JSONDecodeError:
+                    return False
+                rec = rec[0] if isinstance(rec, list) and rec else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False  # not a readable chat file: the text loader reports what is wrong with it
+    return isinstance(rec, dict) and "messages" in rec
+
+
+def _check_messages(messages, where: str) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} objects, got "
+                         f"{type(messages).__name__}")
+    for j, m in enumerate(messages):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise ValueError(f"{where}: message {j} must be an object with string 'role' and 'content', got {m!r}"[:300])
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def read_chat_file(path) -> list[list[dict]]:
+    """The conversations of a chat file: one ``messages`` list per JSON line (``.jsonl``) or per element of a JSON
+    list (``.json``). Every error names the file and the line (or element)."""
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"chat file {path!r} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    records: list[tuple[str, Any]] = []
+    if path.lower().endswith(".jsonl"):
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append((f"{name} line {n}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"chat file {path!r} line {n}: not valid JSON ({e.msg})") from e
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"chat file {path!r}: not valid JSON ({e.msg} at line {e.lineno})") from e
+        if not isinstance(data, list):
+            raise ValueError(f"chat file {path!r}: a .json chat file is a list of {{'messages': [...]}} objects")
+        records = [(f"{name} element {i}", r) for i, r in enumerate(data)]
+    convs = []
+    for where, rec in records:
+        if not isinstance(rec, dict) or "messages" not in rec:
+            raise ValueError(f"chat file {path!r}: {where.split(' ', 1)[1]} has no 'messages' field")
+        convs.append(_check_messages(rec["messages"], f"chat file {path!r}, {where.split(' ', 1)[1]}"))
+    if not convs:
+        raise ValueError(f"chat file {path!r} has no conversations")
+    return convs
+
+
+def format_conversations(tokenizer, conversations: Sequence[list[dict]], source: str = "the conversations"
+                         ) -> list[list[int]]:
+    """The token ids of each conversation as the tokenizer's chat template writes it (no generation prompt)."""
+    if tokenizer is None:
+        raise ValueError(f"a tokenizer is needed to format {source} with its chat template")
+    if not has_chat_template(tokenizer):
+        raise ValueError(f"{source} holds chat conversations ('messages'), but the tokenizer has no chat template to "
+                         "format them with: set tokenizer.chat_template, or give plain text")
+    out = []
+    for i, conv in enumerate(conversations):
+        try:
+            text = tokenizer.apply_chat_template(conv, tokenize=False)
+        except Exception as e:  # noqa: BLE001 - jinja errors (e.g. a template that requires alternating roles)
+            raise ValueError(f"{source}: the chat template cannot format conversation {i}: {e}") from e
+        # the template writes the special tokens (BOS, turn markers) as text; they tokenise as themselves
+        out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return out
+
+
+def _reshuffled(conversations: Sequence[list[int]], seed: int) -> Iterator[list[int]]:
+    """The conversations in a seeded order, again in a new order when they run out (endless; nothing empty)."""
+    items = [c for c in conversations if c]
+    if not items:
+        raise ValueError("the chat conversations are empty")
+    rng = random.Random(seed)
+    while True:
+        order = list(range(len(items)))
+        rng.shuffle(order)
+        for i in order:
+            yield items[i]
+
+
+def pack_conversations(conversations: Iterable[list[int]], num_samples: int, seqlen: int) -> torch.Tensor:
+    """``(num_samples, seqlen)`` windows packed from tokenised conversations (taken in order, lazily): each window
+    starts with a whole conversation and adds whole ones; the first that does not fit is cut at the window's end
+    and starts the next window again (so no conversation is lost, none starts mid-way). A conversation longer than
+    a window fills one alone, cut. Raises when the conversations run out first."""
+    it = iter(conversations)
+    windows: list[torch.Tensor] = []
+    cur: list[int] = []
+    carry: Optional[list[int]] = None
+    while len(windows) < num_samples:
+        conv = carry if carry is not None else next(it, None)
+        if conv is None:
+            raise ValueError(f"the chat conversations fill only {len(windows)} windows of {seqlen} tokens, fewer than "
+                             f"num_samples={num_samples}: give more conversations or a smaller num_samples/seqlen")
+        carry = None
+        room = seqlen - len(cur)
+        if len(conv) <= room:
+            cur.extend(conv)
+        else:
+            cur.extend(conv[:room])
+            if room < seqlen:
+                carry = conv  # starts the next window, whole (cut there only if longer than a window)
+        if len(cur) == seqlen:
+            windows.append(torch.tensor(cur, dtype=torch.long))
+            cur = []
+    return torch.stack(windows)
 
 
 # Sources that are produced rather than read (e.g. text generated by the model itself).
@@ -351,15 +592,21 @@ def _sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def describe_source(config: PruningConfig, data: torch.Tensor, *, explicit: bool = False) -> dict[str, Any]:
+def describe_source(config: PruningConfig, data: torch.Tensor, *, explicit: bool = False,
+                    source: Any = None) -> dict[str, Any]:
     """What a run was really calibrated on, JSON-safe and free of local paths (it travels in ``config.json``
     and the model card): the source (a registered name with its split; a local file or folder by its name and,
     for a file, its sha256; in-memory texts by count and hash; token ids by shape), the real window count and
     length, the seed where it chose the windows, and the sha256 of the token ids themselves.
 
     ``explicit``: ``data`` was passed to ``prune_model(calibration=...)``, overriding ``config.dataset``.
+    ``source``: what ``config.dataset`` resolved to (:func:`resolve_dataset`; ``"auto"`` is then recorded as the
+    source it chose, with ``"auto": true``).
     """
     d = config.dataset
+    auto = isinstance(d, str) and d == AUTO and source is not None and not (isinstance(source, str) and source == AUTO)
+    if auto:
+        d = source
     tokens = data.detach().cpu().long().contiguous()
     out: dict[str, Any] = {}
     seeded = True
@@ -373,11 +620,17 @@ def describe_source(config: PruningConfig, data: torch.Tensor, *, explicit: bool
         name = os.fspath(d)
         if name in _GENERATORS:
             out["dataset"] = name
+            if name == SELF_CHAT:
+                from .selfgen import describe_self_chat
+
+                out.update(describe_self_chat(config))
         elif name in DATASETS:
             out["dataset"], out["split"] = name, config.dataset_split
         elif os.path.isfile(name):
             out["dataset"] = {"type": "file", "name": os.path.basename(name), "sha256": _sha256_file(name)}
-            if os.path.splitext(name)[1].lower() in _FILE_BUILDERS:
+            if is_chat_file(name):
+                out["dataset"]["format"] = "chat (messages, the tokenizer's chat template)"
+            elif os.path.splitext(name)[1].lower() in _FILE_BUILDERS:
                 out["dataset"]["text_field"] = config.dataset_text_field
         elif os.path.isdir(name):
             out["dataset"] = {"type": "folder", "name": os.path.basename(os.path.normpath(name)),
@@ -385,6 +638,8 @@ def describe_source(config: PruningConfig, data: torch.Tensor, *, explicit: bool
             out["split"] = config.dataset_split
         else:  # a source that no longer exists: its name only, never a path
             out["dataset"] = os.path.basename(name)
+    if auto:
+        out["auto"] = True  # the default source, chosen by resolve_dataset
     out["num_samples"], out["seqlen"] = int(tokens.shape[0]), int(tokens.shape[1])
     if seeded:
         out["seed"] = config.seed

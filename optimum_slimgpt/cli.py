@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import importlib.util
 import inspect
 import json
@@ -113,6 +114,7 @@ def cmd_prune(args) -> int:
         if args.recover_teacher_dtype not in (None, "auto"):
             teacher.to(args.recover_teacher_dtype)
     pruner = SlimGPTPruner(cfg)
+    print_estimate(pruner, model, tok)
     pruner.prune_model(model, tok, save_dir=out, export_format=args.format, overwrite=args.overwrite)
     print(pruner.summary.table())
     if rcfg is not None:
@@ -311,10 +313,14 @@ def cmd_eval(args) -> int:
         raise CLIError(f"unknown zero-shot task(s) {', '.join(unknown)} for --harness {harness}; known: {', '.join(known)}")
     if tasks and harness == "lm-eval" and importlib.util.find_spec("lm_eval") is None:
         raise CLIError("--harness lm-eval needs lm-evaluation-harness: pip install optimum-slimgpt[eval]")
-    if not (args.text_file or args.wikitext_dir or tasks):
-        raise CLIError("nothing to evaluate: give --wikitext-dir, --text-file and/or --tasks")
+    if not (args.text_file or args.wikitext_dir or tasks or args.chat):
+        raise CLIError("nothing to evaluate: give --wikitext-dir, --text-file, --tasks and/or --chat")
     if args.text_file and not Path(args.text_file).is_file():
         raise CLIError(f"--text-file {args.text_file}: no such file")
+    if args.reference and not args.chat:
+        raise CLIError("--reference is the dense model of --chat: add --chat")
+    if args.reference:
+        resolve_model_path(args.reference)  # a missing path fails before anything is loaded
     model, tok = load_model(args.model, args.gguf_file, args.dtype, args.device)
     if tok is None:
         raise CLIError(f"no tokenizer found in {args.model}")
@@ -328,6 +334,8 @@ def cmd_eval(args) -> int:
         results["perplexity"] = perplexity(model, tok, text, seqlen=args.seqlen, max_tokens=args.max_tokens,
                                            batch_size=args.batch_size)
         print(f"perplexity: {results['perplexity']:.3f}")
+    if args.chat:
+        results["chat"] = _eval_chat(args, model, tok)
     if tasks:
         zs = evaluate_zero_shot(model, tok, tasks, limit=args.limit, data_dir=args.data_dir, harness=harness)
         results["zero_shot"], results["zero_shot_harness"] = zs, harness
@@ -336,6 +344,34 @@ def cmd_eval(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _eval_chat(args, model, tok) -> dict:
+    """``eval --chat N [--reference DENSE]``: the chat check (non-empty share; KL from the reference)."""
+    from .calibration import has_chat_template
+    from .evaluation import chat_check
+
+    if not has_chat_template(tok):
+        raise CLIError(f"--chat: the tokenizer of {args.model} has no chat template")
+    reference = load_model(args.reference, dtype=args.dtype, device=args.device)[0] if args.reference else None
+    res = chat_check(model, tok, reference, n=args.chat, max_new_tokens=args.chat_tokens)
+    print(res.summary())
+    if reference is None:
+        print("(give --reference DENSE_MODEL for the KL of this model from it over its answers)")
+    return {k: v for k, v in dataclasses.asdict(res).items() if k != "reference_answer_ids"}
+
+
+def print_estimate(pruner, model, tokenizer) -> None:
+    """Print how long the prune will take (a short probe, see :mod:`optimum_slimgpt.estimate`) before it starts.
+    Bad input raises as the run would; a probe that fails for another reason only says so."""
+    try:
+        est = pruner.estimate(model, tokenizer)
+    except (ValueError, TypeError, CLIError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the estimate is advice: never the reason a run does not start
+        logging.getLogger(__name__).warning("no time estimate (%s: %s)", type(e).__name__, str(e).splitlines()[0])
+        return
+    print(est.message(), flush=True)
 
 
 def cmd_info(args) -> int:
@@ -419,13 +455,14 @@ def cmd_export(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """prune SmolLM2-135M-Instruct by 20% with self-generated calibration
+    """prune SmolLM2-135M-Instruct by 20% with chat calibration it writes itself
 
-    Prune SmolLM2-135M-Instruct with text it generates itself (no data, no Hub), compare perplexity and
-    generations, save, reload and compare logits."""
+    Prune SmolLM2-135M-Instruct with conversations it writes itself in its chat template (no data, no Hub), show a
+    chat answer before and after, run the chat check, compare perplexity, save, reload and compare logits, and print
+    where the time went."""
     from .demo import run_demo
 
-    return run_demo(args.output, args.overwrite, args.ratio, args.samples, args.seqlen)
+    return run_demo(args)
 
 
 # ----------------------------------------------------------------------------------- parser
@@ -544,6 +581,11 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
                     help="zero-shot scorer: the built-in one, or lm-evaluation-harness on the same local files")
     ev.add_argument("--device", default=None, help="e.g. cuda:0 (default: CPU)")
     ev.add_argument("--dtype", default="float32", type=dtype_arg, help=dtypes)
+    ev.add_argument("--chat", type=int, nargs="?", const=50, default=None, metavar="N",
+                    help="chat check: greedy answers in the chat template to N held-out instructions (50 without N); "
+                         "the share that are not empty, and with --reference the KL from it over its own answers")
+    ev.add_argument("--chat-tokens", type=int, default=64, help="with --chat: new tokens per answer")
+    ev.add_argument("--reference", default=None, help="with --chat: the dense model (folder or .gguf file)")
     ev.add_argument("--json", default=None, help="also write the results to this JSON file")
 
     command("info", cmd_info).add_argument("--model", required=True, help="a saved checkpoint folder")
@@ -558,8 +600,10 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     de.add_argument("--output", default=None, help="where to save the pruned model (default: a new temporary folder)")
     de.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     de.add_argument("--ratio", type=float, default=0.2, help="fraction of decoder-block parameters to remove")
-    de.add_argument("--samples", type=int, default=32, help="self-generated calibration windows")
+    de.add_argument("--samples", type=int, default=32, help="calibration windows of self-written conversations")
     de.add_argument("--seqlen", type=int, default=256, help="tokens per window")
+    de.add_argument("--chat-n", type=int, default=16, help="held-out instructions of the chat check")
+    de.add_argument("--eval-tokens", type=int, default=8192, help="perplexity: the first N WikiText-2 test tokens")
     return p
 
 

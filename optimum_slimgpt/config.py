@@ -79,6 +79,15 @@ def _check_json_safe(name: str, value: Any) -> None:
                                 f"{value!r}: {e}") from e
 
 
+def _check_chat_instructions(value: Any) -> None:
+    """``chat_instructions``: ``None``, a path, or a non-empty list of non-empty strings (the file is read when used)."""
+    if value is None or isinstance(value, os.PathLike) or (isinstance(value, str) and value.strip()):
+        return
+    _check(isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) and v.strip() for v in value),
+           "chat_instructions", "None, a text file (one instruction per line) or a non-empty list of non-empty strings",
+           value)
+
+
 def _check_device(value: Any) -> None:
     if value is None or isinstance(value, torch.device):
         return
@@ -109,9 +118,14 @@ class PruningConfig:
         importance_layers: ``layer_importance``: how many layers are pruned (``None``:
             ``round(L · (35 + 20·pruning_ratio)/48)``, the line through the official SlimLLM settings).
         importance_alpha: ``layer_importance``: softmax temperature on the layer cosines (official: 10).
-        dataset: Calibration data: a registered name (``"wikitext2"``, ``"c4"``, ``"ptb"``, ``"self"``), a local
-            text/json/jsonl/csv/parquet file or dataset folder, a list of strings, or a ``(samples, seqlen)``
-            integer tensor of token ids (then no tokenizer is needed).
+        dataset: Calibration data: ``"auto"`` (default: ``"self-chat"`` when the tokenizer has a chat template and
+            the model is loaded whole, else ``"wikitext2"``), a registered name (``"wikitext2"``, ``"c4"``, ``"ptb"``,
+            ``"self"``: text sampled from the model, ``"self-chat"``: conversations the model writes with its own chat
+            template), a local text/json/jsonl/csv/parquet file or dataset folder (a ``.jsonl``/``.json`` file of
+            ``{"messages": [...]}`` records is a chat file, formatted with the chat template), a list of strings, or a
+            ``(samples, seqlen)`` integer tensor of token ids (then no tokenizer is needed).
+        chat_instructions: ``"self-chat"``: the instructions the model answers, a text file with one per line or a
+            list of strings (``None``: the 100 varied ones shipped with the package).
         dataset_split: Split to read for a registered dataset name.
         dataset_text_field: Column holding the text for file/folder datasets.
         num_samples: Number of calibration windows.
@@ -153,9 +167,13 @@ class PruningConfig:
         "help": "layer_importance: how many layers are pruned (None: round(L * (35 + 20 * ratio) / 48))"})
     importance_alpha: float = field(default=10.0, metadata={
         "help": "layer_importance: softmax temperature on the layer cosines"})
-    dataset: DatasetLike = field(default="wikitext2", metadata={
-        "help": "calibration data: a registered name (wikitext2, c4, ptb), 'self' (text the model generates) or a "
-                "local .txt/.json/.jsonl/.csv/.parquet file or dataset folder"})
+    dataset: DatasetLike = field(default="auto", metadata={
+        "help": "calibration data: auto (self-chat for a chat model, else wikitext2), a registered name (wikitext2, "
+                "c4, ptb), 'self' (text the model generates), 'self-chat' (conversations it writes with its chat "
+                "template), or a local .txt/.json/.jsonl/.csv/.parquet file, chat .jsonl (messages) or dataset folder"})
+    chat_instructions: Union[str, list[str], None] = field(
+        default=None, metadata={"help": "dataset self-chat: a text file with one instruction per line for the model "
+                                        "to answer (default: 100 varied built-in ones)"})
     dataset_split: str = field(default="train", metadata={
         "help": "split of a registered dataset or dataset folder", "aliases": ["--split"]})
     dataset_text_field: str = field(default="text", metadata={
@@ -242,6 +260,9 @@ class PruningConfig:
                    f"{type(d).__name__} of {len(d)} items")
         if isinstance(d, str):
             _check(bool(d.strip()), "dataset", "a non-empty name or path", d)
+        if isinstance(self.chat_instructions, os.PathLike):
+            self.chat_instructions = os.fspath(self.chat_instructions)
+        _check_chat_instructions(self.chat_instructions)
 
     # ------------------------------------------------------------------ construction by name
     @staticmethod

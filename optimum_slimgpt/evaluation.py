@@ -17,6 +17,12 @@ Evaluation texts
     in ``shared/data/wikitext-2`` (see :func:`wikitext2_rows` for the layout); :func:`wikitext2_validation_text`
     gives the tokenised validation split (for calibration); :func:`ptb_text` joins PTB sentences.
 
+Chat check (:func:`chat_check`)
+    Whether a chat model still chats: greedy answers in its chat template to held-out instructions (the 60 of
+    ``optimum_slimgpt/data/chat_check.txt``, none of them among the self-chat calibration ones), the share that
+    are not empty, and the KL divergence of the model from a reference (the dense model) over the reference's own
+    answers, teacher-forced.
+
 Zero-shot multiple choice (:func:`zero_shot`, :func:`evaluate_zero_shot`)
     lm-evaluation-harness's ``multiple_choice`` scoring re-implemented: every choice is scored by the summed
     log-likelihood of its tokens given the context; ``acc`` takes the argmax of that sum and ``acc_norm``
@@ -41,6 +47,7 @@ import math
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
@@ -63,6 +70,9 @@ __all__ = [
     "PerplexityResult",
     "perplexity",
     "perplexity_details",
+    # chat
+    "ChatCheckResult",
+    "chat_check",
     # zero-shot
     "MCItem",
     "TaskSpec",
@@ -415,7 +425,11 @@ def perplexity_details(
     with _EvalMode(model):
         bar = _progress(total=len(windows), desc="perplexity", unit="window", disable=not show_progress)
         try:
-            for batch in batches:
+            for k, batch in enumerate(batches):
+                if k == 1 and show_progress:  # the first batch was the probe
+                    _report_perplexity_estimate(time.perf_counter() - t_first, len(batches), len(windows), seqlen,
+                                                dev, stride, add_bos)
+                t_first = time.perf_counter() if k == 0 else t_first
                 rows = [ids[b:e] if prefix is None else torch.cat([prefix, ids[b:e]]) for b, e, _ in batch]
                 logits = _forward_logits(model, torch.stack(rows).to(dev))
                 for r, (b, e, ft) in enumerate(batch):
@@ -438,6 +452,23 @@ def perplexity_details(
         add_bos=add_bos,
         n_stream_tokens=n,
     )
+
+
+def _report_perplexity_estimate(first: float, batches: int, windows: int, seqlen: int, device: torch.device,
+                                stride: Optional[int], add_bos: bool) -> None:
+    """Log the estimated time of a perplexity run from its first batch; on a CPU past 10 minutes, the ``max_tokens``
+    that would fit."""
+    from .estimate import CPU_BUDGET_S, format_seconds
+
+    total = first * batches
+    logger.info("perplexity: %d windows of %d tokens, about %s (the first batch took %.1f s)", windows, seqlen,
+                format_seconds(total), first)
+    if device.type == "cpu" and total > CPU_BUDGET_S and stride is None:
+        fit = max(1, int(0.9 * CPU_BUDGET_S / first)) * windows // batches
+        span = seqlen - 1 if add_bos else seqlen
+        logger.warning("perplexity will take more than %s on a CPU: max_tokens=%d (--max-tokens %d, %d windows) would "
+                       "take about %s, a noisier number from less text", format_seconds(CPU_BUDGET_S), fit * span,
+                       fit * span, fit, format_seconds(fit * first * batches / windows))
 
 
 def perplexity(
@@ -483,6 +514,146 @@ def perplexity(
         model, tokenizer, text_or_dataset, seqlen=seqlen, batch_size=batch_size, stride=stride,
         max_tokens=max_tokens, device=device, add_bos=add_bos, show_progress=show_progress,
     ).ppl
+
+
+# --------------------------------------------------------------------------------------------------
+# chat check
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChatCheckResult:
+    """Outcome of :func:`chat_check`.
+
+    ``non_empty_share``: the share of the ``n`` answers that are not empty (an answer is *empty* when its first
+    generated token ends the turn, or when it decodes to whitespace only). ``kl``: the mean over the reference's
+    answer tokens (its end-of-turn token included) of ``KL(p_reference || p_model)`` at each position, in nats,
+    with both models fed the same prompt and the reference's answer (teacher forcing); ``None`` without a
+    reference. ``reference_non_empty_share``: the reference's own share. ``answers``: the model's decoded answers;
+    ``reference_answer_ids``: the reference's token ids (pass them back as ``reference_answers`` to check another
+    model against the same reference without generating again).
+    """
+
+    n: int
+    non_empty: int
+    non_empty_share: float
+    max_new_tokens: int
+    kl: Optional[float] = None
+    kl_tokens: int = 0
+    reference_non_empty_share: Optional[float] = None
+    answers: Optional[list[str]] = None
+    empty: Optional[list[bool]] = None
+    reference_answer_ids: Optional[list[list[int]]] = None
+
+    def summary(self) -> str:
+        """One line: the non-empty share (and the reference's) and the KL."""
+        ref = "" if self.reference_non_empty_share is None else f" (reference {self.reference_non_empty_share:.0%})"
+        kl = "" if self.kl is None else f"; KL from the reference {self.kl:.4f} nats/token over {self.kl_tokens} tokens"
+        return f"chat check: {self.non_empty}/{self.n} answers non-empty ({self.non_empty_share:.0%}){ref}{kl}"
+
+
+def _is_empty_answer(tokenizer: Any, ids: Sequence[int], eos: Sequence[int]) -> bool:
+    if not ids or ids[0] in eos:
+        return True
+    return not tokenizer.decode([t for t in ids if t not in eos], skip_special_tokens=True).strip()
+
+
+@torch.no_grad()
+def _teacher_forced_kl(model, reference, tokenizer, prompts: Sequence[str], answers: Sequence[Sequence[int]],
+                       batch_size: int) -> tuple[float, int]:
+    """Sum over the answer tokens of KL(p_reference || p_model), and the number of tokens."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    total, count = 0.0, 0
+    for start in range(0, len(prompts), batch_size):
+        rows, spans = [], []
+        for q, a in zip(prompts[start: start + batch_size], answers[start: start + batch_size]):
+            p = tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True)
+            p = list(p["input_ids"]) if hasattr(p, "keys") else list(p)
+            rows.append(p + list(a))
+            spans.append((len(p) - 1, len(p) - 1 + len(a)))  # the logits that predict the answer tokens
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+        logp = []
+        for m in (reference, model):
+            dev = _input_device(m, None)
+            with _EvalMode(m):
+                logp.append(torch.log_softmax(_forward_logits(m, ids.to(dev), mask.to(dev)).float().cpu(), dim=-1))
+        for r, (lo, hi) in enumerate(spans):
+            if hi > lo:
+                pr, pm = logp[0][r, lo:hi], logp[1][r, lo:hi]
+                total += float((pr.exp() * (pr - pm)).sum())
+                count += hi - lo
+    return total, count
+
+
+def chat_check(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    reference: Optional[torch.nn.Module] = None,
+    *,
+    instructions: Optional[Union[Sequence[str], PathLike]] = None,
+    n: int = 50,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    reference_answers: Optional[Sequence[Sequence[int]]] = None,
+    show_progress: bool = True,
+) -> ChatCheckResult:
+    """Does a (pruned) chat model still chat? Greedy answers in the chat template to ``n`` instructions.
+
+    Args:
+        model: the model to check.
+        tokenizer: its tokenizer, with a chat template.
+        reference: the model to compare with (the dense one); gives :attr:`ChatCheckResult.kl` and the reference's
+            own non-empty share.
+        instructions: a list of strings or a text file with one per line (default: the held-out set shipped with
+            the package, which self-chat calibration never uses); the first ``n`` are asked.
+        n: how many instructions.
+        max_new_tokens: the longest answer, in tokens (greedy, stops at the end of the turn).
+        batch_size: prompts per generation batch and per teacher-forced forward.
+        reference_answers: the reference's answer token ids from an earlier call (``reference_answer_ids``), so a
+            second model is compared without generating the reference's answers again.
+
+    Returns:
+        :class:`ChatCheckResult`. The dense model checked against itself has ``kl == 0``; a model whose first token
+        is always the end of the turn has ``non_empty_share == 0``.
+    """
+    from .calibration import read_instructions
+    from .selfgen import _eos_ids, chat_generate
+
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    prompts = read_instructions(instructions, "check")[:n]
+    eos = _eos_ids(tokenizer, model)
+    total = len(prompts) * max_new_tokens * (2 if reference is not None and reference_answers is None else 1)
+    bar = _progress(total=total, desc="chat check", unit="tok", disable=not show_progress)
+    try:
+        answers = chat_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                bar=bar)
+        ref_answers = None
+        if reference is not None:
+            ref_answers = [list(a) for a in reference_answers] if reference_answers is not None else chat_generate(
+                reference, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, bar=bar)
+            if len(ref_answers) < len(prompts):
+                raise ValueError(f"reference_answers has {len(ref_answers)} answers for {len(prompts)} instructions")
+            ref_answers = ref_answers[: len(prompts)]
+    finally:
+        bar.close()
+    empty = [_is_empty_answer(tokenizer, a, eos) for a in answers]
+    res = ChatCheckResult(
+        n=len(prompts), non_empty=len(prompts) - sum(empty), non_empty_share=1 - sum(empty) / len(prompts),
+        max_new_tokens=max_new_tokens, answers=[tokenizer.decode(a, skip_special_tokens=True) for a in answers],
+        empty=empty,
+    )
+    if ref_answers is not None:
+        kl_sum, kl_n = _teacher_forced_kl(model, reference, tokenizer, prompts, ref_answers, batch_size)
+        ref_empty = [_is_empty_answer(tokenizer, a, eos) for a in ref_answers]
+        res.kl, res.kl_tokens = kl_sum / max(kl_n, 1), kl_n
+        res.reference_non_empty_share = 1 - sum(ref_empty) / len(prompts)
+        res.reference_answer_ids = ref_answers
+    return res
 
 
 # --------------------------------------------------------------------------------------------------

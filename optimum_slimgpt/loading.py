@@ -4,6 +4,8 @@ folder holding one; dtype names; devices. Every problem is a :class:`~optimum_sl
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 from pathlib import Path
@@ -117,6 +119,32 @@ def _check_model_folder(folder: Path) -> None:
         raise CLIError(f"--model {folder} has a config.json but no weights (*.safetensors or *.bin)")
 
 
+@contextlib.contextmanager
+def gguf_parsed_once():
+    """transformers parses a GGUF file once for the config, once for the tokenizer and once for the weights, and
+    rebuilds gguf's tensor-name map for each of hundreds of modules (most of a SmolLM2 load). Inside this block each
+    is done once: the same read-only reader and map are handed out again (patched only while loading)."""
+    try:
+        import gguf
+    except ImportError:  # transformers says what is missing
+        yield
+        return
+    orig_reader, orig_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict = {}
+
+    def reader(path, *args, **kwargs):
+        key = (os.fspath(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = orig_reader(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.lru_cache(maxsize=None)(orig_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = orig_reader, orig_map
+
+
 def load_model(path: str, gguf_file: Optional[str] = None, dtype="float32", device: Optional[str] = None):
     """Load a causal LM and its tokenizer from a folder/hub id (optionally a GGUF file in it)."""
     import optimum_slimgpt  # noqa: F401  (registers the pruned model classes)
@@ -126,15 +154,18 @@ def load_model(path: str, gguf_file: Optional[str] = None, dtype="float32", devi
     check_device(device)
     path, gguf_file, _ = resolve_model_path(path, gguf_file)
     kw = {"gguf_file": gguf_file} if gguf_file else {}
-    try:
-        tok = AutoTokenizer.from_pretrained(path, **kw)
-    except Exception as e:  # noqa: BLE001 - a model without a tokenizer can still be pruned with token-id data
-        logging.getLogger(__name__).warning("no tokenizer loaded from %s: %s", path, str(e).splitlines()[0] if str(e) else e)
-        tok = None
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise CLIError(f"cannot load a model from {path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    with gguf_parsed_once() if gguf_file else contextlib.nullcontext():
+        try:
+            tok = AutoTokenizer.from_pretrained(path, **kw)
+        except Exception as e:  # noqa: BLE001 - a model without a tokenizer can still be pruned with token-id data
+            logging.getLogger(__name__).warning("no tokenizer loaded from %s: %s", path,
+                                                str(e).splitlines()[0] if str(e) else e)
+            tok = None
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise CLIError(f"cannot load a model from {path!r}: "
+                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     if device:
         model.to(device)
     return model.eval(), tok

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .calibration import check_dataset_source, describe_source, get_calibration_data
+from .calibration import check_dataset_source, describe_source, get_calibration_data, resolve_dataset
 from .config import PruningConfig, SlimGPTConfig
 from .families import FamilyAdapter, get_adapter
 from .families.registry import record_layout
@@ -355,6 +355,8 @@ class SlimGPTPruner:
         #: the dtype of the checkpoint the model was read from, recorded as ``PruningRecord.source_dtype`` (what a
         #: save with ``dtype="auto"`` writes); ``None``: found by :func:`~optimum_slimgpt.saving.source_dtype`
         self.source_dtype: Optional[torch.dtype] = None
+        #: what ``config.dataset`` resolved to in the last run (``"auto"``: see ``calibration.resolve_dataset``)
+        self._calibration_source = None
 
     @property
     def label(self) -> str:
@@ -404,6 +406,16 @@ class SlimGPTPruner:
         """
         with full_precision_matmul():
             return self._prune_model(model, tokenizer, calibration, save_dir, export_format, overwrite)
+
+    def estimate(self, model: nn.Module, tokenizer=None, *, calibration: Optional[torch.Tensor] = None):
+        """How long :meth:`prune_model` will take on this model and device, from a short probe (writing a few
+        calibration tokens when the data are generated, the capture of one batch, and one block pruned on a copy):
+        a :class:`~optimum_slimgpt.estimate.PruneEstimate` (``print`` it; on a CPU past 10 minutes it suggests
+        smaller settings). The model is not changed. See :mod:`optimum_slimgpt.estimate`."""
+        from .estimate import estimate_prune
+
+        with full_precision_matmul():
+            return estimate_prune(self, model, tokenizer, calibration=calibration)
 
     def preflight(self, model: nn.Module, *, calibration: Optional[torch.Tensor] = None,
                   save_dir: Union[str, os.PathLike, None] = None, export_format: Optional[str] = None,
@@ -558,6 +570,7 @@ class SlimGPTPruner:
         clock = Stopwatch("hessian_attn", "head_solve", "hessian_ffn", "ffn_solve", "surgery", "forward_out")
 
         with clock("calibration_data"):
+            self._calibration_source = None if calibration is not None else resolve_dataset(c.dataset, tokenizer, model)
             data = calibration if calibration is not None else get_calibration_data(c, tokenizer, model=model)
         self._check_tokens(model, data)
         self._check_seqlen(model, adapter, data.shape[1])
@@ -660,6 +673,7 @@ class SlimGPTPruner:
         handles: list = []
         saved_forwards: dict[int, Any] = {}
         restore: Callable[[], Any] = lambda: None  # noqa: E731
+        bar = None
         try:  # everything that changes the model happens inside: the finally undoes all of it
             handles = [b.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
             for j, b in enumerate(list(blocks)[:-1]):
@@ -670,6 +684,10 @@ class SlimGPTPruner:
                 restore = _move_all_but(model, blocks, device)
             in_dev = _first_param_device(model.get_input_embeddings()) if hasattr(model, "get_input_embeddings") else device
             bs = self.config.batch_size
+            from transformers.utils.logging import tqdm
+
+            bar = tqdm(total=data.shape[0], desc="capturing calibration inputs", unit="window",
+                       disable=data.shape[0] <= bs)  # one batch: nothing to follow
             for start in range(0, data.shape[0], bs):
                 try:
                     model(input_ids=data[start : start + bs].to(in_dev), use_cache=False)
@@ -677,7 +695,10 @@ class SlimGPTPruner:
                     pass
                 else:  # pragma: no cover - the hook always fires
                     raise RuntimeError("calibration forward finished without reaching the last decoder block")
+                bar.update(min(bs, data.shape[0] - start))
         finally:
+            if bar is not None:
+                bar.close()
             for h in handles:
                 h.remove()
             for j, f in saved_forwards.items():
@@ -944,13 +965,14 @@ class SlimGPTPruner:
                                 (first.heads[0], first.kv_heads[0], first.channels[0]))
         base_params = self.plan.params_before if prev is None else prev.base_block_params
         # the calibration facts live in rec.calibration (what was really used): not repeated from the config
-        calibration_fields = {"dataset", "dataset_split", "dataset_text_field", "num_samples", "seqlen", "seed"}
+        calibration_fields = {"dataset", "dataset_split", "dataset_text_field", "num_samples", "seqlen", "seed",
+                              "chat_instructions"}
         return dataclasses.replace(
             rec, pruning_ratio=c.pruning_ratio, achieved_ratio=round(s.achieved_ratio, 6), schedule=c.schedule,
             layer_ratios=[round(lp.ratio, 6) for lp in self.plan.layers],
             ffn_ratios=[round(lp.ffn_ratio if lp.ffn_ratio is not None else lp.ratio, 6) for lp in self.plan.layers],
             config={k: v for k, v in c.to_dict().items() if k not in calibration_fields},
-            calibration=describe_source(c, data, explicit=explicit),
+            calibration=describe_source(c, data, explicit=explicit, source=self._calibration_source),
             base_block_params=base_params,
             cumulative_ratio=round(1 - s.block_params_after / base_params, 6) if base_params else None,
             history=(prev.history + [prev.run_summary()]) if prev is not None else [],

@@ -42,7 +42,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .config import ConfigError, DatasetLike, _check, _check_bool, _is_int, _is_number
+from .config import ConfigError, DatasetLike, _check, _check_bool, _check_chat_instructions, _is_int, _is_number
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +59,14 @@ class RecoveryConfig:
     """How to recover a pruned model (:func:`recover`).
 
     Args:
-        dataset: Training text: a registered name (``"wikitext2"``, ``"c4"``, ``"ptb"``), ``"self"`` (text sampled
-            from the teacher; no data needed), a local text/json/jsonl/csv/parquet file or dataset folder, a list of
-            strings, or a ``(n, seqlen)`` integer tensor of token ids (used as is).
+        dataset: Training text, the calibration sources: ``"auto"`` (default: ``"self-chat"`` when the tokenizer has
+            a chat template and there is a teacher, else ``"wikitext2"``), a registered name (``"wikitext2"``,
+            ``"c4"``, ``"ptb"``), ``"self"`` (text sampled from the teacher; no data needed), ``"self-chat"``
+            (conversations the teacher writes in its chat template), a local text/json/jsonl/csv/parquet file or
+            dataset folder (a ``.jsonl``/``.json`` file of ``{"messages": [...]}`` records is a chat file, formatted
+            with the chat template), a list of strings, or a ``(n, seqlen)`` integer tensor of token ids (used as is).
+        chat_instructions: ``"self-chat"``: the instructions the teacher answers, a text file with one per line or a
+            list of strings (``None``: the built-in ones).
         dataset_split: Split of a registered dataset or folder.
         dataset_text_field: Column holding the text for file/folder datasets.
         num_samples: Windows to train on (``None``: every non-overlapping window of the text; for ``"self"``:
@@ -99,9 +104,14 @@ class RecoveryConfig:
             ``{"deepspeed": "ds.json"}``); they override the ones built from this config.
     """
 
-    dataset: DatasetLike = field(default="wikitext2", metadata={
-        "help": "training data: a registered name (wikitext2, c4, ptb), 'self' (text sampled from the teacher: no "
-                "data needed) or a local .txt/.json/.jsonl/.csv/.parquet file or dataset folder"})
+    dataset: DatasetLike = field(default="auto", metadata={
+        "help": "training data: auto (self-chat for a chat model, else wikitext2), a registered name (wikitext2, c4, "
+                "ptb), 'self' (text sampled from the teacher: no data needed), 'self-chat' (conversations the teacher "
+                "writes with its chat template), or a local .txt/.json/.jsonl/.csv/.parquet file, chat .jsonl "
+                "(messages) or dataset folder"})
+    chat_instructions: Union[str, list, None] = field(
+        default=None, metadata={"help": "dataset self-chat: a text file with one instruction per line for the teacher "
+                                        "to answer (default: 100 varied built-in ones)"})
     dataset_split: str = field(default="train", metadata={
         "help": "split of a registered dataset or dataset folder", "aliases": ["--split"]})
     dataset_text_field: str = field(default="text", metadata={
@@ -165,6 +175,9 @@ class RecoveryConfig:
         if isinstance(d, torch.Tensor):
             _check(d.dim() == 2 and d.shape[0] > 0 and d.shape[1] >= 2 and not d.is_floating_point(), "dataset",
                    "a (n, seqlen) integer token tensor with seqlen >= 2", tuple(d.shape))
+        if isinstance(self.chat_instructions, os.PathLike):
+            self.chat_instructions = os.fspath(self.chat_instructions)
+        _check_chat_instructions(self.chat_instructions)
         for name in ("dataset_split", "dataset_text_field", "lr_scheduler_type", "loss", "dtype"):
             _check(isinstance(getattr(self, name), str), name, "a string", getattr(self, name))
         if self.num_samples is not None:
@@ -217,7 +230,7 @@ class RecoveryConfig:
 
     @property
     def needs_teacher(self) -> bool:
-        return self.loss != "lm" or (isinstance(self.dataset, str) and self.dataset == "self")
+        return self.loss != "lm" or (isinstance(self.dataset, str) and self.dataset in ("self", "self-chat"))
 
     @property
     def windows_per_step(self) -> int:
@@ -232,6 +245,8 @@ class RecoveryConfig:
             d["dataset"] = {"type": "texts", "count": len(self.dataset)}
         elif isinstance(self.dataset, str) and os.path.exists(self.dataset):
             d["dataset"] = os.path.basename(os.path.normpath(self.dataset))  # never a local path
+        if isinstance(self.chat_instructions, str):
+            d["chat_instructions"] = os.path.basename(self.chat_instructions)  # never a local path
         if isinstance(d["target_modules"], tuple):
             d["target_modules"] = list(d["target_modules"])
         d["output_dir"] = None
@@ -259,11 +274,27 @@ def fields_from_record(record: dict) -> dict:
 # ---------------------------------------------------------------------------------------------- data
 def recovery_windows(config: RecoveryConfig, tokenizer=None, teacher: Optional[nn.Module] = None) -> torch.Tensor:
     """The ``(n, seqlen)`` training windows of ``config``: non-overlapping windows of the tokenised text in an
-    order shuffled by ``seed`` (at most ``num_samples``), a token tensor as given, or text sampled from
-    ``teacher`` for ``dataset="self"``."""
-    from .calibration import load_texts, tokenize_stream
+    order shuffled by ``seed`` (at most ``num_samples``), a token tensor as given, text sampled from ``teacher`` for
+    ``dataset="self"``, or chat conversations packed into windows (``"self-chat"``, written by ``teacher``, and chat
+    files; see :mod:`optimum_slimgpt.calibration`). ``"auto"`` resolves as for calibration, with the teacher as the
+    model that writes."""
+    from .calibration import (SELF_CHAT, format_conversations, is_chat_file, load_texts, pack_conversations,
+                              read_chat_file, resolve_dataset, tokenize_stream, _reshuffled, _warn_plain_text_for_chat)
 
-    d = config.dataset
+    d = resolve_dataset(config.dataset, tokenizer, teacher)
+    n_chat = config.num_samples or (config.max_steps * config.windows_per_step if config.max_steps else 64)
+    if isinstance(d, str) and d == SELF_CHAT:
+        from .config import SlimGPTConfig
+        from .selfgen import generate_chat_calibration
+
+        if teacher is None:
+            raise ValueError("dataset='self-chat' has the teacher write its conversations: pass a teacher model")
+        gen = SlimGPTConfig(dataset=SELF_CHAT, num_samples=n_chat, seqlen=config.seqlen, seed=config.seed,
+                            batch_size=max(config.batch_size, 8), chat_instructions=config.chat_instructions)
+        return generate_chat_calibration(gen, tokenizer, teacher)
+    if is_chat_file(d):
+        convs = format_conversations(tokenizer, read_chat_file(d), source=os.fspath(d))
+        return pack_conversations(_reshuffled(convs, config.seed), n_chat, config.seqlen)
     if isinstance(d, torch.Tensor):
         data = d.long()
         if data.shape[1] != config.seqlen:
@@ -281,6 +312,7 @@ def recovery_windows(config: RecoveryConfig, tokenizer=None, teacher: Optional[n
                             batch_size=max(config.batch_size, 8))
         return generate_calibration(gen, tokenizer, teacher)
     docs, joiner = load_texts(d, config.dataset_split, config.dataset_text_field)
+    _warn_plain_text_for_chat(tokenizer, d)
     stream = tokenize_stream(tokenizer, docs, joiner)
     n = stream.numel() // config.seqlen
     if n < 1:
@@ -626,20 +658,22 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], tokenizer, config:
             off()
     student.eval()
 
+    from .calibration import resolve_dataset
+
     _record(student, config, data, step_count, result, history, time.perf_counter() - t0, gen_seconds,
-            explicit=train_data is not None)
+            explicit=train_data is not None, source=resolve_dataset(config.dataset, tokenizer, teacher))
     if peft_model is not None:
         return peft_model.eval()
     return student
 
 
 def _record(student, config: RecoveryConfig, data: torch.Tensor, steps: int, result, history, seconds: float,
-            gen_seconds: float, explicit: bool = False) -> None:
+            gen_seconds: float, explicit: bool = False, source=None) -> None:
     """Append this recovery to the student's ``PruningRecord`` (``recovery`` list)."""
     from .calibration import describe_source
     from .modeling import PruningRecord
 
-    source = describe_source(config, data, explicit=explicit)
+    source = describe_source(config, data, explicit=explicit, source=source)
     entry = {
         "loss": config.loss,
         "temperature": config.temperature if config.loss != "lm" else None,

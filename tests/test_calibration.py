@@ -138,7 +138,7 @@ def test_check_dataset_source_names_the_file_and_the_problem(tmp_path):
     bad = {
         "cut.txt": "ends inside a multi-byte character",
         "list.json": ("is an empty JSON list", "[]"),
-        "nofield.json": ("has no 'text' field in its records (they have ['body'])", json.dumps([{"body": "x"}])),
+        "nofield.json": ("has no 'text' or 'messages' field in its records (they have ['body'])", json.dumps([{"body": "x"}])),
         "number.json": ("holds a JSON int", "42"),
         "lines.jsonl": ("line 2 is not valid JSON", '{"text": "a"}\n{oops\n'),
         "strings.jsonl": ("line 1 is a JSON str, not an object", '"just text"\n'),

@@ -71,8 +71,11 @@ def test_prune_writes_a_loadable_smaller_model(stories_dir, pruned_dir):
     assert re.search(r"saved to .*stories-slim \((per_layer|uniform)", proc.stdout), proc.stdout[-2000:]
     assert len(re.findall(r"^\s*\d+\s", proc.stdout, flags=re.M)) >= 5
     # a progress bar per block went to stderr, and the per-layer table was printed once
-    assert "SlimGPT blocks" in proc.stderr
+    assert "SlimGPT blocks" in proc.stderr and "capturing calibration inputs" in proc.stderr
     assert (proc.stdout + proc.stderr).count("attn err") == 1
+    # the time estimate came first, before any work (5 blocks, 16 x 128 tokens)
+    m = re.search(r"estimate: about .* for 16 x 128 calibration tokens \(capture .*5 blocks x", proc.stdout)
+    assert m and proc.stdout.index("estimate:") < proc.stdout.index("saved to"), proc.stdout[:2000]
     cfg = json.loads((out / "config.json").read_text())
     assert abs(cfg["pruning_config"]["achieved_ratio"] - 0.3) < 0.05
     dense = AutoModelForCausalLM.from_pretrained(stories_dir)
@@ -328,7 +331,7 @@ BAD_INPUTS = {  # case: (extra arguments, the file the error names, what it says
     "binary dataset, NUL": (["--dataset", "{tmp}/data.bin"], "{tmp}/data.bin", "is binary, not text"),
     "binary dataset, streamed": (["--dataset", "{tmp}/data.txt", "--low-memory"], "{tmp}/data.txt", "not UTF-8 text"),
     "jsonl without the field": (["--dataset", "{tmp}/calib.jsonl"], "{tmp}/calib.jsonl",
-                                "has no 'text' field in its records (they have ['content', 'id'])"),
+                                "has no 'text' or 'messages' field in its records (they have ['content', 'id'])"),
     "empty dataset": (["--dataset", "{tmp}/empty.txt"], "{tmp}/empty.txt", "is empty"),
     "csv without the column": (["--dataset", "{tmp}/calib.csv"], "{tmp}/calib.csv", "has no 'text' column"),
     "recovery dataset": (["--recover-steps", "2", "--recover-dataset", "{tmp}/data.txt"], "{tmp}/data.txt",
