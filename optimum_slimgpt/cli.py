@@ -140,12 +140,7 @@ def _config_from_args(args):
 
     from .config import PruningConfig, _config_class_for
 
-    schedule = args.schedule
-    if schedule and "," in schedule:
-        try:
-            schedule = [float(x) for x in schedule.split(",")]
-        except ValueError:
-            raise CLIError(f"--schedule {schedule!r}: a per-layer list must be comma-separated numbers") from None
+    schedule = _parse_schedule(args.schedule)
     # method-specific flags: passed only when given, and refused by a method that has no such knob
     specific = {"damp_percent": ("--damp", args.damp),
                 "compensate": ("--no-compensate", False if args.no_compensate else None),
@@ -168,6 +163,31 @@ def _config_from_args(args):
         )
     except (ValueError, TypeError) as e:
         raise CLIError(str(e)) from e
+
+
+def _parse_schedule(schedule: Optional[str]):
+    """``--schedule``: a name, a comma list of per-layer ratios, a comma list of ``attention:ffn`` ratio pairs, or
+    the folder of a checkpoint pruned with ``--schedule search`` (its profile, reused without searching)."""
+    from .config import SCHEDULES
+
+    if not schedule or schedule in SCHEDULES:
+        return schedule
+    if Path(schedule).exists():
+        from .search import searched_schedule
+
+        try:
+            return searched_schedule(schedule)
+        except ValueError as e:
+            raise CLIError(f"--schedule {schedule}: {e}") from None
+    try:
+        if ":" in schedule:
+            return [[float(y) for y in x.split(":")] for x in schedule.split(",")]
+        if "," in schedule:
+            return [float(x) for x in schedule.split(",")]
+    except ValueError:
+        raise CLIError(f"--schedule {schedule!r}: a per-layer list must be comma-separated numbers, or "
+                       "attention:ffn pairs") from None
+    return schedule
 
 
 def cmd_prune(args) -> int:
@@ -407,6 +427,10 @@ def cmd_info(args) -> int:
         if record.history:
             print(f"pruned {len(record.history) + 1} times; removed from the base model: {record.cumulative_ratio}")
         print(f"calibration: {json.dumps(record.calibration)}")
+        if record.search:
+            from .search import describe_search
+
+            print("\n".join(describe_search(record.search)))
         for r in record.recovery:
             print(f"recovered: {r.get('steps')} steps, {r.get('tokens')} tokens, loss {r.get('loss')}, "
                   f"LoRA r={r.get('lora_r')}, data {json.dumps(r.get('data', {}).get('dataset'))}, "

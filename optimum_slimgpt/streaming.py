@@ -245,6 +245,25 @@ def _tune_allocator() -> None:
 _LIBC: Any = None
 
 
+def _refuse_search(config: PruningConfig, model_path: Path, dtype: torch.dtype, output_dir: Path) -> None:
+    """``schedule="search"`` on the streamed path, before any work: the level database would have to live on disk
+    (``search_offload_dir``, else beside the output), so a database larger than the free disk is refused with that
+    reason; otherwise the search's whole-model forwards are what this path cannot do yet."""
+    from .methods import get_method
+    from .search import check_database_room, database_bytes, search_ladders
+
+    skeleton = _skeleton(model_path, dtype)
+    adapter = get_adapter(skeleton)
+    blocks = adapter.get_blocks(skeleton)
+    ladders = search_ladders(adapter, blocks, skeleton.config, config)
+    nbytes = database_bytes(adapter, blocks, skeleton.config, ladders, bias=get_method(config).output_bias(config),
+                            dtype=dtype)
+    check_database_room(nbytes, config, streamed=True, folder=output_dir.parent)
+    raise ValueError("schedule='search' is not available on the streamed path yet (its fitness runs the whole model "
+                     "at once): search with prune_model where the model fits, then stream with the profile it found as "
+                     "an explicit schedule (schedule=searched_schedule(pruned_model), or --schedule PRUNED_FOLDER)")
+
+
 def _skeleton(model_path: Path, dtype: torch.dtype) -> nn.Module:
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -285,7 +304,8 @@ def prune_pretrained(
     Args:
         model_path: A local folder with ``config.json`` and safetensors weights (sharded or not).
         output_dir: The output checkpoint folder; it appears atomically when the run is complete.
-        config: The pruning config (any method; ``schedule="layer_importance"`` is not supported here).
+        config: The pruning config (any method; ``schedule="layer_importance"`` and ``"search"`` are not supported
+            here; a searched profile is, as an explicit schedule).
         tokenizer: For text calibration data (default: ``AutoTokenizer`` from ``model_path`` when the data need one);
             saved with the checkpoint.
         calibration: ``(samples, seqlen)`` token ids overriding ``config.dataset``.
@@ -319,6 +339,8 @@ def prune_pretrained(
                          "prune_pretrained writes 'per_layer' or 'uniform' ('auto')")
     ckpt = ShardedCheckpoint(model_path)
     check_output_dir(output_dir, overwrite=overwrite, sources=[model_path])
+    if config.schedule == "search":
+        _refuse_search(config, model_path, dtype or ckpt.dtype(), output_dir)
     work = output_dir.parent / f".{output_dir.name}.slimgpt-work"
     state_file = work / "state.json"
     if state_file.exists() and not resume:
