@@ -375,6 +375,10 @@ def cmd_info(args) -> int:
         if record.history:
             print(f"pruned {len(record.history) + 1} times; removed from the base model: {record.cumulative_ratio}")
         print(f"calibration: {json.dumps(record.calibration)}")
+        if record.search:
+            from .search import describe_search
+
+            print("\n".join(describe_search(record.search)))
         for r in record.recovery:
             print(f"recovered: {r.get('steps')} steps, {r.get('tokens')} tokens, loss {r.get('loss')}, "
                   f"LoRA r={r.get('lora_r')}, data {json.dumps(r.get('data', {}).get('dataset'))}, "
@@ -540,8 +544,6 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     ev.add_argument("--tasks", default=None, help="comma-separated zero-shot tasks, e.g. piqa,hellaswag,arc_easy")
     ev.add_argument("--limit", type=int, default=None, help="first N items of each task")
     ev.add_argument("--data-dir", default=None, help="folder with the zero-shot data files")
-    ev.add_argument("--harness", default="builtin", choices=["builtin", "lm-eval"],
-                    help="zero-shot scorer: the built-in one, or lm-evaluation-harness on the same local files")
     ev.add_argument("--harness", default="builtin", choices=["builtin", "lm-eval"],
                     help="zero-shot scorer: the built-in one, or lm-evaluation-harness on the same local files")
     ev.add_argument("--device", default=None, help="e.g. cuda:0 (default: CPU)")
