@@ -411,6 +411,10 @@ def cmd_info(args) -> int:
         if record.history:
             print(f"pruned {len(record.history) + 1} times; removed from the base model: {record.cumulative_ratio}")
         print(f"calibration: {json.dumps(record.calibration)}")
+        if record.search:
+            from .search import describe_search
+
+            print("\n".join(describe_search(record.search)))
         for r in record.recovery:
             print(f"recovered: {r.get('steps')} steps, {r.get('tokens')} tokens, loss {r.get('loss')}, "
                   f"LoRA r={r.get('lora_r')}, data {json.dumps(r.get('data', {}).get('dataset'))}, "

@@ -13,7 +13,8 @@ annotation (as transformers' ``HfArgumentParser`` does):
 
 Other ``metadata`` keys: ``choices`` (listed in the help; the config's ``validate`` checks them), ``aliases``
 (more names, usually the older or shorter ones: ``["--ratio"]``) and ``flag`` (the main name, where ``--name`` is
-taken by another option). A flag sets its field only when it is given, over ``--config FILE`` and the defaults.
+taken by another option), ``parse`` (a function of the text that returns the value, instead of the conversion from
+the annotation; a ``ValueError`` it raises is reported with the flag). A flag sets its field only when it is given, over ``--config FILE`` and the defaults.
 
 Nothing is *validated* here: the config does that once, on construction, and a bad value comes back as one
 :class:`~optimum_slimgpt.config.ConfigError` whose message starts with the flag the user typed.
@@ -197,8 +198,9 @@ class _FieldAction(argparse.Action):
     """Stores the converted value (only when the flag is given: the default is ``SUPPRESS``) and the option
     string used; a value that does not convert raises :class:`ConfigError` naming that flag."""
 
-    def __init__(self, option_strings, dest, *, field_name: str, tp: Any, negatives: Sequence[str] = (), **kw):
-        self.field_name, self.tp, self.negatives = field_name, tp, set(negatives)
+    def __init__(self, option_strings, dest, *, field_name: str, tp: Any, negatives: Sequence[str] = (),
+                 parse: Optional[Any] = None, **kw):
+        self.field_name, self.tp, self.negatives, self.parse = field_name, tp, set(negatives), parse
         super().__init__(option_strings, dest, nargs=0 if negatives else None, default=argparse.SUPPRESS, **kw)
 
     def __call__(self, parser, namespace, values, option_string=None):
@@ -208,7 +210,7 @@ class _FieldAction(argparse.Action):
             typed = f"--{base}/--no-{base}"
         else:
             try:
-                value = parse_value(self.tp, values)
+                value = self.parse(values) if self.parse is not None else parse_value(self.tp, values)
             except ValueError as e:
                 raise ConfigError(self.field_name, f"{option_string} {values!r}: {e}") from None
             typed = option_string
@@ -256,6 +258,7 @@ class ConfigFlags:
                 try:
                     group.add_argument(*opts, *negatives, action=_FieldAction, dest=self.dest(f.name),
                                        field_name=f.name, tp=tp, negatives=negatives, help=text,
+                                       parse=f.metadata.get("parse"),
                                        **({"metavar": metavar} if metavar else {}))
                 except argparse.ArgumentError as e:  # a new field named like a hand-written flag
                     raise TypeError(f"{cls.__name__}.{f.name}: {e}; give the field another name with "

@@ -25,14 +25,17 @@ import json
 import math
 import os
 from dataclasses import InitVar, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["ConfigError", "PruningConfig", "SlimGPTConfig", "SlimLLMConfig", "FLAPConfig", "SCHEDULES", "DatasetLike",
-           "register_config", "registered_configs", "config_class_for", "fields_from_record"]
+__all__ = ["ConfigError", "PruningConfig", "SlimGPTConfig", "SlimLLMConfig", "FLAPConfig", "SCHEDULES", "SEARCH_FINALS",
+           "DatasetLike", "register_config", "registered_configs", "config_class_for", "fields_from_record",
+           "parse_schedule"]
 
-SCHEDULES = ("log_increase", "linear_increase", "uniform", "layer_importance")
+SCHEDULES = ("log_increase", "linear_increase", "uniform", "layer_importance", "search")
+SEARCH_FINALS = ("reprune", "stitched")
 HEAD_SELECTIONS = ("obs", "obs_official", "magnitude")
 CHANNEL_SELECTIONS = ("obs", "magnitude")
 DatasetLike = Union[str, Sequence[str], torch.Tensor, None]
@@ -99,6 +102,28 @@ def _check_device(value: Any) -> None:
                                     f"{value!r}") from e
 
 
+def parse_schedule(raw: str) -> Union[str, list]:
+    """A ``schedule`` given as text (``--schedule``): a name, a comma list of per-layer ratios, a comma list of
+    ``attention:ffn`` ratio pairs, or the folder of a checkpoint pruned with ``schedule="search"`` (its profile,
+    :func:`~optimum_slimgpt.search.searched_schedule`, reused without searching). ``ValueError`` says what is wrong;
+    an unknown name is returned as it is, for :meth:`PruningConfig.validate` to refuse."""
+    raw = raw.strip()
+    if not raw or raw in SCHEDULES:
+        return raw
+    if Path(raw).expanduser().exists():
+        from .search import searched_schedule
+
+        return searched_schedule(Path(raw).expanduser())
+    try:
+        if ":" in raw:
+            return [[float(y) for y in x.split(":")] for x in raw.split(",") if x.strip()]
+        if "," in raw:
+            return [float(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError("a list must be comma-separated numbers (per-layer ratios) or attention:ffn pairs") from None
+    return raw
+
+
 @dataclass
 class PruningConfig:
     """What every pruning method shares. Use a method's config (:class:`SlimGPTConfig`, :class:`SlimLLMConfig`).
@@ -112,7 +137,14 @@ class PruningConfig:
             ``"uniform"``, ``"layer_importance"`` (SlimLLM's layer-based ratios: the ``importance_layers`` most
             redundant layers, by the mean cosine between each dense block's input and output on the calibration
             data, get ratios ``∝ softmax(importance_alpha · cos)``; the others stay dense), or an explicit list of
-            per-layer ratios (used as given; ``pruning_ratio`` is then only reported).
+            per-layer ratios (used as given; ``pruning_ratio`` is then only reported), or an explicit list of
+            per-layer ``[attention_ratio, ffn_ratio]`` pairs (the profile of a ``"search"`` run,
+            ``PruningRecord.search["schedule"]``: it reproduces the searched sizes without searching again).
+            ``"search"``: an evolutionary search for the per-layer sizes (EvoPress's (1+λ) loop, see
+            :mod:`optimum_slimgpt.search`): every block's attention and FFN are pruned at each of the
+            ``search_levels`` with the method's own solver, and the candidates, per-part level vectors that remove
+            ``pruning_ratio`` of the block parameters (within half a ladder step), are ranked by the KL divergence
+            of their next-token distribution from the dense model's on the calibration windows.
         schedule_spread: ``k`` above: the last layer's ratio over the first's (the official settings use 4).
         max_layer_ratio: Upper bound of any layer's ratio.
         importance_layers: ``layer_importance``: how many layers are pruned (``None``:
@@ -149,6 +181,23 @@ class PruningConfig:
         device: Where each block is processed (``None``: where the model's first block lives).
         offload_activations: Keep the calibration activations in (pinned) CPU memory.
         meta: Free-form notes recorded with the run.
+        search_levels: ``schedule="search"``: the level grid, fractions of a part's parameters to remove (each is
+            rounded to whole heads / channels as every schedule is; levels that round to the same size count once).
+        search_generations: ``"search"``: generations of the (1+λ) loop.
+        search_offspring: ``"search"``: offspring (λ) per generation.
+        search_tokens: ``"search"``: calibration tokens of each selection step, cheapest first (rounded up to
+            whole ``seqlen`` windows; the windows of a step include those of the steps before).
+        search_survivors: ``"search"``: offspring that go on from each selection step to the next (one entry per
+            step but the last; non-increasing); the best of the last step replaces the parent if it is better.
+        search_seed: ``"search"``: seed of the mutations (the search is deterministic for a seed).
+        search_minutes: ``"search"``: time budget; the search stops after the generation running when it is spent
+            and keeps the best candidate so far (``None``: no limit).
+        search_final: ``"search"``: the model returned: ``"reprune"`` (default; the block loop re-prunes at the
+            found sizes with propagated inputs) or ``"stitched"`` (the best candidate itself, each block pruned on
+            the dense inputs).
+        search_max_memory_gb: ``"search"``: the level database (every part pruned at every level) may hold this
+            much memory; a larger one needs ``search_offload_dir``.
+        search_offload_dir: ``"search"``: keep the level database on disk there (safetensors) instead of in memory.
     """
 
     method_name: ClassVar[str] = ""
@@ -159,7 +208,9 @@ class PruningConfig:
         "help": "fraction of the decoder-block parameters (attention + MLP linears) to remove, in [0, 1)",
         "aliases": ["--ratio"]})
     schedule: Union[str, list[float]] = field(default="log_increase", metadata={
-        "help": "how the ratio grows with depth, or a comma list of per-layer ratios", "choices": SCHEDULES})
+        "help": "how the ratio grows with depth, a comma list of layer ratios or of attention:ffn ratio pairs, or "
+                "the folder of a model pruned with schedule search, to reuse its profile",
+        "choices": SCHEDULES, "parse": parse_schedule})
     schedule_spread: float = field(default=4.0, metadata={
         "help": "the last layer's ratio over the first's in log_increase / linear_increase (>= 1)"})
     max_layer_ratio: float = field(default=0.9, metadata={"help": "upper bound of any layer's ratio, in (0, 1)"})
@@ -200,6 +251,28 @@ class PruningConfig:
         "help": "keep the calibration activations in (pinned) CPU memory"})
     meta: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "free-form notes recorded with the run (a JSON object)"})
+    search_levels: list[float] = field(
+        default_factory=lambda: [round(0.1 * k, 1) for k in range(10)],
+        metadata={"help": "schedule=search: level grid, fractions of a part's parameters to remove"})
+    search_generations: int = field(default=200, metadata={"help": "schedule=search: generations of the (1+λ) loop"})
+    search_offspring: int = field(default=16, metadata={"help": "schedule=search: offspring (λ) per generation"})
+    search_tokens: list[int] = field(
+        default_factory=lambda: [1024, 4096, 16384],
+        metadata={"help": "schedule=search: calibration tokens of each selection step, cheapest first"})
+    search_survivors: list[int] = field(
+        default_factory=lambda: [4, 2],
+        metadata={"help": "schedule=search: offspring kept after each selection step but the last"})
+    search_seed: int = field(default=0, metadata={"help": "schedule=search: seed of the mutations"})
+    search_minutes: Optional[float] = field(
+        default=None, metadata={"help": "schedule=search: time budget in minutes (stops with the best so far)"})
+    search_final: str = field(
+        default="reprune",
+        metadata={"help": "schedule=search: reprune (re-prune at the found sizes) or stitched (the best candidate)",
+                  "choices": SEARCH_FINALS})
+    search_max_memory_gb: float = field(
+        default=8.0, metadata={"help": "schedule=search: memory the level database may use (GiB)"})
+    search_offload_dir: Optional[str] = field(
+        default=None, metadata={"help": "schedule=search: keep the level database on disk in this folder"})
     method: InitVar[Optional[str]] = None
 
     def __post_init__(self, method: Optional[str] = None) -> None:
@@ -219,9 +292,12 @@ class PruningConfig:
         _check(_is_number(r), "pruning_ratio", "a number with 0 <= pruning_ratio < 1", r)
         _check(0.0 <= r < 1.0, "pruning_ratio", "a number with 0 <= pruning_ratio < 1", r)
         if isinstance(self.schedule, (list, tuple)):
-            _check(bool(self.schedule) and all(_is_number(x) and 0.0 <= x < 1.0 for x in self.schedule), "schedule",
-                   "a non-empty list of numbers in [0, 1) (explicit schedule ratios)", self.schedule)
-            self.schedule = [float(x) for x in self.schedule]
+            ratio = lambda x: _is_number(x) and 0.0 <= x < 1.0  # noqa: E731
+            _check(bool(self.schedule) and (all(ratio(x) for x in self.schedule) or all(
+                isinstance(x, (list, tuple)) and len(x) == 2 and all(ratio(y) for y in x) for x in self.schedule)),
+                "schedule", "a non-empty list of numbers in [0, 1) (explicit schedule ratios) or of "
+                "[attention_ratio, ffn_ratio] pairs in [0, 1)", self.schedule)
+            self.schedule = [[float(y) for y in x] if isinstance(x, (list, tuple)) else float(x) for x in self.schedule]
         else:
             _check(isinstance(self.schedule, str) and self.schedule in SCHEDULES, "schedule",
                    f"one of {SCHEDULES} or a list of per-layer ratios", self.schedule)
@@ -242,6 +318,7 @@ class PruningConfig:
         if not (self.prune_heads or self.prune_ffn) and self.pruning_ratio > 0:
             raise ConfigError("prune_ffn", "prune_heads and prune_ffn are both False: nothing can be pruned")
         _check_device(self.device)
+        self._validate_search()
         for name in ("dataset_split", "dataset_text_field"):
             _check(isinstance(getattr(self, name), str) and bool(getattr(self, name)), name, "a non-empty string",
                    getattr(self, name))
@@ -263,6 +340,41 @@ class PruningConfig:
         if isinstance(self.chat_instructions, os.PathLike):
             self.chat_instructions = os.fspath(self.chat_instructions)
         _check_chat_instructions(self.chat_instructions)
+
+    def _validate_search(self) -> None:
+        lv = self.search_levels
+        _check(isinstance(lv, (list, tuple)) and bool(lv), "search_levels",
+               "a non-empty list of levels in [0, 1) (the search's level grid)", lv)
+        _check(all(_is_number(x) and 0.0 <= x < 1.0 for x in lv), "search_levels", "a list of numbers in [0, 1)", lv)
+        self.search_levels = sorted({float(x) for x in lv})
+        for name in ("search_generations", "search_offspring"):
+            v = getattr(self, name)
+            _check(_is_int(v) and v >= 1, name, "a positive integer", v)
+        tk, sv = self.search_tokens, self.search_survivors
+        _check(isinstance(tk, (list, tuple)) and bool(tk) and all(_is_int(t) and t >= 1 for t in tk),
+               "search_tokens", "a non-empty list of positive token counts (one per selection step)", tk)
+        _check(all(a <= b for a, b in zip(tk, tk[1:])), "search_tokens", "non-decreasing (cheapest step first)", tk)
+        _check(isinstance(sv, (list, tuple)) and all(_is_int(s) and s >= 1 for s in sv), "search_survivors",
+               "a list of positive integers", sv)
+        if len(sv) != len(tk) - 1:
+            raise ConfigError("search_survivors", f"search_survivors must have one entry per selection step but the "
+                                                  f"last: {len(tk) - 1} for search_tokens={list(tk)}, got {list(sv)}")
+        _check(all(a >= b for a, b in zip(sv, sv[1:])), "search_survivors", "non-increasing", sv)
+        _check(not sv or sv[0] <= self.search_offspring, "search_survivors",
+               f"at most search_offspring={self.search_offspring} in its first entry", sv)
+        self.search_tokens, self.search_survivors = [int(t) for t in tk], [int(s) for s in sv]
+        _check(_is_int(self.search_seed) and 0 <= self.search_seed < 2**63, "search_seed", "a non-negative integer",
+               self.search_seed)
+        m = self.search_minutes
+        _check(m is None or (_is_number(m) and m > 0), "search_minutes", "None or a number > 0", m)
+        _check(self.search_final in SEARCH_FINALS, "search_final", f"one of {SEARCH_FINALS}", self.search_final)
+        _check(_is_number(self.search_max_memory_gb) and self.search_max_memory_gb >= 0, "search_max_memory_gb",
+               "a number >= 0", self.search_max_memory_gb)
+        d = self.search_offload_dir
+        _check(d is None or (isinstance(d, (str, os.PathLike)) and bool(os.fspath(d))), "search_offload_dir",
+               "None or a folder path", d)
+        if isinstance(d, os.PathLike):
+            self.search_offload_dir = os.fspath(d)
 
     # ------------------------------------------------------------------ construction by name
     @staticmethod

@@ -357,6 +357,8 @@ class SlimGPTPruner:
         self.source_dtype: Optional[torch.dtype] = None
         #: what ``config.dataset`` resolved to in the last run (``"auto"``: see ``calibration.resolve_dataset``)
         self._calibration_source = None
+        #: what ``schedule="search"`` found (:class:`~optimum_slimgpt.search.SearchResult`), else ``None``
+        self.search_result = None
 
     @property
     def label(self) -> str:
@@ -458,6 +460,8 @@ class SlimGPTPruner:
             check_kv_head_multiple([adapter.geometry(b, model.config) for b in blocks], c.kv_head_multiple)
         else:
             plan = self.plan_model(model)
+        if c.schedule == "search":
+            self._check_search(model, adapter, blocks, calibration)
         if export_format is not None and plan is not None:
             self._check_export(model, adapter, blocks, plan, export_format)
         if save_dir is not None:
@@ -467,8 +471,32 @@ class SlimGPTPruner:
         return adapter, blocks, device, plan
 
     def _dense_plan(self, c: PruningConfig) -> bool:
-        """The plan needs a dense calibration pass (``layer_importance``, or a method that allocates globally)."""
-        return c.schedule == "layer_importance" or self.method.plans_globally(c)
+        """The plan needs a dense calibration pass (``layer_importance``, ``search``, or a method that allocates
+        globally)."""
+        return c.schedule in ("layer_importance", "search") or self.method.plans_globally(c)
+
+    def _check_search(self, model, adapter: FamilyAdapter, blocks, calibration) -> None:
+        """``schedule="search"`` before any work: a method that sets the sizes itself, the masked model, a budget the
+        level grid cannot meet, too few calibration windows for the selection steps, no room for the database."""
+        from .search import check_database_room, database_bytes, fitness_windows, search_ladders
+        from .solvers.allocation import budget_for
+
+        c = self.config
+        if self.method.plans_globally(c):
+            raise ValueError(f"schedule='search' sets the per-layer sizes, and so does method {c.method_name!r} "
+                             "(global allocation): use one of them (e.g. global_allocation=False)")
+        if self.mask_only:
+            raise ValueError("schedule='search' is not available with mask_only=True (the stitched candidates are "
+                             "sliced): prune with its profile as an explicit schedule instead")
+        ladders = search_ladders(adapter, blocks, model.config, c)
+        budget_for(ladders, sum(adapter.geometry(b, model.config).total_params for b in blocks), c.pruning_ratio)
+        if isinstance(calibration, torch.Tensor):
+            fitness_windows(c, calibration.shape[0], calibration.shape[1])
+        elif isinstance(c.dataset, torch.Tensor):
+            fitness_windows(c, c.dataset.shape[0], c.dataset.shape[1])
+        else:
+            fitness_windows(c, c.num_samples, c.seqlen)
+        check_database_room(database_bytes(adapter, blocks, model.config, ladders, bias=self.method.output_bias(c)), c)
 
     @staticmethod
     def _check_materialised(model: nn.Module) -> None:
@@ -564,6 +592,7 @@ class SlimGPTPruner:
     def _prune_model(self, model: nn.Module, tokenizer, calibration, save_dir, export_format, overwrite) -> nn.Module:
         t_start = time.perf_counter()
         c = self.config
+        self.search_result = None
         adapter, blocks, device, self.plan = self._preflight(model, calibration, save_dir, export_format, overwrite)
         importance = self.plan is None
         total_before = sum(p.numel() for p in model.parameters())
@@ -583,7 +612,10 @@ class SlimGPTPruner:
         try:
             with clock("capture"):
                 inps, layer_kwargs = self._capture(run, data)
-            if importance and self.method.plans_globally(c):  # the method's own allocation (FLAP): one dense pass
+            reports = None
+            if c.schedule == "search":  # the evolutionary search: a level database, then the (1+λ) loop
+                reports = self._search(run, data, inps, layer_kwargs, export_format)
+            elif importance and self.method.plans_globally(c):  # the method's own allocation (FLAP): one dense pass
                 with clock("global_plan"):
                     self.plan = self._global_plan(run, inps, layer_kwargs)
                 if export_format is not None:
@@ -594,7 +626,8 @@ class SlimGPTPruner:
                     self.plan = self.plan_model(model, self.layer_scores)
                 if export_format is not None:
                     self._check_export(model, adapter, blocks, self.plan, export_format)
-            reports = self._prune_blocks(run, inps, layer_kwargs)
+            if reports is None:  # the block loop at the plan's sizes
+                reports = self._prune_blocks(run, inps, layer_kwargs)
             del inps, layer_kwargs
             self._finish(run, reports, data, calibration is not None, total_before, t_start)
         except BaseException as e:
@@ -614,6 +647,30 @@ class SlimGPTPruner:
                     100 * c.pruning_ratio, self.summary.seconds)
         logger.debug("%s", self.summary.table())
         return model
+
+    def _search(self, run: _Run, data, inps, layer_kwargs, export_format) -> Optional[list[LayerReport]]:
+        """``schedule="search"`` (:mod:`optimum_slimgpt.search`): the level database on the dense block inputs, the
+        (1+λ) search (the model is dense again afterwards) and its plan; with ``search_final="stitched"`` the best
+        candidate is stitched into the model and its block reports returned, else ``None`` (the block loop re-prunes
+        at the found sizes)."""
+        from .search import EvolutionarySearch
+
+        clock = run.clock
+        search = EvolutionarySearch(self, run, data)
+        try:
+            with clock("search_database"):
+                search.build_database(inps, layer_kwargs)
+            with clock("search"):
+                self.search_result = search.search()
+            self.plan = self.search_result.plan
+            if export_format is not None:
+                self._check_export(run.model, run.adapter, run.blocks, self.plan, export_format)
+            if self.config.search_final != "stitched":
+                return None
+            reports, self.kept = search.stitch_final()
+            return reports
+        finally:
+            search.close()
 
     def _finish(self, run: _Run, reports: list[LayerReport], data, explicit: bool, total_before: int,
                 t_start: float) -> None:
@@ -976,6 +1033,7 @@ class SlimGPTPruner:
             base_block_params=base_params,
             cumulative_ratio=round(1 - s.block_params_after / base_params, 6) if base_params else None,
             history=(prev.history + [prev.run_summary()]) if prev is not None else [],
+            search=self.search_result.to_record(c.search_final) if self.search_result is not None else None,
             meta={"pruner": [f"optimum_slimgpt:{__version__}", f"transformers:{transformers.__version__}",
                              f"torch:{torch.__version__}"]},
             source_dtype=str(src).removeprefix("torch.") if src is not None else None,

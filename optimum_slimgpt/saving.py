@@ -603,7 +603,17 @@ def _model_card(view: ModelView, plan: ExportPlan, num_params: int, eval_results
         lines += [f"* {k}: {v if isinstance(v, str) else json.dumps(v)}" for k, v in rec.calibration.items()]
         shared = {"pruning_ratio", "schedule", "schedule_spread", "dataset_split", "dataset_text_field", "num_samples",
                   "seqlen", "seed", "meta", "method"}
+        if rec.schedule != "search":  # the search's settings only where it ran
+            shared |= {k for k in rec.config if k.startswith("search_")}
         lines += [f"* {pretty} options: " + ", ".join(f"{k}={v}" for k, v in rec.config.items() if k not in shared), ""]
+    if rec.search:
+        se = rec.search
+        lines += ["## Per-layer sizes found by search", "",
+                  f"The per-layer sizes come from an evolutionary search (EvoPress's (1+λ) loop, {se.get('generations')} "
+                  f"generations) for the lowest KL divergence from the base model's next-token distribution on the "
+                  f"calibration data ({se.get('fitness_history', ['?'])[0]} -> {se.get('fitness')}); final model: "
+                  f"{se.get('final')}. The profile, `[attention_ratio, ffn_ratio]` per layer: "
+                  f"`{json.dumps(se.get('schedule'))}`.", ""]
     lines += ["## Per-layer layout", ""]
     if rec.base_dims:
         d = rec.base_dims

@@ -354,6 +354,28 @@ def _tune_allocator() -> None:
 _LIBC: Any = None
 
 
+def _refuse_search(config: PruningConfig, model_path: Optional[Path], dtype: Optional[torch.dtype],
+                   output_dir: Path) -> None:
+    """``schedule="search"`` on the streamed path, before any work: the level database would have to live on disk
+    (``search_offload_dir``, else beside the output), so a database larger than the free disk is refused with that
+    reason; otherwise the search's whole-model forwards are what this path cannot do yet. ``model_path=None`` (a GGUF
+    source, not converted yet) skips the database size check."""
+    from .methods import get_method
+    from .search import check_database_room, database_bytes, search_ladders
+
+    if model_path is not None:
+        skeleton = _skeleton(model_path, dtype)
+        adapter = get_adapter(skeleton)
+        blocks = adapter.get_blocks(skeleton)
+        ladders = search_ladders(adapter, blocks, skeleton.config, config)
+        nbytes = database_bytes(adapter, blocks, skeleton.config, ladders, bias=get_method(config).output_bias(config),
+                                dtype=dtype)
+        check_database_room(nbytes, config, streamed=True, folder=output_dir.parent)
+    raise ValueError("schedule='search' is not available on the streamed path yet (its fitness runs the whole model "
+                     "at once): search with prune_model where the model fits, then stream with the profile it found as "
+                     "an explicit schedule (schedule=searched_schedule(pruned_model), or --schedule PRUNED_FOLDER)")
+
+
 def _skeleton(model_path: Path, dtype: torch.dtype) -> nn.Module:
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -397,7 +419,8 @@ def prune_pretrained(
         model_path: A local folder with ``config.json`` and safetensors weights (sharded or not), or a ``.gguf``
             file (converted once into a safetensors work copy in the work folder, see the module docstring).
         output_dir: The output checkpoint folder; it appears atomically when the run is complete.
-        config: The pruning config (any method; ``schedule="layer_importance"`` is not supported here).
+        config: The pruning config (any method; ``schedule="layer_importance"`` and ``"search"`` are not supported
+            here; a searched profile is, as an explicit schedule).
         tokenizer: For text calibration data (default: ``AutoTokenizer`` from ``model_path`` when the data need one);
             saved with the checkpoint.
         calibration: ``(samples, seqlen)`` token ids overriding ``config.dataset``.
@@ -487,6 +510,9 @@ def _prune_pretrained(model_path, output_dir, config: PruningConfig, tokenizer, 
     # (the output may not be the source, lie inside it or contain it; for a GGUF, its folder: the model's name)
     check_output_dir(output_dir, overwrite=overwrite or resuming, sources=[gguf.parent if gguf else model_path])
     overwrite = overwrite or resuming
+    if config.schedule == "search":
+        _refuse_search(config, None if gguf is not None else model_path, dtype or (ckpt.dtype() if ckpt else None),
+                       output_dir)
 
     if tune_allocator:  # after the checks: a refused call leaves the process's allocator alone
         _tune_allocator()

@@ -89,8 +89,12 @@ def _candidates(cls, f) -> list[str]:
     text = str(tp)
     if tp is int or text in ("typing.Optional[int]", "typing.Union[int, str]"):  # Union: channel_multiple
         return ["2", "3", "5", "64", "1"]
+    if text == "typing.Union[int, str]":  # an int or a keyword (channel_multiple: 'auto'): try the ints first
+        return ["2", "3", "5", "64", "1", "c4"]
     if tp is float or text == "typing.Optional[float]":
         return ["0.5", "0.25", "2.0", "3.0", "0.05"]
+    if text == "list[int]":  # search_tokens (cheapest first), search_survivors (one fewer, non-increasing)
+        return ["2048,4096,8192", "3,1"]
     if "list" in text:
         return ["0.2,0.3", "q_proj,v_proj", "tensorboard,wandb"]
     if "dict" in text:

@@ -125,7 +125,10 @@ class PruningRecord:
     rank), oldest first (absent in older records, which load with an empty list). ``source_dtype``: the floating-point
     dtype of the checkpoint the base model was loaded from (``"bfloat16"`` for a GGUF file; ``None`` when unknown),
     which ``save_pretrained``/``save_pruned_model(dtype="auto")`` saves in; ``compute_dtype``: the dtype the weights
-    were pruned in.
+    were pruned in. ``search``: what a ``schedule="search"`` run found (absent otherwise): the per-layer ``schedule``
+    (``[attention_ratio, ffn_ratio]`` pairs; ``PruningConfig(schedule=record.search["schedule"])`` reuses it without
+    searching), the per-part ``levels`` (rung indices) and ``ladders``, the search ``settings``, the ``budget`` band,
+    the parent's ``fitness_history`` (KL per generation) and ``final`` (``"reprune"`` or ``"stitched"``).
     """
 
     pruning_method: str
@@ -150,20 +153,22 @@ class PruningRecord:
     recovery: list = field(default_factory=list)
     source_dtype: Optional[str] = None
     compute_dtype: Optional[str] = None
+    search: Optional[dict] = None
     format_version: int = RECORD_VERSION
 
     #: the fields of one run (what ``history`` keeps of each earlier run)
     RUN_FIELDS = ("pruning_method", "pruning_ratio", "achieved_ratio", "schedule", "layer_ratios", "ffn_ratios",
-                  "config", "calibration", "layers", "meta", "recovery")
+                  "config", "calibration", "layers", "meta", "recovery", "search")
 
     def run_summary(self) -> dict:
         """This run's own fields (method, ratios, config, calibration, sizes), as kept in a later run's history."""
-        return copy.deepcopy({k: getattr(self, k) for k in self.RUN_FIELDS})
+        return copy.deepcopy({k: getattr(self, k) for k in self.RUN_FIELDS if k != "search" or self.search is not None})
 
     def to_dict(self) -> dict:
-        """A JSON-ready copy; ``export_format`` / ``padded_to`` only once a checkpoint has set them."""
+        """A JSON-ready copy; ``export_format`` / ``padded_to`` only once a checkpoint has set them, ``search`` only
+        after a search."""
         d = copy.deepcopy(dataclasses.asdict(self))
-        return {k: v for k, v in d.items() if v is not None or k not in ("export_format", "padded_to")}
+        return {k: v for k, v in d.items() if v is not None or k not in ("export_format", "padded_to", "search")}
 
     @classmethod
     def from_dict(cls, d: dict) -> "PruningRecord":

@@ -261,7 +261,8 @@ class PruningPlan:
 
 
 def _evaluate(geoms, ratios, kw):
-    plans = [plan_layer(g, r, **kw) for g, r in zip(geoms, ratios)]
+    plans = [plan_layer(g, r[0], ffn_ratio=r[1], **kw) if isinstance(r, tuple) else plan_layer(g, r, **kw)
+             for g, r in zip(geoms, ratios)]
     after = sum(g.params(p.heads, p.kv_heads, p.channels) for g, p in zip(geoms, plans))
     return plans, after
 
@@ -269,7 +270,7 @@ def _evaluate(geoms, ratios, kw):
 def solve_schedule(
     geoms: Sequence[LayerGeometry],
     pruning_ratio: float,
-    schedule: str | Sequence[float] = "log_increase",
+    schedule: str | Sequence[float] | Sequence[Sequence[float]] = "log_increase",
     *,
     spread: float = 4.0,
     max_layer_ratio: float = 0.9,
@@ -287,7 +288,8 @@ def solve_schedule(
 
     With a named schedule, ``r_i = min(s · shape_i, max_layer_ratio)`` and ``s`` is found by bisection
     on the (monotone, stepwise) count of parameters actually removed; the closest step to the target
-    is returned. With an explicit list, the ratios are used as given. ``shape``: an explicit shape
+    is returned. With an explicit list, the ratios are used as given: one ratio per layer, or one
+    ``[attention_ratio, ffn_ratio]`` pair per layer (the profile a ``schedule="search"`` run found). ``shape``: an explicit shape
     (non-negative, maximum > 0; layers at 0 are not pruned) used instead of the named one, e.g.
     :func:`layer_importance_shape` for ``schedule="layer_importance"``.
 
@@ -302,7 +304,7 @@ def solve_schedule(
     kw = dict(prune_heads=prune_heads, prune_ffn=prune_ffn, min_heads=min_heads, min_channels=min_channels,
               channel_multiple=channel_multiple, kv_head_multiple=kv_head_multiple)
     if not isinstance(schedule, str):
-        ratios = [float(r) for r in schedule]
+        ratios = [(float(r[0]), float(r[1])) if isinstance(r, (list, tuple)) else float(r) for r in schedule]
         if len(ratios) != L:
             raise ValueError(f"explicit schedule has {len(ratios)} ratios but the model has {L} decoder layers")
         plans, after = _evaluate(geoms, ratios, kw)
@@ -314,6 +316,11 @@ def solve_schedule(
             raise ValueError(f"the schedule shape has {len(shape)} values but the model has {L} decoder layers")
         if not all(math.isfinite(x) and x >= 0 for x in shape) or max(shape) <= 0:
             raise ValueError(f"a schedule shape must be finite, non-negative and not all zero, got {shape}")
+    elif schedule == "search":
+        raise ValueError(
+            "schedule='search' finds the per-layer sizes by an evolutionary search on calibration data (the pruner "
+            "runs it in prune_model); pass its profile, a list of [attention_ratio, ffn_ratio] pairs, to reuse it"
+        )
     elif schedule == "layer_importance":
         raise ValueError(
             "schedule='layer_importance' needs per-layer scores from a dense calibration pass: pass "

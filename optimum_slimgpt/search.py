@@ -1,0 +1,706 @@
+"""``schedule="search"``: an evolutionary search for the per-layer sizes (EvoPress's (1+λ) loop), on a model.
+
+The pure parts (ladders of sizes, the budget band, level-switch mutation, the (1+λ) loop with multi-step
+selection) are in :mod:`optimum_slimgpt.solvers.allocation`. This module runs them on a Hugging Face model:
+
+1. **Level database** (:class:`LevelDatabase`, :meth:`EvolutionarySearch.build_database`). The dense blocks run
+   one after the other on the captured calibration inputs (the dense model's block inputs), with the method's
+   observers on both parts; each part is then pruned at every rung of its ladder by the method's own solver
+   (:meth:`PruningMethod.prune_attention` / :meth:`~PruningMethod.prune_ffn`, the tasks the block loop builds). A
+   variant keeps what the solver returns: the kept heads / KV heads / channels, the repaired output projection
+   (kept columns only) and its new bias. The variants live in memory, or in ``search_offload_dir`` as one
+   safetensors file per part when they exceed ``search_max_memory_gb``.
+2. **Stitching** (:class:`Stitcher`): a candidate is assembled in the model itself by a weight swap: a part's
+   input projections are sliced from the kept dense tensors and its output projection is the variant's tensor.
+   No solver runs; only the parts that differ from the previous candidate are swapped.
+3. **Fitness** (:class:`KLFitness`): the mean over tokens of ``KL(p_dense || p_candidate)`` of the next-token
+   distributions on the first calibration windows (the cheap selection steps use fewer of them; the windows of a
+   step include those of the steps before, and every window's KL is computed once per candidate). The dense
+   reference is the output head's input on the dense model, kept once (and the dense log-probabilities of the
+   first windows, within a memory cap).
+
+The model is dense again when the search returns (also when it fails); :class:`~optimum_slimgpt.SlimGPTPruner`
+then either re-prunes the blocks at the found sizes (``search_final="reprune"``, propagated inputs) or stitches
+the best candidate for good (``"stitched"``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+from torch import nn
+
+from .modeling.modeling_slimgpt import get_submodule, set_attention_sizes, set_mlp_size
+from .solvers.allocation import (
+    Budget,
+    EvolutionResult,
+    PartLadder,
+    SearchOutOfTime,
+    budget_for,
+    build_ladders,
+    evolve,
+    nearest_candidate,
+    profile_schedule,
+    removed_params,
+)
+from .solvers.schedule import LayerPlan, PruningPlan, solve_schedule
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pruner import LayerReport, SlimGPTPruner, _Run
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LevelDatabase", "Stitcher", "KLFitness", "EvolutionarySearch", "SearchResult", "Variant",
+           "search_ladders", "database_bytes", "searched_schedule", "describe_search"]
+
+#: dense log-probabilities of the first fitness windows are kept up to this many bytes (the rest are recomputed
+#: from the kept head inputs at every evaluation)
+DENSE_LOGPROB_CACHE_BYTES = 512 * 2**20
+
+
+class _StopAtHead(Exception):
+    """Ends a fitness forward at the output head (its input is all the fitness needs)."""
+
+
+# ---------------------------------------------------------------------------------------------- database
+@dataclass
+class Variant:
+    """One part of one block pruned at one rung: ``kept`` query heads (new order) or channels, ``kept_kv`` (attention
+    only), the output projection's repaired ``weight`` restricted to the kept columns, its new ``bias`` (or
+    ``None``: unchanged), the solver's relative reconstruction ``error`` and head ``option``."""
+
+    kept: list[int]
+    kept_kv: Optional[list[int]]
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
+    error: float = 0.0
+    option: Optional[tuple[int, int]] = None
+
+
+class LevelDatabase:
+    """The variants of every part at every rung that removes something, in memory or, with ``folder``, on disk
+    (one safetensors file per part: ``layer-00003-ffn.safetensors`` holds ``<rung>.weight``, ``<rung>.bias``,
+    ``<rung>.kept``, ``<rung>.kept_kv`` and the errors in its metadata), read back on demand to ``device``."""
+
+    def __init__(self, folder: Optional[os.PathLike] = None, device: Optional[torch.device] = None) -> None:
+        self.folder = None if folder is None else Path(folder)
+        self.device = device
+        self._mem: dict[tuple[int, str], dict[int, Variant]] = {}
+        self.nbytes = 0
+
+    def _file(self, layer: int, part: str) -> Path:
+        return self.folder / f"layer-{layer:05d}-{part}.safetensors"
+
+    def put_part(self, layer: int, part: str, variants: dict[int, Variant]) -> None:
+        self.nbytes += sum(v.weight.numel() * v.weight.element_size()
+                           + (0 if v.bias is None else v.bias.numel() * v.bias.element_size()) for v in variants.values())
+        if self.folder is None:
+            self._mem[(layer, part)] = variants
+            return
+        from safetensors.torch import save_file
+
+        tensors, meta = {}, {}
+        for k, v in variants.items():
+            tensors[f"{k}.weight"] = v.weight.detach().cpu().contiguous()
+            tensors[f"{k}.kept"] = torch.tensor(v.kept, dtype=torch.long)
+            if v.bias is not None:
+                tensors[f"{k}.bias"] = v.bias.detach().cpu().contiguous()
+            if v.kept_kv is not None:
+                tensors[f"{k}.kept_kv"] = torch.tensor(v.kept_kv, dtype=torch.long)
+            meta[str(k)] = {"error": v.error, "option": None if v.option is None else list(v.option)}
+        tmp = self._file(layer, part).with_suffix(".tmp")
+        save_file(tensors, os.fspath(tmp), metadata={"variants": json.dumps(meta)})
+        os.replace(tmp, self._file(layer, part))
+
+    def get(self, layer: int, part: str, rung: int) -> Optional[Variant]:
+        """The variant, or ``None`` when the database has none (the rung is the dense part)."""
+        if self.folder is None:
+            return self._mem.get((layer, part), {}).get(rung)
+        f = self._file(layer, part)
+        if not f.exists():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(os.fspath(f), framework="pt", device="cpu") as sf:
+            keys = set(sf.keys())
+            if f"{rung}.weight" not in keys:
+                return None
+            meta = json.loads(sf.metadata()["variants"])[str(rung)]
+            dev = self.device or "cpu"
+            return Variant(
+                kept=sf.get_tensor(f"{rung}.kept").tolist(),
+                kept_kv=sf.get_tensor(f"{rung}.kept_kv").tolist() if f"{rung}.kept_kv" in keys else None,
+                weight=sf.get_tensor(f"{rung}.weight").to(dev),
+                bias=sf.get_tensor(f"{rung}.bias").to(dev) if f"{rung}.bias" in keys else None,
+                error=float(meta["error"]), option=None if meta["option"] is None else tuple(meta["option"]))
+
+
+def search_ladders(adapter, blocks, model_config, config) -> list[PartLadder]:
+    """The ladders of ``config.search_levels`` for every part of ``blocks``, with the config's rounding."""
+    geoms = [adapter.geometry(b, model_config) for b in blocks]
+    return build_ladders(geoms, config.search_levels, prune_heads=config.prune_heads, prune_ffn=config.prune_ffn,
+                         min_heads=config.min_heads, min_channels=config.min_channels,
+                         channel_multiple=config.channel_multiple)
+
+
+def database_bytes(adapter, blocks, model_config, ladders: list[PartLadder], *, bias: bool,
+                   dtype: Optional[torch.dtype] = None) -> int:
+    """Bytes of the level database: every rung that removes something keeps its output projection's kept columns
+    (and a bias when the method writes one), in ``dtype`` (default: the weights')."""
+    total = 0
+    for lad in ladders:
+        block = blocks[lad.layer]
+        out = adapter.attn_out_proj(block) if lad.part == "attention" else adapter.mlp_out_proj(block)
+        elem = (torch.empty(0, dtype=dtype) if dtype is not None else out.weight).element_size()
+        hd = adapter.head_layout(block, model_config).head_dim
+        for r in lad.rungs:
+            if r.removed == 0:
+                continue
+            cols = r.heads * hd if lad.part == "attention" else r.channels
+            total += (out.out_features * cols + (out.out_features if bias or out.bias is not None else 0)) * elem
+            total += 8 * (cols + r.kv_heads)
+    return total
+
+
+def _free_disk(folder: Path) -> tuple[Path, int]:
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe, shutil.disk_usage(probe).free
+
+
+def check_database_room(nbytes: int, config, *, streamed: bool = False, folder: Optional[os.PathLike] = None) -> bool:
+    """Where the level database of ``nbytes`` goes: ``False`` in memory, ``True`` on disk (``search_offload_dir``, or
+    ``folder`` on the streamed path, which has no room in memory by design). Raises ``ValueError`` when it fits
+    neither: over ``search_max_memory_gb`` with no offload folder, or more than the folder's free disk."""
+    limit = config.search_max_memory_gb * 2**30
+    gib = nbytes / 2**30
+    if not streamed and nbytes <= limit:
+        return False
+    where = config.search_offload_dir or folder
+    if where is None:
+        raise ValueError(
+            f"the search's level database needs {gib:.2f} GiB, more than search_max_memory_gb="
+            f"{config.search_max_memory_gb}: set search_offload_dir to keep it on disk, raise the limit, or use fewer "
+            "search_levels")
+    probe, free = _free_disk(Path(where))
+    if nbytes > free:
+        raise ValueError(
+            f"the search's level database needs {gib:.2f} GiB on disk but {probe} has {free / 2**30:.2f} GiB free"
+            + (" (the streamed path keeps the variants on disk: it has no room for them in memory)" if streamed else "")
+            + ": free some space, point search_offload_dir elsewhere or use fewer search_levels")
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- stitching
+@dataclass
+class _PartState:
+    linears: list[tuple[nn.Linear, nn.Parameter, Optional[nn.Parameter], int, int]]
+    sizes: tuple[int, ...]
+    views: dict[str, Any] = field(default_factory=dict)
+
+
+class Stitcher:
+    """Assembles candidates in the model itself by swapping weights (see the module docstring).
+
+    It keeps the dense parameters of every part (references, no copies); :meth:`restore` puts them all back, and
+    :meth:`apply` swaps in the variants of a candidate (only the parts that changed since the last call).
+    """
+
+    def __init__(self, adapter, blocks, model_config, ladders: list[PartLadder], db: LevelDatabase) -> None:
+        self.adapter, self.blocks, self.config, self.ladders, self.db = adapter, blocks, model_config, ladders, db
+        self.dense: dict[tuple[int, str], _PartState] = {}
+        for i, b in enumerate(blocks):
+            lay = adapter.head_layout(b, model_config)
+            n = adapter.num_channels(b)
+            maps = {"attention": adapter.head_index_map(b, lay.head_dim, range(lay.num_heads), range(lay.num_kv_heads),
+                                                        lay.num_heads, lay.num_kv_heads),
+                    "ffn": adapter.channel_index_map(b, range(n), n)}
+            for part, imap in maps.items():
+                lins = list({id(lin): lin for lin, *_ in imap}.values())
+                self.dense[(i, part)] = _PartState(
+                    [(lin, lin.weight, lin.bias, lin.in_features, lin.out_features) for lin in lins],
+                    (lay.num_heads, lay.num_kv_heads) if part == "attention" else (n,),
+                    {p: get_submodule(b, p).config for p in adapter.layout.config_view} if part == "attention" else {})
+        self.current: list[Optional[int]] = [None] * len(ladders)  # None: the dense part
+
+    def _restore_part(self, i: int, part: str) -> None:
+        st, block = self.dense[(i, part)], self.blocks[i]
+        for lin, w, b, fin, fout in st.linears:
+            lin.weight = w
+            lin.bias = b
+            lin.in_features, lin.out_features = fin, fout
+        if part == "attention":
+            set_attention_sizes(self.adapter.attention(block), *st.sizes)
+            for path, cfg in st.views.items():
+                get_submodule(block, path).config = cfg
+        else:
+            set_mlp_size(self.adapter.mlp(block), st.sizes[0])
+
+    def set_part(self, i: int, part: str, variant: Optional[Variant], *, copy_tensors: bool = False) -> None:
+        """Block ``i``'s ``part`` dense (``variant=None``) or at ``variant`` (its tensors shared with the database,
+        or copied with ``copy_tensors``)."""
+        self._restore_part(i, part)
+        if variant is None:
+            return
+        block, a = self.blocks[i], self.adapter
+        if part == "attention":
+            a.prune_heads(block, self.config, variant.kept, variant.kept_kv)
+            out = a.attn_out_proj(block)
+        else:
+            a.prune_channels(block, variant.kept)
+            out = a.mlp_out_proj(block)
+        if tuple(variant.weight.shape) != tuple(out.weight.shape):
+            raise RuntimeError(f"layer {i} {part}: the level database's weight has shape {tuple(variant.weight.shape)}, "
+                               f"the sliced projection {tuple(out.weight.shape)}")
+        grad = self.dense[(i, part)].linears[0][1].requires_grad
+        w = variant.weight.clone() if copy_tensors else variant.weight
+        out.weight = nn.Parameter(w, requires_grad=grad)
+        if variant.bias is not None:
+            out.bias = nn.Parameter(variant.bias.clone() if copy_tensors else variant.bias, requires_grad=grad)
+
+    def apply(self, x: tuple[int, ...]) -> None:
+        """Make the model candidate ``x`` (swap the parts whose rung changed)."""
+        for p, (lad, k) in enumerate(zip(self.ladders, x)):
+            if self.current[p] != k:
+                self.current[p] = None  # (a failed swap leaves the part unknown: restored next time)
+                self.set_part(lad.layer, lad.part, self.db.get(lad.layer, lad.part, k))
+                self.current[p] = k
+
+    def restore(self) -> None:
+        """Every part dense again."""
+        for (i, part) in self.dense:
+            self._restore_part(i, part)
+        self.current = [None] * len(self.ladders)
+
+
+# ---------------------------------------------------------------------------------------------- fitness
+class KLFitness:
+    """``fitness(candidate, step)``: mean ``KL(p_dense || p_candidate)`` per token over the first
+    ``windows[step]`` rows of ``data``, with the model stitched to the candidate by ``stitcher``. Each window's KL
+    sum is computed once per candidate (a later step only adds its new windows); the forwards take ``batch_size``
+    windows at a time."""
+
+    @torch.no_grad()
+    def __init__(self, model: nn.Module, data: torch.Tensor, windows: list[int], stitcher: Stitcher,
+                 deadline: Optional[float] = None, batch_size: int = 1,
+                 cache_bytes: int = DENSE_LOGPROB_CACHE_BYTES) -> None:
+        self.model, self.data, self.windows, self.stitcher, self.deadline = model, data, windows, stitcher, deadline
+        self.batch_size = max(1, int(batch_size))
+        self.head = model.get_output_embeddings()
+        if self.head is None:
+            raise ValueError(f"{type(model).__name__} has no output embeddings: the search's KL fitness needs the "
+                             "next-token distribution")
+        self.in_device = model.get_input_embeddings().weight.device
+        self.cache: dict[tuple[int, ...], list[float]] = {}
+        self.evaluations = 0  # windows run through the model for candidates
+        n = max(windows)
+        self.dense_h: list[torch.Tensor] = []
+        for s in range(0, n, self.batch_size):
+            self.dense_h += list(self._head_inputs(s, min(n, s + self.batch_size)).unbind(0))
+        self.dense_logp: list[Optional[torch.Tensor]] = []
+        used = 0
+        for h in self.dense_h:
+            size = h.shape[0] * self.head.weight.shape[0] * 4
+            keep = used + size <= cache_bytes
+            self.dense_logp.append(self._logits(h).log_softmax(-1) if keep else None)
+            used += size if keep else 0
+
+    def _head_inputs(self, start: int, stop: int) -> torch.Tensor:
+        """The output head's input ``(windows, seqlen, hidden)`` for windows ``start..stop-1``, model as it is."""
+        got: list[torch.Tensor] = []
+
+        def hook(m, args):
+            got.append(args[0].detach())
+            raise _StopAtHead
+
+        handle = self.head.register_forward_pre_hook(hook)
+        try:
+            self.model(input_ids=self.data[start:stop].to(self.in_device), use_cache=False)
+        except _StopAtHead:
+            pass
+        finally:
+            handle.remove()
+        if not got:  # pragma: no cover - the head always runs
+            raise RuntimeError("the forward never reached the output head")
+        return got[0]
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(h).float()
+
+    def _kl(self, j: int, h: torch.Tensor) -> float:
+        """The KL sum over the positions of window ``j`` given its head input ``h`` (``seqlen, hidden``)."""
+        chunk = max(1, 2**24 // self.head.weight.shape[0])
+        total = 0.0
+        for s in range(0, h.shape[0], chunk):
+            lc = self._logits(h[s : s + chunk]).log_softmax(-1)
+            ld = self.dense_logp[j]
+            ld = ld[s : s + chunk] if ld is not None else self._logits(self.dense_h[j][s : s + chunk]).log_softmax(-1)
+            total += float(torch.nn.functional.kl_div(lc, ld, reduction="sum", log_target=True))
+        return total
+
+    def tokens(self, step: int) -> int:
+        return self.windows[step] * self.data.shape[1]
+
+    @torch.no_grad()
+    def __call__(self, x: tuple[int, ...], step: int) -> float:
+        sums = self.cache.setdefault(tuple(x), [])
+        need = self.windows[step]
+        if len(sums) < need:
+            self.stitcher.apply(x)
+            while len(sums) < need:
+                if self.deadline is not None and time.monotonic() > self.deadline:
+                    raise SearchOutOfTime
+                start, stop = len(sums), min(need, len(sums) + self.batch_size)
+                h = self._head_inputs(start, stop)
+                self.evaluations += stop - start
+                sums += [self._kl(j, h[j - start]) for j in range(start, stop)]
+        return sum(sums[:need]) / self.tokens(step)
+
+
+# ---------------------------------------------------------------------------------------------- the search
+@dataclass
+class SearchResult:
+    """What :class:`EvolutionarySearch` found: the best candidate (``levels``: rung index per part, attention and
+    FFN of layer 0 first), its ``plan``, the explicit ``schedule`` that reproduces it, the evolution, the budget and
+    the time spent (``seconds``: ``database``, ``search``)."""
+
+    levels: tuple[int, ...]
+    plan: PruningPlan
+    schedule: list[list[float]]
+    evolution: EvolutionResult
+    budget: Budget
+    removed: int
+    fitness_tokens: list[int]
+    evaluations: int
+    seconds: dict[str, float]
+    settings: dict[str, Any]
+
+    def to_record(self, final: str) -> dict:
+        """The ``search`` entry of :class:`~optimum_slimgpt.PruningRecord` (plain JSON)."""
+        ev = self.evolution
+        r6 = lambda v: float(f"{v:.6g}")  # noqa: E731
+        return {
+            "schedule": self.schedule, "levels": list(self.levels), "final": final, "settings": dict(self.settings),
+            "budget": {"total": self.budget.total, "target": round(self.budget.target, 1),
+                       "width": round(self.budget.width, 1), "removed": self.removed},
+            "fitness": r6(ev.fitness), "fitness_history": [r6(v) for v in ev.history],
+            "start_fitness": [r6(v) for v in ev.starts], "generations": ev.generations, "accepted": ev.accepted,
+            "out_of_time": ev.out_of_time, "evaluations": self.evaluations, "fitness_tokens": self.fitness_tokens,
+            "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
+        }
+
+
+class EvolutionarySearch:
+    """One ``schedule="search"`` run inside :meth:`SlimGPTPruner.prune_model` (see the module docstring).
+
+    ``EvolutionarySearch(pruner, run, data)``; :meth:`build_database` (dense block inputs, every part at every
+    rung); :meth:`search` (returns a :class:`SearchResult`, the model dense again); :meth:`stitch_final` (the best
+    candidate for good, with the block reports). :meth:`close` frees the database (and its folder)."""
+
+    def __init__(self, pruner: "SlimGPTPruner", run: "_Run", data: torch.Tensor) -> None:
+        self.pruner, self.run, self.data, self.config = pruner, run, data, pruner.config
+        self.ladders = search_ladders(run.adapter, run.blocks, run.model.config, self.config)
+        self.geoms = [run.adapter.geometry(b, run.model.config) for b in run.blocks]
+        self.budget = budget_for(self.ladders, sum(g.total_params for g in self.geoms), self.config.pruning_ratio)
+        self.windows = fitness_windows(self.config, data.shape[0], data.shape[1])
+        nbytes = database_bytes(run.adapter, run.blocks, run.model.config, self.ladders,
+                                bias=run.method.output_bias(self.config))
+        on_disk = check_database_room(nbytes, self.config)
+        self._tmp = (Path(tempfile.mkdtemp(prefix="slimgpt-levels-", dir=_mkdir(self.config.search_offload_dir)))
+                     if on_disk else None)
+        home = next((p.device for p in run.blocks[0].parameters()), torch.device("cpu"))
+        self.db = LevelDatabase(self._tmp, device=home)
+        self.result: Optional[SearchResult] = None
+        self.seconds: dict[str, float] = {}
+
+    def close(self) -> None:
+        """Drop the database (and remove its folder when it was on disk)."""
+        self.db = LevelDatabase()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    # ------------------------------------------------------------------ 1. the level database
+    @torch.no_grad()
+    def build_database(self, inps: list[torch.Tensor], layer_kwargs: list[list[dict]]) -> None:
+        """Every block's parts pruned at every rung of their ladders by the method's solver, on the dense block
+        inputs (the blocks run dense, layer by layer, on copies of the captured inputs; no weight changes)."""
+        from transformers.utils.logging import tqdm
+
+        from .pruner import _PARTS, _finite_output, _nested_to, _output_tensor
+
+        t0 = time.perf_counter()
+        run, pruner, c = self.run, self.pruner, self.config
+        adapter, mconfig, dev, method = run.adapter, run.model.config, run.store.device, run.method
+        n = len(run.blocks)
+        cur = list(inps)
+        bar = tqdm(range(n), desc=f"{pruner.label} level database", unit="block")
+        try:
+            for i in bar:
+                block = run.blocks[i]
+                lads = {lad.part: lad for lad in self.ladders if lad.layer == i}
+                parts = [p for p in _PARTS if any(r.removed > 0 for r in lads[p.name].rungs)]
+                with pruner._on_device(block, dev):
+                    stats: dict[str, dict] = {}
+                    handles = []
+                    try:
+                        for part in parts:
+                            sites = {"output": part.out_proj(adapter, block), "input": part.in_linear(adapter, block)}
+                            obs = method.observers(part.name, c)
+                            stats[part.name] = {k: o.make(sites[o.site].in_features, dev) for k, o in obs.items()}
+                            for k, o in obs.items():
+                                handles.append(sites[o.site].register_forward_pre_hook(
+                                    lambda m, a, acc=stats[part.name][k]: acc.add(a[0])))
+                        for b, kw in enumerate(layer_kwargs[i]):
+                            y = _output_tensor(block(run.store.fetch(cur[b]), **_nested_to(kw, dev)))
+                            cur[b] = run.store.keep(_finite_output(y, run)) if i < n - 1 else None
+                    finally:
+                        for h in handles:
+                            h.remove()
+                    for part in parts:
+                        self.db.put_part(i, part.name, self._variants(i, block, part, lads[part.name],
+                                                                       stats.pop(part.name)))
+        finally:
+            bar.close()
+        self.seconds["database"] = time.perf_counter() - t0
+        logger.info("level database: %d variants, %.1f MiB%s, %.1f s", sum(
+            sum(r.removed > 0 for r in lad.rungs) for lad in self.ladders), self.db.nbytes / 2**20,
+            f" in {self._tmp}" if self._tmp else "", self.seconds["database"])
+
+    def _variants(self, i: int, block, part, ladder: PartLadder, stats: dict) -> dict[int, Variant]:
+        run, c = self.run, self.config
+        adapter, mconfig = run.adapter, run.model.config
+        out = part.out_proj(adapter, block)
+        home = self.db.device
+        lay = adapter.head_layout(block, mconfig)
+        todo = [k for k, r in enumerate(ladder.rungs) if r.removed > 0]
+        variants: dict[int, Variant] = {}
+        for k in todo:
+            r = ladder.rungs[k]
+            lp = LayerPlan(ratio=r.ratio, heads=r.heads, kv_heads=r.kv_heads, channels=r.channels,
+                           head_options=[tuple(o) for o in r.options])
+            st = stats if k == todo[-1] else copy.deepcopy(stats)  # solvers may take the Hessian over
+            name = adapter.layout.o_proj if part.name == "attention" else adapter.layout.channel_out
+            res = part.solve(run.method, part.task(
+                adapter, block, mconfig, lp, layer=i, W=out.weight.detach(), stats=st, config=c, spill_dir=None,
+                bias=None if out.bias is None else out.bias.detach().float(), name=f"layer {i} {name} level {r.ratio}"))
+            if part.name == "attention":
+                imap = adapter.head_index_map(block, lay.head_dim, res.kept, res.kept_kv, lay.num_heads, lay.num_kv_heads)
+            else:
+                imap = adapter.channel_index_map(block, res.kept, adapter.num_channels(block))
+            cols = next(index for lin, dim, index, _ in imap if lin is out and dim == 1)
+            w = res.W.to(out.weight.dtype).index_select(1, cols.to(res.W.device)).contiguous().to(home)
+            bias = None if res.bias is None else res.bias.to(dtype=out.weight.dtype, device=home)
+            variants[k] = Variant(list(res.kept), None if res.kept_kv is None else list(res.kept_kv), w, bias,
+                                  float(res.error), None if res.option is None else tuple(res.option))
+        return variants
+
+    # ------------------------------------------------------------------ 2. the search
+    def starts(self) -> list[tuple[int, ...]]:
+        """The starting candidates: the package's default schedule (``log_increase``) and ``uniform``, each mapped to
+        the nearest rungs and repaired into the budget band (duplicates once)."""
+        import random
+
+        c = self.config
+        rng = random.Random(c.search_seed)
+        out: list[tuple[int, ...]] = []
+        for kind in ("log_increase", "uniform"):
+            try:
+                plan = solve_schedule(self.geoms, c.pruning_ratio, kind, spread=c.schedule_spread,
+                                      max_layer_ratio=c.max_layer_ratio, prune_heads=c.prune_heads,
+                                      prune_ffn=c.prune_ffn, min_heads=c.min_heads, min_channels=c.min_channels,
+                                      channel_multiple=c.channel_multiple)
+            except ValueError:  # the schedule cannot reach the ratio (max_layer_ratio): start from the other one
+                continue
+            want = []
+            for g, lp in zip(self.geoms, plan.layers):
+                want += [g.attention_params - lp.heads * g.params_per_head - lp.kv_heads * g.params_per_kv_head,
+                         (g.channels - lp.channels) * g.params_per_channel]
+            x = nearest_candidate(self.ladders, want, self.budget, rng)
+            if x not in out:
+                out.append(x)
+        if not out:  # pragma: no cover - budget_for guarantees some candidate: the lowest rungs, repaired
+            out.append(nearest_candidate(self.ladders, [0] * len(self.ladders), self.budget, rng))
+        return out
+
+    @torch.no_grad()
+    def search(self) -> SearchResult:
+        """The (1+λ) search; the model is dense again when it returns or fails."""
+        from transformers.utils.logging import tqdm
+
+        c, run = self.config, self.run
+        t0 = time.perf_counter()
+        deadline = None if c.search_minutes is None else time.monotonic() + 60 * c.search_minutes
+        stitcher = Stitcher(run.adapter, run.blocks, run.model.config, self.ladders, self.db)
+        bar = tqdm(total=c.search_generations, desc=f"{self.pruner.label} search", unit="gen")
+        restore = _prepare_forward(run.model)
+        try:
+            fitness = KLFitness(run.model, self.data, self.windows, stitcher, batch_size=c.batch_size)
+            starts = self.starts()
+            fitness(starts[0], len(self.windows) - 1)  # the first parent, whatever the time budget
+            fitness.deadline = deadline
+
+            def on_generation(gen: int, best: float) -> None:
+                bar.update(1)
+                bar.set_postfix(kl=f"{best:.5f}")
+
+            evo = evolve(starts, fitness, self.ladders, self.budget, generations=c.search_generations,
+                         offspring=c.search_offspring, survivors=c.search_survivors, seed=c.search_seed,
+                         deadline=deadline, on_generation=on_generation)
+            evaluations = fitness.evaluations
+        finally:
+            bar.close()
+            stitcher.restore()
+            restore()
+        if evo.out_of_time:
+            logger.info("search_minutes=%s spent after %d generations: keeping the best candidate so far (KL %.5f)",
+                        c.search_minutes, evo.generations, evo.fitness)
+        self.seconds["search"] = time.perf_counter() - t0
+        schedule = profile_schedule(self.ladders, evo.best)
+        plan = solve_schedule(self.geoms, c.pruning_ratio, schedule, prune_heads=c.prune_heads, prune_ffn=c.prune_ffn,
+                              min_heads=c.min_heads, min_channels=c.min_channels, channel_multiple=c.channel_multiple)
+        for lp, lad_a, lad_f, (ka, kf) in zip(plan.layers, self.ladders[0::2], self.ladders[1::2],
+                                              zip(evo.best[0::2], evo.best[1::2])):
+            ra, rf = lad_a.rungs[ka], lad_f.rungs[kf]
+            if (lp.heads, lp.kv_heads, lp.channels) != (ra.heads, ra.kv_heads, rf.channels):  # pragma: no cover
+                raise RuntimeError("the searched profile does not reproduce its sizes through the explicit schedule")
+        settings = {"levels": list(c.search_levels), "generations": c.search_generations,
+                    "offspring": c.search_offspring, "tokens": list(c.search_tokens),
+                    "survivors": list(c.search_survivors), "seed": c.search_seed, "minutes": c.search_minutes}
+        self.result = SearchResult(
+            levels=evo.best, plan=plan, schedule=schedule, evolution=evo, budget=self.budget,
+            removed=removed_params(self.ladders, evo.best), fitness_tokens=[fitness.tokens(s) for s in
+                                                                             range(len(self.windows))],
+            evaluations=evaluations, seconds=dict(self.seconds), settings=settings)
+        logger.info("search: %d generations, KL %.5f -> %.5f, %d window forwards, %.1f s", evo.generations,
+                    evo.history[0], evo.fitness, evaluations, self.seconds["search"])
+        return self.result
+
+    # ------------------------------------------------------------------ 3. the stitched final model
+    @torch.no_grad()
+    def stitch_final(self) -> tuple[list["LayerReport"], list[dict[str, list[int]]]]:
+        """Make the model the best candidate for good (the variants' tensors copied into it) and return the block
+        reports and the kept indices, as the block loop would."""
+        from .pruner import LayerReport
+
+        run, res = self.run, self.result
+        adapter, mconfig = run.adapter, run.model.config
+        stitcher = Stitcher(adapter, run.blocks, mconfig, self.ladders, self.db)
+        reports, kept_all = [], []
+        for i, block in enumerate(run.blocks):
+            t = time.perf_counter()
+            geom, lay, lp = self.geoms[i], adapter.head_layout(block, mconfig), res.plan.layers[i]
+            report = LayerReport(index=i, ratio=lp.ratio, heads=(lay.num_heads, lp.heads),
+                                 kv_heads=(lay.num_kv_heads, lp.kv_heads), channels=(geom.channels, lp.channels),
+                                 params=(geom.total_params, geom.params(lp.heads, lp.kv_heads, lp.channels)))
+            kept = {"heads": list(range(lay.num_heads)), "kv_heads": list(range(lay.num_kv_heads)),
+                    "channels": list(range(geom.channels))}
+            for p in (2 * i, 2 * i + 1):
+                lad = self.ladders[p]
+                v = self.db.get(i, lad.part, res.levels[p])
+                run.block, run.modified = i, True
+                stitcher.set_part(i, lad.part, v, copy_tensors=True)
+                if v is None:
+                    continue
+                if lad.part == "attention":
+                    report.attn_error, report.head_option = v.error, v.option
+                    kept["heads"], kept["kv_heads"] = v.kept, v.kept_kv
+                else:
+                    report.ffn_error = v.error
+                    kept["channels"] = v.kept
+            report.seconds = time.perf_counter() - t
+            reports.append(report)
+            kept_all.append(kept)
+        return reports, kept_all
+
+
+def _mkdir(folder: Optional[str]) -> Optional[str]:
+    if folder is not None:
+        os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def _prepare_forward(model: nn.Module):
+    """Eval mode and no KV cache for the fitness forwards; returns the undo."""
+    was_training, use_cache = model.training, getattr(model.config, "use_cache", None)
+    model.eval()
+    if use_cache is not None:
+        model.config.use_cache = False
+
+    def undo() -> None:
+        if use_cache is not None:
+            model.config.use_cache = use_cache
+        model.train(was_training)
+
+    return undo
+
+
+def fitness_windows(config, num_windows: int, seqlen: int) -> list[int]:
+    """Windows of each selection step: ``ceil(tokens / seqlen)``; raises ``ValueError`` when the calibration data
+    have fewer windows than the last step needs."""
+    windows = [max(1, math.ceil(t / seqlen)) for t in config.search_tokens]
+    if windows[-1] > num_windows:
+        raise ValueError(
+            f"search_tokens={config.search_tokens} needs {windows[-1]} calibration windows of {seqlen} tokens for its "
+            f"last selection step, but the calibration data have {num_windows}: raise num_samples or lower "
+            "search_tokens")
+    return windows
+
+
+def searched_schedule(source: Any) -> list[list[float]]:
+    """The explicit per-layer schedule (``[[attention_ratio, ffn_ratio], ...]``) that a ``schedule="search"`` run
+    found, from a :class:`~optimum_slimgpt.PruningRecord`, its dict, a model (its ``config.pruning_config``) or a
+    saved checkpoint folder. ``SlimGPTConfig(schedule=searched_schedule(...))`` reuses it without searching."""
+    from .modeling import PruningRecord
+
+    record = source
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        cfg = path / "config.json" if path.is_dir() else path
+        if not cfg.exists():
+            raise ValueError(f"{cfg} not found: give a saved checkpoint folder or its config.json")
+        raw = json.loads(cfg.read_text(encoding="utf-8")).get("pruning_config")
+        record = PruningRecord.from_dict(raw) if raw else None
+    elif isinstance(source, dict):
+        record = PruningRecord.from_dict(source)
+    elif isinstance(source, nn.Module):
+        record = PruningRecord.of(source.config)
+    if not isinstance(record, PruningRecord) or not record.search or "schedule" not in record.search:
+        raise ValueError("no searched profile here: the model was not pruned with schedule='search'")
+    return [list(map(float, p)) for p in record.search["schedule"]]
+
+
+def describe_search(search: dict) -> list[str]:
+    """Lines for ``optimum-slimgpt info`` from a record's ``search`` entry: the run, its settings, the budget, the
+    fitness history (at most 11 values) and the ``--schedule`` argument that reuses the profile."""
+    st, b, h = search.get("settings", {}), search.get("budget", {}), search.get("fitness_history", [])
+    tokens = search.get("fitness_tokens") or [None]
+    sec = search.get("seconds", {})
+    lines = [
+        f"search: {search.get('generations')} generations ({search.get('accepted')} accepted"
+        + (", stopped by search_minutes" if search.get("out_of_time") else "") + f"), {search.get('evaluations')} "
+        f"window forwards, KL {h[0] if h else '?'} -> {search.get('fitness')} on {tokens[-1]} tokens; final model: "
+        f"{search.get('final')}; database {sec.get('database')} s, search {sec.get('search')} s",
+        "search settings: " + ", ".join(f"{k} {json.dumps(v)}" for k, v in st.items()),
+    ]
+    if b:
+        lines.append(f"search budget: removed {b.get('removed'):,} of {b.get('total'):,} block parameters (at least "
+                     f"{b.get('target'):,.0f}, at most {b.get('width'):,.0f} more: the largest step of a part)")
+    if h:
+        idx = sorted({round(k * (len(h) - 1) / 10) for k in range(11)})
+        lines.append("fitness history (generation: KL): " + ", ".join(f"{k}: {h[k]}" for k in idx))
+    if search.get("schedule"):
+        lines.append("reuse the profile: --schedule " + ",".join(f"{a}:{f}" for a, f in search["schedule"]))
+    return lines
