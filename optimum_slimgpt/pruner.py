@@ -172,6 +172,30 @@ def _finite_output(y: torch.Tensor, run: "_Run") -> torch.Tensor:
     return y
 
 
+def _observe_dense_block(run: "_Run", block, i: int, parts, config, kwargs: list, cur: list) -> dict[str, dict]:
+    """Run the dense block ``i`` (already on its device) on every calibration batch with the method's observers of
+    ``parts`` hooked on; ``cur`` (the stored inputs) is replaced by the block's outputs, the next block's inputs
+    (``None`` after the last block). Returns ``{part name: {statistic: accumulator}}``."""
+    adapter, dev, n = run.adapter, run.store.device, len(run.blocks)
+    stats: dict[str, dict] = {}
+    handles = []
+    try:
+        for part in parts:
+            sites = {"output": part.out_proj(adapter, block), "input": part.in_linear(adapter, block)}
+            obs = run.method.observers(part.name, config)
+            stats[part.name] = {k: o.make(sites[o.site].in_features, dev) for k, o in obs.items()}
+            for k, o in obs.items():
+                handles.append(sites[o.site].register_forward_pre_hook(
+                    lambda m, a, acc=stats[part.name][k]: acc.add(a[0])))
+        for b, kw in enumerate(kwargs):
+            y = _output_tensor(block(run.store.fetch(cur[b]), **_nested_to(kw, dev)))
+            cur[b] = run.store.keep(_finite_output(y, run)) if i < n - 1 else None
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
 class ActivationStore:
     """Where calibration activations live between blocks: on the compute ``device``, or (``offload``) in
     page-locked CPU memory, so that the copies back to a GPU are fast."""
@@ -863,25 +887,9 @@ class SlimGPTPruner:
         parts = [p for p in _PARTS if (c.prune_heads if p.name == "attention" else c.prune_ffn)]
         scores: list[dict[str, Optional[torch.Tensor]]] = []
         cur = list(inps)
-        n = len(run.blocks)
         for i, block in enumerate(run.blocks):
             with self._on_device(block, dev):
-                stats: dict[str, dict] = {}
-                handles = []
-                try:
-                    for part in parts:
-                        sites = {"output": part.out_proj(adapter, block), "input": part.in_linear(adapter, block)}
-                        obs = run.method.observers(part.name, c)
-                        stats[part.name] = {k: o.make(sites[o.site].in_features, dev) for k, o in obs.items()}
-                        for k, o in obs.items():
-                            handles.append(sites[o.site].register_forward_pre_hook(
-                                lambda m, a, acc=stats[part.name][k]: acc.add(a[0])))
-                    for b, kw in enumerate(layer_kwargs[i]):
-                        y = _output_tensor(block(run.store.fetch(cur[b]), **_nested_to(kw, dev)))
-                        cur[b] = run.store.keep(_finite_output(y, run)) if i < n - 1 else None
-                finally:
-                    for h in handles:
-                        h.remove()
+                stats = _observe_dense_block(run, block, i, parts, c, layer_kwargs[i], cur)
                 lay = adapter.head_layout(block, mconfig)
                 scores.append({part.name: run.method.dense_scores(
                     part.name, part.out_proj(adapter, block).weight.detach().float(), stats[part.name],

@@ -439,12 +439,11 @@ class EvolutionarySearch:
         inputs (the blocks run dense, layer by layer, on copies of the captured inputs; no weight changes)."""
         from transformers.utils.logging import tqdm
 
-        from .pruner import _PARTS, _finite_output, _nested_to, _output_tensor
+        from .pruner import _PARTS, _observe_dense_block
 
         t0 = time.perf_counter()
         run, pruner, c = self.run, self.pruner, self.config
-        adapter, mconfig, dev, method = run.adapter, run.model.config, run.store.device, run.method
-        n = len(run.blocks)
+        dev, n = run.store.device, len(run.blocks)
         cur = list(inps)
         bar = tqdm(range(n), desc=f"{pruner.label} level database", unit="block")
         try:
@@ -453,22 +452,7 @@ class EvolutionarySearch:
                 lads = {lad.part: lad for lad in self.ladders if lad.layer == i}
                 parts = [p for p in _PARTS if any(r.removed > 0 for r in lads[p.name].rungs)]
                 with pruner._on_device(block, dev):
-                    stats: dict[str, dict] = {}
-                    handles = []
-                    try:
-                        for part in parts:
-                            sites = {"output": part.out_proj(adapter, block), "input": part.in_linear(adapter, block)}
-                            obs = method.observers(part.name, c)
-                            stats[part.name] = {k: o.make(sites[o.site].in_features, dev) for k, o in obs.items()}
-                            for k, o in obs.items():
-                                handles.append(sites[o.site].register_forward_pre_hook(
-                                    lambda m, a, acc=stats[part.name][k]: acc.add(a[0])))
-                        for b, kw in enumerate(layer_kwargs[i]):
-                            y = _output_tensor(block(run.store.fetch(cur[b]), **_nested_to(kw, dev)))
-                            cur[b] = run.store.keep(_finite_output(y, run)) if i < n - 1 else None
-                    finally:
-                        for h in handles:
-                            h.remove()
+                    stats = _observe_dense_block(run, block, i, parts, c, layer_kwargs[i], cur)
                     for part in parts:
                         self.db.put_part(i, part.name, self._variants(i, block, part, lads[part.name],
                                                                        stats.pop(part.name)))

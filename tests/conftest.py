@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import functools
 import os
 import sys
 
@@ -14,6 +12,9 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 
 from helpers import SMOLLM2_DIR, SMOLLM2_GGUF, STORIES_BIN, have_shared, load_stories260k  # noqa: E402
+
+from optimum_slimgpt.loading import gguf_parsed_once  # noqa: E402
+
 
 def _test_threads() -> int:
     """Threads for the suite: ``SLIMGPT_TEST_THREADS``, else ``OMP_NUM_THREADS``, else up to 2. The suite must pass
@@ -42,29 +43,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
-@contextlib.contextmanager
-def _gguf_parsed_once():
-    """transformers parses a GGUF file once for the config, once for the weights and once for the tokenizer, and
-    rebuilds gguf's tensor-name map for each of ~400 modules: about 30 s of the ~45 s SmolLM2 load on 2 cores.
-    Inside this block each is done once (same objects, read-only; patched only while loading)."""
-    import gguf
-
-    orig_reader, orig_map = gguf.GGUFReader, gguf.get_tensor_name_map
-    readers: dict = {}
-
-    def reader(path, *args, **kwargs):
-        key = (os.fspath(path), args, tuple(sorted(kwargs.items())))
-        if key not in readers:
-            readers[key] = orig_reader(path, *args, **kwargs)
-        return readers[key]
-
-    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.lru_cache(maxsize=None)(orig_map)
-    try:
-        yield
-    finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map = orig_reader, orig_map
-
-
 @pytest.fixture(scope="session")
 def _smollm2_dense():
     if not have_shared(SMOLLM2_DIR / SMOLLM2_GGUF):
@@ -74,7 +52,7 @@ def _smollm2_dense():
 
     hf_logging.disable_progress_bar()
     try:
-        with _gguf_parsed_once():
+        with gguf_parsed_once():  # the loader's own: the GGUF file is parsed once
             tok = AutoTokenizer.from_pretrained(SMOLLM2_DIR, gguf_file=SMOLLM2_GGUF)
             model = AutoModelForCausalLM.from_pretrained(SMOLLM2_DIR, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     finally:
