@@ -176,6 +176,8 @@ def main() -> None:
     ap.add_argument("--dense-from", default=None, help="JSONL with the dense rows of an earlier run (for the ratios)")
     ap.add_argument("--work", default="bench_out/gguf")
     ap.add_argument("--out", default="bench_out/gguf.json")
+    ap.add_argument("--channel-multiple", type=lambda v: v if v == "auto" else int(v), default="auto",
+                    help="the pruning config's channel_multiple: 'auto' (the default) or an int (1 = whole channels)")
     ap.add_argument("--sizes-only", action="store_true",
                     help="only the Q4_K_M files: sizes, fallback tensors and the issue's size rule (no perplexity, "
                          "no decode)")
@@ -215,7 +217,8 @@ def main() -> None:
                     "method": rec.get("pruning_method")}
         elif ratio is not None:
             cfg = SlimGPTConfig(pruning_ratio=ratio, dataset=wikitext2_validation_rows(WIKI), num_samples=args.samples,
-                                seqlen=args.seqlen_calib, batch_size=8, seed=0)
+                                seqlen=args.seqlen_calib, batch_size=8, seed=0,
+                                channel_multiple=args.channel_multiple)
             t0 = time.perf_counter()
             pruner = SlimGPTPruner(cfg)
             model = pruner.prune_model(copy.deepcopy(dense), tok)

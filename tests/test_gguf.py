@@ -291,12 +291,12 @@ def test_llama_cpp_tokenizes_wikitext2_like_hf(one_thread, smol_tok, tmp_path):
 # ------------------------------------------------------------------------------------------ quantisation
 def test_quantised_exports_are_smaller_and_close(one_thread, smol_tok, tmp_path):
     """llama.cpp's own quantiser: Q8_0 and Q4_K_M files, smaller, without temporaries, and their logits close to
-    the transformers ones (Q8_0 closer than Q4_K_M; measured relative L2 error on this random model: Q8_0 0.05,
-    Q4_K_M 0.52 with the default widths, where every ffn_down is a K-quant, 0.25 when the FFN widths made llama.cpp
-    keep ffn_down in F16; f16 0.002). An output unrelated to the reference, of the same norm, is off by about
-    sqrt(2): the bound 1.0 still says "an approximation of this model"."""
+    the transformers ones (Q8_0 closer than Q4_K_M; measured relative L2 error on this random model: Q8_0 0.029,
+    Q4_K_M 0.235). The weights are drawn with std 0.05: with _tiny's 0.2 every layer amplifies the 4-bit noise
+    (Q4_K_M 0.49 with whole FFN channels, whose widths leave ffn_down in F16, and 0.52 with the default widths,
+    multiples of 128 here, which quantise every ffn_down), too close to any bound that still means "close"."""
     _llama_cpp()  # the quantiser is llama.cpp's own
-    model = _prune(_tiny("llama", hidden_size=256, intermediate_size=512, head_dim=32))
+    model = _prune(_tiny("llama", hidden_size=256, intermediate_size=512, head_dim=32, initializer_range=0.05))
     f32 = export_gguf(model, tmp_path / "f32.gguf", tokenizer=smol_tok)
     ids = smol_tok(PROMPTS[0], add_special_tokens=False)["input_ids"]
     ref = _hf_logits(model, ids)
@@ -313,7 +313,7 @@ def test_quantised_exports_are_smaller_and_close(one_thread, smol_tok, tmp_path)
             llm.close()
         rel[qtype] = ((got - ref).norm() / ref.norm()).item()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Q4_K_M.gguf", "Q8_0.gguf", "f32.gguf"]  # no temporaries
-    assert rel["Q8_0"] < 0.1 and rel["Q8_0"] < rel["Q4_K_M"] < 1.0, rel
+    assert rel["Q8_0"] < 0.1 and rel["Q8_0"] < rel["Q4_K_M"] < 0.5, rel
 
 
 K_QUANTS = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"}

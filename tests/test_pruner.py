@@ -271,5 +271,6 @@ def test_smollm2_20_percent_perplexity_quick(smollm2, smollm2_pruned20):
     ids = tok("\n\n".join(test_rows[:200]), add_special_tokens=False, return_tensors="pt").input_ids[0][: 3 * 512]
     dense, pruned = _ppl(dense_model, ids), _ppl(model, ids)
     assert abs(pruner.summary.achieved_ratio - 0.2) < 0.005
-    # measured: dense 29.05, pruned 46.91 on these 1,536 test tokens (16 x 256 calibration tokens only)
+    # measured: dense 29.05, pruned 48.25 on these 1,536 test tokens (16 x 256 calibration tokens only; 46.91 with
+    # channel_multiple=1, the default before "auto")
     assert math.isfinite(pruned) and dense < pruned < 2 * dense, (dense, pruned)
