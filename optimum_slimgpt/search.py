@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -465,7 +464,7 @@ class EvolutionarySearch:
 
         t0 = time.perf_counter()
         run, pruner, c = self.run, self.pruner, self.config
-        adapter, mconfig, dev, method = run.adapter, run.model.config, run.store.device, run.method
+        adapter, dev, method = run.adapter, run.store.device, run.method
         n = len(run.blocks)
         cur = list(inps)
         bar = tqdm(range(n), desc=f"{pruner.label} level database", unit="block")

@@ -4,7 +4,6 @@ level, the brute-force optimum on a tiny model, the reusable profile, and bad in
 from __future__ import annotations
 
 import copy
-import json
 import random
 
 import pytest
@@ -23,7 +22,7 @@ from optimum_slimgpt.solvers.allocation import (
     profile_schedule,
     removed_params,
 )
-from optimum_slimgpt.solvers.schedule import LayerGeometry, plan_layer, solve_schedule
+from optimum_slimgpt.solvers.schedule import LayerGeometry, solve_schedule
 
 VOCAB = 64
 
@@ -295,7 +294,7 @@ def test_the_search_finds_the_brute_force_optimum_on_a_tiny_model():
     pruner.prune_model(copy.deepcopy(model), calibration=CALIB)  # the search through the public API
     found = pruner.search_result
     # brute force with the same database and fitness
-    from optimum_slimgpt.search import EvolutionarySearch, search_ladders
+    from optimum_slimgpt.search import search_ladders
 
     adapter = get_adapter(model)
     blocks = adapter.get_blocks(model)
