@@ -193,8 +193,8 @@ def main() -> None:
     ap.add_argument("--levels", type=float, nargs="*", default=[round(0.1 * k, 1) for k in range(10)])
     ap.add_argument("--generations", type=int, default=1000)
     ap.add_argument("--offspring", type=int, default=8)
-    ap.add_argument("--tokens", type=int, nargs="*", default=[512, 2048, 8192],
-                    help="tokens of each selection step (whole windows of --seqlen)")
+    ap.add_argument("--tokens", type=int, nargs="*", default=[256, 1024, 4096],
+                    help="tokens of each selection step (whole windows of --seqlen, then a prefix of the next)")
     ap.add_argument("--survivors", type=int, nargs="*", default=[2, 1])
     ap.add_argument("--search-seed", type=int, default=0)
     ap.add_argument("--minutes", type=float, default=25.0, help="the search's time budget (after the database)")

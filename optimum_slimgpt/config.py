@@ -185,8 +185,8 @@ class PruningConfig:
             rounded to whole heads / channels as every schedule is; levels that round to the same size count once).
         search_generations: ``"search"``: generations of the (1+λ) loop.
         search_offspring: ``"search"``: offspring (λ) per generation.
-        search_tokens: ``"search"``: calibration tokens of each selection step, cheapest first (rounded up to
-            whole ``seqlen`` windows; the windows of a step include those of the steps before).
+        search_tokens: ``"search"``: calibration tokens of each selection step, cheapest first (whole ``seqlen``
+            windows, then the first tokens of the next one; the windows of a step include those of the steps before).
         search_survivors: ``"search"``: offspring that go on from each selection step to the next (one entry per
             step but the last; non-increasing); the best of the last step replaces the parent if it is better.
         search_seed: ``"search"``: seed of the mutations (the search is deterministic for a seed).

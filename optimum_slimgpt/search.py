@@ -14,8 +14,9 @@ selection) are in :mod:`optimum_slimgpt.solvers.allocation`. This module runs th
    input projections are sliced from the kept dense tensors and its output projection is the variant's tensor.
    No solver runs; only the parts that differ from the previous candidate are swapped.
 3. **Fitness** (:class:`KLFitness`): the mean over tokens of ``KL(p_dense || p_candidate)`` of the next-token
-   distributions on the first calibration windows (the cheap selection steps use fewer of them; the windows of a
-   step include those of the steps before, and every window's KL is computed once per candidate). The dense
+   distributions on the first ``search_tokens[k]`` calibration tokens (whole windows, then a prefix of the next:
+   :func:`fitness_units`; the windows of a step include those of the steps before, and every window's KL is
+   computed once per candidate). The dense
    reference is the output head's input on the dense model, kept once (and the dense log-probabilities of the
    first windows, within a memory cap).
 
@@ -29,7 +30,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -286,29 +286,41 @@ class Stitcher:
 
 
 # ---------------------------------------------------------------------------------------------- fitness
+def fitness_units(tokens: int, seqlen: int) -> list[tuple[int, int]]:
+    """The ``(window, length)`` pieces of a selection step of ``tokens`` tokens: whole calibration windows first,
+    then the first ``tokens mod seqlen`` tokens of the next one (a causal model's predictions on a window's prefix
+    are those of the whole window at the same positions)."""
+    full, rest = divmod(int(tokens), seqlen)
+    return [(j, seqlen) for j in range(full)] + ([(full, rest)] if rest else [])
+
+
 class KLFitness:
-    """``fitness(candidate, step)``: mean ``KL(p_dense || p_candidate)`` per token over the first
-    ``windows[step]`` rows of ``data``, with the model stitched to the candidate by ``stitcher``. Each window's KL
-    sum is computed once per candidate (a later step only adds its new windows); the forwards take ``batch_size``
-    windows at a time."""
+    """``fitness(candidate, step)``: mean ``KL(p_dense || p_candidate)`` per token over the first ``tokens[step]``
+    calibration tokens (:func:`fitness_units`), with the model stitched to the candidate by ``stitcher``. Each
+    piece's KL sum is computed once per candidate (a later step adds only its new windows); the forwards take up to
+    ``batch_size`` windows at a time."""
 
     @torch.no_grad()
-    def __init__(self, model: nn.Module, data: torch.Tensor, windows: list[int], stitcher: Stitcher,
+    def __init__(self, model: nn.Module, data: torch.Tensor, tokens: list[int], stitcher: Stitcher,
                  deadline: Optional[float] = None, batch_size: int = 1,
                  cache_bytes: int = DENSE_LOGPROB_CACHE_BYTES) -> None:
-        self.model, self.data, self.windows, self.stitcher, self.deadline = model, data, windows, stitcher, deadline
+        self.model, self.data, self.stitcher, self.deadline = model, data, stitcher, deadline
+        self.steps = [fitness_units(t, data.shape[1]) for t in tokens]
         self.batch_size = max(1, int(batch_size))
         self.head = model.get_output_embeddings()
         if self.head is None:
             raise ValueError(f"{type(model).__name__} has no output embeddings: the search's KL fitness needs the "
                              "next-token distribution")
         self.in_device = model.get_input_embeddings().weight.device
-        self.cache: dict[tuple[int, ...], list[float]] = {}
-        self.evaluations = 0  # windows run through the model for candidates
-        n = max(windows)
+        self.cache: dict[tuple[int, ...], dict[tuple[int, int], float]] = {}
+        self.evaluations = 0  # window forwards for candidates (whole windows or prefixes)
+        self.tokens_evaluated = 0
+        n = 1 + max(j for units in self.steps for j, _ in units)
+        if n > data.shape[0]:
+            raise ValueError(f"the selection steps need {n} calibration windows, the data have {data.shape[0]}")
         self.dense_h: list[torch.Tensor] = []
         for s in range(0, n, self.batch_size):
-            self.dense_h += list(self._head_inputs(s, min(n, s + self.batch_size)).unbind(0))
+            self.dense_h += list(self._head_inputs(list(range(s, min(n, s + self.batch_size))), data.shape[1]).unbind(0))
         self.dense_logp: list[Optional[torch.Tensor]] = []
         used = 0
         for h in self.dense_h:
@@ -317,8 +329,9 @@ class KLFitness:
             self.dense_logp.append(self._logits(h).log_softmax(-1) if keep else None)
             used += size if keep else 0
 
-    def _head_inputs(self, start: int, stop: int) -> torch.Tensor:
-        """The output head's input ``(windows, seqlen, hidden)`` for windows ``start..stop-1``, model as it is."""
+    def _head_inputs(self, rows: list[int], length: int) -> torch.Tensor:
+        """The output head's input ``(len(rows), length, hidden)`` for the first ``length`` tokens of windows
+        ``rows``, with the model as it is."""
         got: list[torch.Tensor] = []
 
         def hook(m, args):
@@ -327,7 +340,7 @@ class KLFitness:
 
         handle = self.head.register_forward_pre_hook(hook)
         try:
-            self.model(input_ids=self.data[start:stop].to(self.in_device), use_cache=False)
+            self.model(input_ids=self.data[rows, :length].to(self.in_device), use_cache=False)
         except _StopAtHead:
             pass
         finally:
@@ -340,33 +353,39 @@ class KLFitness:
         return self.head(h).float()
 
     def _kl(self, j: int, h: torch.Tensor) -> float:
-        """The KL sum over the positions of window ``j`` given its head input ``h`` (``seqlen, hidden``)."""
+        """The KL sum over the positions of ``h`` (``length, hidden``), the head input of window ``j``'s prefix."""
         chunk = max(1, 2**24 // self.head.weight.shape[0])
         total = 0.0
         for s in range(0, h.shape[0], chunk):
-            lc = self._logits(h[s : s + chunk]).log_softmax(-1)
+            e = min(h.shape[0], s + chunk)
+            lc = self._logits(h[s:e]).log_softmax(-1)
             ld = self.dense_logp[j]
-            ld = ld[s : s + chunk] if ld is not None else self._logits(self.dense_h[j][s : s + chunk]).log_softmax(-1)
+            ld = ld[s:e] if ld is not None else self._logits(self.dense_h[j][s:e]).log_softmax(-1)
             total += float(torch.nn.functional.kl_div(lc, ld, reduction="sum", log_target=True))
         return total
 
     def tokens(self, step: int) -> int:
-        return self.windows[step] * self.data.shape[1]
+        return sum(length for _, length in self.steps[step])
 
     @torch.no_grad()
     def __call__(self, x: tuple[int, ...], step: int) -> float:
-        sums = self.cache.setdefault(tuple(x), [])
-        need = self.windows[step]
-        if len(sums) < need:
+        done = self.cache.setdefault(tuple(x), {})
+        units = self.steps[step]
+        missing = [u for u in units if u not in done]
+        if missing:
             self.stitcher.apply(x)
-            while len(sums) < need:
+            while missing:
                 if self.deadline is not None and time.monotonic() > self.deadline:
                     raise SearchOutOfTime
-                start, stop = len(sums), min(need, len(sums) + self.batch_size)
-                h = self._head_inputs(start, stop)
-                self.evaluations += stop - start
-                sums += [self._kl(j, h[j - start]) for j in range(start, stop)]
-        return sum(sums[:need]) / self.tokens(step)
+                length = missing[0][1]
+                batch = [u for u in missing if u[1] == length][: self.batch_size]
+                h = self._head_inputs([j for j, _ in batch], length)
+                self.evaluations += len(batch)
+                self.tokens_evaluated += len(batch) * length
+                for k, u in enumerate(batch):
+                    done[u] = self._kl(u[0], h[k])
+                missing = [u for u in missing if u not in done]
+        return sum(done[u] for u in units) / self.tokens(step)
 
 
 # ---------------------------------------------------------------------------------------------- the search
@@ -384,6 +403,7 @@ class SearchResult:
     removed: int
     fitness_tokens: list[int]
     evaluations: int
+    tokens_evaluated: int
     seconds: dict[str, float]
     settings: dict[str, Any]
 
@@ -397,7 +417,8 @@ class SearchResult:
                        "width": round(self.budget.width, 1), "removed": self.removed},
             "fitness": r6(ev.fitness), "fitness_history": [r6(v) for v in ev.history],
             "start_fitness": [r6(v) for v in ev.starts], "generations": ev.generations, "accepted": ev.accepted,
-            "out_of_time": ev.out_of_time, "evaluations": self.evaluations, "fitness_tokens": self.fitness_tokens,
+            "out_of_time": ev.out_of_time, "evaluations": self.evaluations, "tokens_evaluated": self.tokens_evaluated,
+            "fitness_tokens": self.fitness_tokens,
             "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
         }
 
@@ -414,7 +435,7 @@ class EvolutionarySearch:
         self.ladders = search_ladders(run.adapter, run.blocks, run.model.config, self.config)
         self.geoms = [run.adapter.geometry(b, run.model.config) for b in run.blocks]
         self.budget = budget_for(self.ladders, sum(g.total_params for g in self.geoms), self.config.pruning_ratio)
-        self.windows = fitness_windows(self.config, data.shape[0], data.shape[1])
+        fitness_windows(self.config, data.shape[0], data.shape[1])
         nbytes = database_bytes(run.adapter, run.blocks, run.model.config, self.ladders,
                                 bias=run.method.output_bias(self.config))
         on_disk = check_database_room(nbytes, self.config)
@@ -531,9 +552,9 @@ class EvolutionarySearch:
         bar = tqdm(total=c.search_generations, desc=f"{self.pruner.label} search", unit="gen")
         restore = _prepare_forward(run.model)
         try:
-            fitness = KLFitness(run.model, self.data, self.windows, stitcher, batch_size=c.batch_size)
+            fitness = KLFitness(run.model, self.data, c.search_tokens, stitcher, batch_size=c.batch_size)
             starts = self.starts()
-            fitness(starts[0], len(self.windows) - 1)  # the first parent, whatever the time budget
+            fitness(starts[0], len(c.search_tokens) - 1)  # the first parent, whatever the time budget
             fitness.deadline = deadline
 
             def on_generation(gen: int, best: float) -> None:
@@ -543,7 +564,7 @@ class EvolutionarySearch:
             evo = evolve(starts, fitness, self.ladders, self.budget, generations=c.search_generations,
                          offspring=c.search_offspring, survivors=c.search_survivors, seed=c.search_seed,
                          deadline=deadline, on_generation=on_generation)
-            evaluations = fitness.evaluations
+            evaluations, tokens_evaluated = fitness.evaluations, fitness.tokens_evaluated
         finally:
             bar.close()
             stitcher.restore()
@@ -565,11 +586,10 @@ class EvolutionarySearch:
                     "survivors": list(c.search_survivors), "seed": c.search_seed, "minutes": c.search_minutes}
         self.result = SearchResult(
             levels=evo.best, plan=plan, schedule=schedule, evolution=evo, budget=self.budget,
-            removed=removed_params(self.ladders, evo.best), fitness_tokens=[fitness.tokens(s) for s in
-                                                                             range(len(self.windows))],
-            evaluations=evaluations, seconds=dict(self.seconds), settings=settings)
-        logger.info("search: %d generations, KL %.5f -> %.5f, %d window forwards, %.1f s", evo.generations,
-                    evo.history[0], evo.fitness, evaluations, self.seconds["search"])
+            removed=removed_params(self.ladders, evo.best), fitness_tokens=list(c.search_tokens),
+            evaluations=evaluations, tokens_evaluated=tokens_evaluated, seconds=dict(self.seconds), settings=settings)
+        logger.info("search: %d generations, KL %.5f -> %.5f, %d window forwards (%d tokens), %.1f s", evo.generations,
+                    evo.history[0], evo.fitness, evaluations, tokens_evaluated, self.seconds["search"])
         return self.result
 
     # ------------------------------------------------------------------ 3. the stitched final model
@@ -631,16 +651,15 @@ def _prepare_forward(model: nn.Module):
     return undo
 
 
-def fitness_windows(config, num_windows: int, seqlen: int) -> list[int]:
-    """Windows of each selection step: ``ceil(tokens / seqlen)``; raises ``ValueError`` when the calibration data
-    have fewer windows than the last step needs."""
-    windows = [max(1, math.ceil(t / seqlen)) for t in config.search_tokens]
-    if windows[-1] > num_windows:
+def fitness_windows(config, num_windows: int, seqlen: int) -> int:
+    """The calibration windows the selection steps read (:func:`fitness_units` of the last step); raises
+    ``ValueError`` when the calibration data have fewer."""
+    need = 1 + max(j for j, _ in fitness_units(config.search_tokens[-1], seqlen))
+    if need > num_windows:
         raise ValueError(
-            f"search_tokens={config.search_tokens} needs {windows[-1]} calibration windows of {seqlen} tokens for its "
-            f"last selection step, but the calibration data have {num_windows}: raise num_samples or lower "
-            "search_tokens")
-    return windows
+            f"search_tokens={config.search_tokens} needs {need} calibration windows of {seqlen} tokens for its last "
+            f"selection step, but the calibration data have {num_windows}: raise num_samples or lower search_tokens")
+    return need
 
 
 def searched_schedule(source: Any) -> list[list[float]]:
@@ -675,7 +694,7 @@ def describe_search(search: dict) -> list[str]:
     lines = [
         f"search: {search.get('generations')} generations ({search.get('accepted')} accepted"
         + (", stopped by search_minutes" if search.get("out_of_time") else "") + f"), {search.get('evaluations')} "
-        f"window forwards, KL {h[0] if h else '?'} -> {search.get('fitness')} on {tokens[-1]} tokens; final model: "
+        f"window forwards ({search.get('tokens_evaluated')} tokens), KL {h[0] if h else '?'} -> {search.get('fitness')} on {tokens[-1]} tokens; final model: "
         f"{search.get('final')}; database {sec.get('database')} s, search {sec.get('search')} s",
         "search settings: " + ", ".join(f"{k} {json.dumps(v)}" for k, v in st.items()),
     ]

@@ -4,14 +4,13 @@ level, the brute-force optimum on a tiny model, the reusable profile, and bad in
 from __future__ import annotations
 
 import copy
-import json
 import random
 
 import pytest
 import torch
 
 from optimum_slimgpt import ConfigError, PruningRecord, SlimGPTConfig, SlimGPTPruner, SlimLLMConfig, get_adapter
-from optimum_slimgpt.search import KLFitness, LevelDatabase, Stitcher, searched_schedule
+from optimum_slimgpt.search import KLFitness, LevelDatabase, Stitcher, fitness_units, searched_schedule
 from optimum_slimgpt.solvers.allocation import (
     budget_for,
     brute_force,
@@ -23,7 +22,7 @@ from optimum_slimgpt.solvers.allocation import (
     profile_schedule,
     removed_params,
 )
-from optimum_slimgpt.solvers.schedule import LayerGeometry, plan_layer, solve_schedule
+from optimum_slimgpt.solvers.schedule import LayerGeometry, solve_schedule
 
 VOCAB = 64
 
@@ -44,7 +43,7 @@ CALIB = torch.randint(0, VOCAB, (8, 32), generator=torch.Generator().manual_seed
 
 def _cfg(cls=SlimGPTConfig, **kw):
     base = dict(pruning_ratio=0.3, schedule="search", dataset=None, batch_size=4, search_levels=[0.0, 0.25, 0.5, 0.75],
-                search_generations=6, search_offspring=4, search_tokens=[64, 256], search_survivors=[2])
+                search_generations=6, search_offspring=4, search_tokens=[48, 256], search_survivors=[2])
     base.update(kw)
     return cls(**base)
 
@@ -142,6 +141,11 @@ def test_the_pure_search_is_deterministic_and_never_worsens():
     assert runs[0].history[0] > 2 * best_fit and runs[0].best == best  # this seed reaches the optimum ...
     # ... this one stops 3.4% above it: a local search (the optimum is four coordinated steps away from there)
     assert runs[2].best != best and runs[2].fitness == pytest.approx(1.0339 * best_fit, rel=1e-3)
+
+
+def test_selection_steps_read_whole_windows_then_a_prefix():
+    assert fitness_units(48, 32) == [(0, 32), (1, 16)] and fitness_units(16, 32) == [(0, 16)]
+    assert fitness_units(96, 32) == [(0, 32), (1, 32), (2, 32)]
 
 
 def test_impossible_budget_and_empty_grid():
@@ -290,14 +294,14 @@ def test_the_search_finds_the_brute_force_optimum_on_a_tiny_model():
     pruner.prune_model(copy.deepcopy(model), calibration=CALIB)  # the search through the public API
     found = pruner.search_result
     # brute force with the same database and fitness
-    from optimum_slimgpt.search import EvolutionarySearch, search_ladders
+    from optimum_slimgpt.search import search_ladders
 
     adapter = get_adapter(model)
     blocks = adapter.get_blocks(model)
     ladders = search_ladders(adapter, blocks, model.config, cfg)
     budget = budget_for(ladders, found.budget.total, cfg.pruning_ratio)
     db = _database(model, cfg)
-    fitness = KLFitness(model, CALIB, [8], Stitcher(adapter, blocks, model.config, ladders, db), batch_size=8)
+    fitness = KLFitness(model, CALIB, [256], Stitcher(adapter, blocks, model.config, ladders, db), batch_size=8)
     best, best_fit, n = brute_force(ladders, budget, lambda x: fitness(x, 0))
     assert n >= 8
     scores = sorted(fitness(x, 0) for x in fitness.cache)
