@@ -500,8 +500,6 @@ def cmd_export(args) -> int:
     return 0
 
 
-#: the chat prompt the demo answers before and after pruning (from the held-out check set, never calibrated on)
-DEMO_QUESTION = "How do I boil an egg?"
 
 
 class _Phases:
@@ -557,13 +555,6 @@ def print_estimate(pruner, model, tokenizer) -> None:
     print(est.message(), flush=True)
 
 
-def _chat_answer(model, tok, question: str, max_new_tokens: int = 48) -> str:
-    from .selfgen import chat_generate
-
-    ids = chat_generate(model, tok, [question], max_new_tokens=max_new_tokens, batch_size=1)[0]
-    return tok.decode(ids, skip_special_tokens=True).strip()
-
-
 def cmd_demo(args) -> int:
     """Prune SmolLM2-135M-Instruct by 20% with chat calibration it writes itself, check that it still chats,
     evaluate, save, reload; print where the time went."""
@@ -580,6 +571,7 @@ def cmd_demo(args) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from .calibration import builtin_instructions
     from .config import SlimGPTConfig
     from .evaluation import chat_check, perplexity, wikitext2_test_text
     from .pruner import SlimGPTPruner
@@ -598,9 +590,10 @@ def cmd_demo(args) -> int:
     pruner = SlimGPTPruner(cfg)
     with phases("time estimate (probe)"):
         print_estimate(pruner, model, tok)
-    with phases("chat answer, dense"):
-        before = _chat_answer(dense, tok, DEMO_QUESTION)
-    print(f"[demo] chat: {DEMO_QUESTION!r}\n[demo]  dense answer: {before!r}", flush=True)
+    with phases("chat check, dense answers"):  # the held-out instructions; the first one is shown
+        ref = chat_check(dense, tok, dense, n=args.chat_n, max_new_tokens=args.chat_tokens)
+    question = builtin_instructions("check")[0]
+    print(f"[demo] chat: {question!r}\n[demo]  dense answer: {ref.answers[0]!r}", flush=True)
     print(f"[demo] pruning {args.ratio:.0%}, calibrated on {args.samples} windows of {args.seqlen} tokens of "
           "conversations the model writes itself in its chat template (dataset='self-chat')", flush=True)
     t, c = time.perf_counter(), time.process_time()
@@ -608,19 +601,20 @@ def cmd_demo(args) -> int:
     wall, cpu = time.perf_counter() - t, time.process_time() - c
     tm = pruner.summary.timings
     gen, cap = tm.get("calibration_data", 0.0), tm.get("capture", 0.0)
+    stats = sum(tm.get(k, 0.0) for k in ("hessian_attn", "hessian_ffn", "forward_out"))
+    solves = sum(tm.get(k, 0.0) for k in ("head_solve", "ffn_solve", "surgery"))
     phases.add("prune, of which:", wall, cpu)
     phases.add("  calibration generation (self-chat)", gen)
     phases.add("  capture", cap)
-    phases.add(f"  blocks ({len(pruner.summary.layers)}: statistics + solves)", wall - gen - cap)
+    phases.add(f"  blocks: statistics passes ({len(pruner.summary.layers)})", stats)
+    phases.add("  blocks: solves and surgery", solves)
     print(pruner.summary.table())
-    with phases("chat answer, pruned"):
-        after = _chat_answer(model, tok, DEMO_QUESTION)
-    print(f"[demo] chat: {DEMO_QUESTION!r}\n[demo]  dense answer:  {before!r}\n[demo]  pruned answer: {after!r}",
-          flush=True)
-
-    with phases("chat check"):
-        check = chat_check(model, tok, dense, n=args.chat_n, max_new_tokens=32)
-    print(f"[demo] {check.summary()} on {check.n} held-out instructions, {check.max_new_tokens} new tokens",
+    with phases("chat check, pruned"):
+        check = chat_check(model, tok, dense, n=args.chat_n, max_new_tokens=args.chat_tokens,
+                           reference_answers=ref.reference_answer_ids)
+    print(f"[demo] chat: {question!r}\n[demo]  dense answer:  {ref.answers[0]!r}\n[demo]  pruned answer: "
+          f"{check.answers[0]!r}", flush=True)
+    print(f"[demo] {check.summary()} ({check.n} held-out instructions, {check.max_new_tokens} new tokens)",
           flush=True)
 
     shared = find_shared()
@@ -641,7 +635,7 @@ def cmd_demo(args) -> int:
     with phases("save + reload + compare"):
         res = pruner.save(model, out_dir, tokenizer=tok, overwrite=args.overwrite)
         reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
-        ids = tok(DEMO_QUESTION, return_tensors="pt").input_ids
+        ids = tok(question, return_tensors="pt").input_ids
         with torch.no_grad():
             diff = (reloaded(ids).logits - model(ids).logits).abs().max().item()
     n_dense = sum(p.numel() for p in dense.parameters())
@@ -836,6 +830,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--samples", type=int, default=32, help="calibration windows of self-written conversations")
     de.add_argument("--seqlen", type=int, default=256, help="tokens per window")
     de.add_argument("--chat-n", type=int, default=16, help="held-out instructions of the chat check")
+    de.add_argument("--chat-tokens", type=int, default=32, help="new tokens per answer of the chat check")
     de.add_argument("--eval-tokens", type=int, default=8192, help="perplexity: the first N WikiText-2 test tokens")
     de.set_defaults(func=cmd_demo)
     return p
