@@ -831,7 +831,8 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--seqlen", type=int, default=256, help="tokens per window")
     de.add_argument("--chat-n", type=int, default=16, help="held-out instructions of the chat check")
     de.add_argument("--chat-tokens", type=int, default=32, help="new tokens per answer of the chat check")
-    de.add_argument("--eval-tokens", type=int, default=8192, help="perplexity: the first N WikiText-2 test tokens")
+    de.add_argument("--eval-tokens", type=int, default=4096,
+                    help="perplexity: the first N WikiText-2 test tokens (windows of 512; more is less noisy, slower)")
     de.set_defaults(func=cmd_demo)
     return p
 
