@@ -20,6 +20,7 @@ tokens on the same machine and library versions.
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
@@ -137,7 +138,12 @@ def _decode(model, input_ids: torch.Tensor, mask: torch.Tensor, *, max_new_token
     """Batched decoding with the KV cache that drops each row from the batch once it has ended (``generate`` keeps
     computing finished rows until the longest one ends: about a third of the work for chat answers). Greedy, or
     sampled from ``softmax(logits / temperature)`` with the global RNG. Returns each row's new tokens, up to and
-    including its end-of-sequence token."""
+    including its end-of-sequence token.
+
+    On a CPU with several threads, the second and third steps are timed with all of them and with one, and the
+    faster setting decodes the rest (the caller's setting is restored). A decoding step is many small operations:
+    when another process holds a core, threads that wait for each other at every one of them made SmolLM2's
+    decoding 5-60x slower than one thread on a shared 2-core machine."""
     n = input_ids.shape[0]
     out: list[list[int]] = [[] for _ in range(n)]
     rows = torch.arange(n)
@@ -146,30 +152,54 @@ def _decode(model, input_ids: torch.Tensor, mask: torch.Tensor, *, max_new_token
     extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     cache_arg = "cache" if _accepts(model, "cache") else "past_key_values"  # renamed in transformers 5.x
     ids, attn, past = input_ids, mask, None
-    for _ in range(max_new_tokens):
-        o = model(input_ids=ids, attention_mask=attn, position_ids=position, use_cache=True, **{cache_arg: past},
-                  **extra)
-        past = getattr(o, "cache", None) if getattr(o, "cache", None) is not None else o.past_key_values
-        logits = o.logits[:, -1].float()
-        if do_sample:
-            nxt = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1).squeeze(1)
-        else:
-            nxt = logits.argmax(-1)
-        for r, t in zip(rows.tolist(), nxt.tolist()):
-            out[r].append(t)
-        if bar is not None:
-            bar.update(len(rows))
-        going = ~torch.isin(nxt, eos_t)
-        if not bool(going.any()):
-            break
-        attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
-        position = position[:, -1:] + 1
-        if not bool(going.all()):
-            keep = going.nonzero().squeeze(1)
-            past.batch_select_indices(keep)
-            rows, attn, position, nxt = rows[keep.cpu()], attn[keep], position[keep], nxt[keep]
-        ids = nxt[:, None]
+    threads = torch.get_num_threads()
+    tune = input_ids.device.type == "cpu" and threads > 1
+    step_time: dict[int, float] = {}
+    try:
+        for step in range(max_new_tokens):
+            if tune and step in (1, 2, 3):  # steps 2 and 3 timed with all threads and with one: keep the faster
+                if step == 3:
+                    torch.set_num_threads(1 if step_time[1] < step_time[threads] else threads)
+                else:
+                    torch.set_num_threads(threads if step == 1 else 1)
+            t = time.perf_counter()
+            done = _decode_step(model, ids, attn, position, past, cache_arg, extra, out, rows, eos_t, do_sample,
+                                temperature, bar)
+            if tune and step in (1, 2):
+                step_time[torch.get_num_threads()] = time.perf_counter() - t
+            if done is None:
+                break
+            ids, attn, position, past, rows = done
+    finally:
+        torch.set_num_threads(threads)
     return out
+
+
+def _decode_step(model, ids, attn, position, past, cache_arg, extra, out, rows, eos_t, do_sample, temperature, bar):
+    """One decoding step of :func:`_decode`: the next token of every row, the finished rows dropped; ``None`` when
+    every row has ended, else the next ``(ids, attention_mask, position_ids, cache, rows)``."""
+    o = model(input_ids=ids, attention_mask=attn, position_ids=position, use_cache=True, **{cache_arg: past},
+              **extra)
+    past = getattr(o, "cache", None) if getattr(o, "cache", None) is not None else o.past_key_values
+    logits = o.logits[:, -1].float()
+    if do_sample:
+        nxt = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1).squeeze(1)
+    else:
+        nxt = logits.argmax(-1)
+    for r, t in zip(rows.tolist(), nxt.tolist()):
+        out[r].append(t)
+    if bar is not None:
+        bar.update(len(rows))
+    going = ~torch.isin(nxt, eos_t)
+    if not bool(going.any()):
+        return None
+    attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
+    position = position[:, -1:] + 1
+    if not bool(going.all()):
+        keep = going.nonzero().squeeze(1)
+        past.batch_select_indices(keep)
+        rows, attn, position, nxt = rows[keep.cpu()], attn[keep], position[keep], nxt[keep]
+    return nxt[:, None], attn, position, past, rows
 
 
 @torch.no_grad()
