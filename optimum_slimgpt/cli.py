@@ -607,7 +607,9 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     de.add_argument("--samples", type=int, default=32, help="calibration windows of self-written conversations")
     de.add_argument("--seqlen", type=int, default=256, help="tokens per window")
     de.add_argument("--chat-n", type=int, default=16, help="held-out instructions of the chat check")
-    de.add_argument("--eval-tokens", type=int, default=8192, help="perplexity: the first N WikiText-2 test tokens")
+    de.add_argument("--chat-tokens", type=int, default=32, help="new tokens per answer of the chat check")
+    de.add_argument("--eval-tokens", type=int, default=4096,
+                    help="perplexity: the first N WikiText-2 test tokens (windows of 512; more is less noisy, slower)")
     return p
 
 

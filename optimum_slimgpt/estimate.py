@@ -3,8 +3,9 @@
 :func:`estimate_prune` (also :meth:`SlimGPTPruner.estimate <optimum_slimgpt.pruner.SlimGPTPruner.estimate>`) times
 the pieces of a pruning run on the model itself, on the chosen device, with the run's own code:
 
-* **generated calibration** (``"self"``, ``"self-chat"``): a few generation steps of one batch, times the steps the
-  run will take (``"self-chat"`` at its longest answers, so an upper bound);
+* **generated calibration** (``"self"``, ``"self-chat"``): a few decoding steps at the run's batch size, times the
+  steps the run will take (``"self-chat"``: every batch at its longest answers, an upper bound, since finished
+  answers leave the batch);
 * **capture**: the calibration forward up to the first block, for one batch of random token ids of the run's shape;
 * **one block**: a copy of block 0 is pruned with the plan of the middle layer, the pruner's own ``_prune_part`` on
   that one batch: the statistics passes and the block's output forward scale with the number of batches, the
@@ -130,17 +131,27 @@ def _generation_seconds(config, source: str, tokenizer, model, device: torch.dev
 
         instructions = read_instructions(getattr(config, "chat_instructions", None), "calibration")
         prompts = format_conversations(tokenizer, [[{"role": "user", "content": q}] for q in instructions[:32]])
-        conv = sum(len(p) for p in prompts) / len(prompts) + selfgen.SELF_CHAT_MAX_NEW_TOKENS
-        k = min(max(selfgen.SELF_CHAT_BATCH, config.batch_size),
-                max(1, math.ceil(config.num_samples * config.seqlen / conv)))
-        batch = [instructions[i % len(instructions)] for i in range(k)]
-        selfgen.chat_generate(model, tokenizer, batch, max_new_tokens=1, batch_size=k)  # warm-up and prefill
-        t1 = time.perf_counter()
-        selfgen.chat_generate(model, tokenizer, batch, max_new_tokens=1 + steps, batch_size=k)
-        t_prefill_step = (time.perf_counter() - t1)
-        t_step = t_prefill_step / (steps + 1)
-        batches = math.ceil(config.num_samples * config.seqlen / (k * conv))
-        return batches * selfgen.SELF_CHAT_MAX_NEW_TOKENS * t_step, time.perf_counter() - t0
+        prompt_len = sum(len(p) for p in prompts) / len(prompts)
+        conv = prompt_len + selfgen.SELF_CHAT_MAX_NEW_TOKENS
+        need = config.num_samples * config.seqlen
+        k = min(max(selfgen.SELF_CHAT_BATCH, config.batch_size), max(1, math.ceil(need / conv)))
+        # decoding steps at the batch the run will use, from a 2-token context (no costly prefill); the time
+        # between the first and the last step, so the first call's set-up is not counted
+        stamps: list[float] = []
+
+        class _Stamps:
+            def update(self, n):
+                _sync(device)
+                stamps.append(time.perf_counter())
+
+        ids = torch.tensor([prompts[0][:2]] * k, dtype=torch.long, device=device)
+        selfgen._decode(model, ids, torch.ones_like(ids), max_new_tokens=steps, eos=[], do_sample=False,
+                        temperature=1.0, bar=_Stamps())
+        t_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+        # prompts: one forward over all their tokens, about as costly per token as a decoding step's
+        t_prefill = t_step * prompt_len / 4
+        batches = math.ceil(need / (k * conv))
+        return batches * (selfgen.SELF_CHAT_MAX_NEW_TOKENS * t_step + t_prefill), time.perf_counter() - t0
     bs = max(1, config.batch_size)
     prompt = torch.ones((min(bs, config.num_samples), 1), dtype=torch.long, device=device)
     model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=1, min_new_tokens=1,

@@ -627,13 +627,15 @@ def chat_check(
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     prompts = read_instructions(instructions, "check")[:n]
     eos = _eos_ids(tokenizer, model)
-    total = len(prompts) * max_new_tokens * (2 if reference is not None and reference_answers is None else 1)
+    total = len(prompts) * max_new_tokens * (2 if reference not in (None, model) and reference_answers is None else 1)
     bar = _progress(total=total, desc="chat check", unit="tok", disable=not show_progress)
     try:
         answers = chat_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                 bar=bar)
         ref_answers = None
-        if reference is not None:
+        if reference is model and reference_answers is None:  # the model against itself: the same answers
+            ref_answers = [list(a) for a in answers]
+        elif reference is not None:
             ref_answers = [list(a) for a in reference_answers] if reference_answers is not None else chat_generate(
                 reference, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, bar=bar)
             if len(ref_answers) < len(prompts):
@@ -648,7 +650,10 @@ def chat_check(
         empty=empty,
     )
     if ref_answers is not None:
-        kl_sum, kl_n = _teacher_forced_kl(model, reference, tokenizer, prompts, ref_answers, batch_size)
+        if reference is model:  # KL(p || p) = 0 exactly: no forward needed
+            kl_sum, kl_n = 0.0, sum(len(a) for a in ref_answers)
+        else:
+            kl_sum, kl_n = _teacher_forced_kl(model, reference, tokenizer, prompts, ref_answers, batch_size)
         ref_empty = [_is_empty_answer(tokenizer, a, eos) for a in ref_answers]
         res.kl, res.kl_tokens = kl_sum / max(kl_n, 1), kl_n
         res.reference_non_empty_share = 1 - sum(ref_empty) / len(prompts)

@@ -6,11 +6,12 @@ end-of-sequence token suppressed until the window is full.
 
 ``"self-chat"`` (for chat models): the model answers seed instructions (``config.chat_instructions``, default the
 100 varied ones shipped in ``optimum_slimgpt/data/chat_calibration.txt``, taken in a seeded order, reshuffled
-when they run out) in its own chat template: a batch of prompts (left-padded, KV cache) is sampled at temperature
-:data:`SELF_CHAT_TEMPERATURE` for at most :data:`SELF_CHAT_MAX_NEW_TOKENS` new tokens, stopping at the end of the
-turn; each conversation (prompt and answer) is written with the chat template and the conversations are packed
-into windows that start at a conversation (:func:`~optimum_slimgpt.calibration.pack_conversations`). Batches are
-generated only until the windows are full.
+when they run out) in its own chat template: a batch of prompts (left-padded, KV cache; a row leaves the batch as
+soon as its answer ends) is sampled at temperature :data:`SELF_CHAT_TEMPERATURE` for at most
+:data:`SELF_CHAT_MAX_NEW_TOKENS` new tokens; a finished conversation is written with the chat template, an answer
+cut at the bound is kept as generated (its turn left open), and the conversations are packed into windows that
+start at a conversation (:func:`~optimum_slimgpt.calibration.pack_conversations`). Batches are generated only
+until the windows are full.
 
 Both are seeded by ``config.seed`` without touching the caller's global RNG state, so a seed gives the same
 tokens on the same machine and library versions.
@@ -19,6 +20,7 @@ tokens on the same machine and library versions.
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
@@ -35,8 +37,9 @@ __all__ = ["generate_calibration", "generate_chat_calibration", "chat_generate",
 SELF_CHAT_MAX_NEW_TOKENS = 192
 #: sampling temperature of self-chat answers (the usual chat setting: varied, yet the model's typical answers)
 SELF_CHAT_TEMPERATURE = 0.7
-#: prompts per self-chat generation batch (at least ``config.batch_size``)
-SELF_CHAT_BATCH = 16
+#: the most prompts per self-chat generation batch (at least ``config.batch_size``); a batch is no larger than the
+#: windows still need at the longest answers, and a finished answer leaves it at once
+SELF_CHAT_BATCH = 64
 
 
 class _Progress(LogitsProcessor):
@@ -120,18 +123,83 @@ class _CappedBar:
             self.update(int(self.bar.total) - int(self.bar.n))
 
 
-class _TokenProgress(LogitsProcessor):
-    """Advances a progress bar by the number of rows still answering, once per generation step."""
+def _accepts(model, name: str) -> bool:
+    import inspect
 
-    def __init__(self, bar, eos: Sequence[int]) -> None:
-        self.bar, self.eos, self.done = bar, torch.tensor(list(eos)), None
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
-    def __call__(self, input_ids, scores):
-        last = input_ids[:, -1].cpu()
-        ended = torch.isin(last, self.eos)
-        self.done = ended if self.done is None or self.done.shape != ended.shape else (self.done | ended)
-        self.bar.update(int((~self.done).sum()))
-        return scores
+
+@torch.no_grad()
+def _decode(model, input_ids: torch.Tensor, mask: torch.Tensor, *, max_new_tokens: int, eos: Sequence[int],
+            do_sample: bool, temperature: float, bar=None) -> list[list[int]]:
+    """Batched decoding with the KV cache that drops each row from the batch once it has ended (``generate`` keeps
+    computing finished rows until the longest one ends: about a third of the work for chat answers). Greedy, or
+    sampled from ``softmax(logits / temperature)`` with the global RNG. Returns each row's new tokens, up to and
+    including its end-of-sequence token.
+
+    On a CPU with several threads, the second and third steps are timed with all of them and with one, and the
+    faster setting decodes the rest (the caller's setting is restored). A decoding step is many small operations:
+    when another process holds a core, threads that wait for each other at every one of them made SmolLM2's
+    decoding 5-60x slower than one thread on a shared 2-core machine."""
+    n = input_ids.shape[0]
+    out: list[list[int]] = [[] for _ in range(n)]
+    rows = torch.arange(n)
+    eos_t = torch.tensor(list(eos), device=input_ids.device)
+    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    cache_arg = "cache" if _accepts(model, "cache") else "past_key_values"  # renamed in transformers 5.x
+    ids, attn, past = input_ids, mask, None
+    threads = torch.get_num_threads()
+    tune = input_ids.device.type == "cpu" and threads > 1
+    step_time: dict[int, float] = {}
+    try:
+        for step in range(max_new_tokens):
+            if tune and step in (1, 2, 3):  # steps 2 and 3 timed with all threads and with one: keep the faster
+                if step == 3:
+                    torch.set_num_threads(1 if step_time[1] < step_time[threads] else threads)
+                else:
+                    torch.set_num_threads(threads if step == 1 else 1)
+            t = time.perf_counter()
+            done = _decode_step(model, ids, attn, position, past, cache_arg, extra, out, rows, eos_t, do_sample,
+                                temperature, bar)
+            if tune and step in (1, 2):
+                step_time[torch.get_num_threads()] = time.perf_counter() - t
+            if done is None:
+                break
+            ids, attn, position, past, rows = done
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _decode_step(model, ids, attn, position, past, cache_arg, extra, out, rows, eos_t, do_sample, temperature, bar):
+    """One decoding step of :func:`_decode`: the next token of every row, the finished rows dropped; ``None`` when
+    every row has ended, else the next ``(ids, attention_mask, position_ids, cache, rows)``."""
+    o = model(input_ids=ids, attention_mask=attn, position_ids=position, use_cache=True, **{cache_arg: past},
+              **extra)
+    past = getattr(o, "cache", None) if getattr(o, "cache", None) is not None else o.past_key_values
+    logits = o.logits[:, -1].float()
+    if do_sample:
+        nxt = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1).squeeze(1)
+    else:
+        nxt = logits.argmax(-1)
+    for r, t in zip(rows.tolist(), nxt.tolist()):
+        out[r].append(t)
+    if bar is not None:
+        bar.update(len(rows))
+    going = ~torch.isin(nxt, eos_t)
+    if not bool(going.any()):
+        return None
+    attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
+    position = position[:, -1:] + 1
+    if not bool(going.all()):
+        keep = going.nonzero().squeeze(1)
+        past.batch_select_indices(keep)
+        rows, attn, position, nxt = rows[keep.cpu()], attn[keep], position[keep], nxt[keep]
+    return nxt[:, None], attn, position, past, rows
 
 
 @torch.no_grad()
@@ -140,12 +208,14 @@ def chat_generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int, d
     """The model's answers to ``prompts`` in its chat template: for each prompt (an instruction string, or a
     list of ``{"role", "content"}`` messages), the generated token ids after the generation prompt, up to and
     including the first end-of-sequence token (at most ``max_new_tokens``). Greedy unless ``do_sample`` (then
-    the global RNG is used: seed it). Prompts go in batches of ``batch_size``, left-padded, with the KV cache."""
+    the global RNG is used: seed it). Prompts go in batches of ``batch_size``, left-padded, with the KV cache; a
+    finished answer leaves the batch at once."""
     if tokenizer is None or not has_chat_template(tokenizer):
         raise ValueError("chat generation needs a tokenizer with a chat template (tokenizer.chat_template)")
     eos = _eos_ids(tokenizer, model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    device = next(model.parameters()).device
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    device = emb.weight.device if emb is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     answers: list[list[int]] = []
@@ -158,14 +228,8 @@ def chat_generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int, d
             width = max(len(x) for x in ids)
             input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], dtype=torch.long, device=device)
             mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], dtype=torch.long, device=device)
-            sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else \
-                dict(do_sample=False, temperature=None, top_k=None, top_p=None)
-            procs = LogitsProcessorList([_TokenProgress(bar, eos)] if bar is not None else [])
-            out = model.generate(input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                                 eos_token_id=eos, use_cache=True, logits_processor=procs, **sampling)
-            for row in out[:, width:].tolist():
-                end = next((j for j, t in enumerate(row) if t in eos), None)
-                answers.append(row if end is None else row[: end + 1])
+            answers += _decode(model, input_ids, mask, max_new_tokens=max_new_tokens, eos=eos, do_sample=do_sample,
+                               temperature=temperature, bar=bar)
     finally:
         model.train(was_training)
     return answers
@@ -201,6 +265,7 @@ def generate_chat_calibration(config: PruningConfig, tokenizer=None, model=None)
 
     instructions = _instructions(config)
     bs = max(SELF_CHAT_BATCH, config.batch_size)
+    eos = set(_eos_ids(tokenizer, model))
     device = next(model.parameters()).device
     bar = tqdm(total=config.num_samples * config.seqlen, desc="writing chat calibration", unit="tok", unit_scale=True)
     progress = _CappedBar(bar)
@@ -216,7 +281,7 @@ def generate_chat_calibration(config: PruningConfig, tokenizer=None, model=None)
                 more = list(instructions)
                 rng.shuffle(more)
                 order += more
-            # no bigger a batch than the windows still need (at the longest answers), so no answer is wasted
+            # no bigger a batch than the windows still need at the longest answers: few answers go unused
             prompts = format_conversations(tokenizer, [[{"role": "user", "content": q}] for q in order[:bs]])
             longest = sum(len(p) for p in prompts) / len(prompts) + SELF_CHAT_MAX_NEW_TOKENS
             k = min(bs, max(1, -(-(need - written) // int(longest))))
@@ -224,10 +289,17 @@ def generate_chat_calibration(config: PruningConfig, tokenizer=None, model=None)
             progress.add(sum(len(p) for p in prompts))
             answers = chat_generate(model, tokenizer, batch, max_new_tokens=SELF_CHAT_MAX_NEW_TOKENS, do_sample=True,
                                     temperature=SELF_CHAT_TEMPERATURE, batch_size=k, bar=progress)
-            texts = [tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
-            convs = format_conversations(
-                tokenizer, [[{"role": "user", "content": q}, {"role": "assistant", "content": t}]
-                            for q, t in zip(batch, texts)], source="self-chat conversations")
+            convs = []
+            for q, a in zip(batch, answers):
+                if a and a[-1] in eos:  # a finished answer: the conversation as the chat template writes it
+                    t = tokenizer.decode(a, skip_special_tokens=True).strip()
+                    convs += format_conversations(tokenizer, [[{"role": "user", "content": q},
+                                                               {"role": "assistant", "content": t}]],
+                                                  source="self-chat conversations")
+                else:  # cut at the length bound: the turn stays open, as the model left it
+                    p = tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                                      tokenize=True)
+                    convs.append((list(p["input_ids"]) if hasattr(p, "keys") else list(p)) + list(a))
             written += sum(len(c) for c in convs)
             yield from convs
 

@@ -184,3 +184,36 @@ def test_chat_check_counts_an_always_eos_model_as_zero_and_the_dense_model_has_k
     assert res.non_empty == 0 and res.non_empty_share == 0.0 and all(res.empty)
     assert res.kl > 1.0  # the dense answers are far from "end the turn at once"
     assert "0/4 answers non-empty" in res.summary()
+
+
+def test_chat_generate_matches_generate_and_drops_finished_rows(stories, chat_tok):
+    """The decoding loop (a finished row leaves the batch) gives generate's greedy tokens, row by row."""
+    from optimum_slimgpt.selfgen import chat_generate
+
+    prompts = ["Tell me a story.", "What is a cat?", "Say hello.", "Name a colour."]
+    eos = chat_tok.eos_token_id
+    free = chat_generate(stories, chat_tok, prompts, max_new_tokens=10, batch_size=4)
+    # stories260K never ends a turn by itself: this copy ends it where row 0's 4th token would come, so the rows
+    # end at different steps and the finished ones leave the batch
+    stop = free[0][3]
+    model = copy.deepcopy(stories)
+
+    def end_at_stop(module, inputs, out):
+        out = out.clone()
+        out[..., eos] = torch.where(out.argmax(-1) == stop, 1e4, out[..., eos])
+        return out
+
+    model.lm_head.register_forward_hook(end_at_stop)
+    ours = chat_generate(model, chat_tok, prompts, max_new_tokens=10, batch_size=4)
+    assert len(ours[0]) == 4 and ours[0][-1] == eos and max(len(a) for a in ours) > 4
+    for p, a in zip(prompts, ours):  # one prompt at a time: no padding, nothing dropped
+        ids = chat_tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                           tokenize=True, return_tensors="pt")
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+                             eos_token_id=eos, pad_token_id=eos)[0, ids.shape[1]:].tolist()
+        assert a == (ref[: ref.index(eos) + 1] if eos in ref else ref)
+    # a model that ends every answer at once: one step, every row gone
+    mute = copy.deepcopy(stories)
+    mute.lm_head.register_forward_hook(lambda m, i, out: out.index_fill(-1, torch.tensor([eos]), 1e4))
+    assert chat_generate(mute, chat_tok, prompts, max_new_tokens=10) == [[eos]] * 4
