@@ -22,6 +22,13 @@ WIKITEXT_DIR = SHARED / "data" / "wikitext-2"
 TINYSTORIES_TXT = SHARED / "data" / "tinystories-valid-slice" / "tinystories_val.txt"
 
 
+def checkout_env(**extra: str) -> dict:
+    """The environment for a child Python process that must import *this* checkout's package (not another copy
+    installed elsewhere, nor none at all when the editable install points to a moved folder), plus ``extra``."""
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, PYTHONPATH=path, **extra)
+
+
 def have_shared(*paths: Path) -> bool:
     return all(p.exists() for p in paths)
 

@@ -9,7 +9,6 @@ task in ``tmp_path`` (nothing from the Hub, nothing downloaded). Tests that need
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from optimum_slimgpt import evaluation as ev
 from optimum_slimgpt.lm_eval_tasks import LM_EVAL_TASKS, write_lm_eval_tasks
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from helpers import checkout_env  # noqa: E402
 TASKS = ["piqa", "arc_easy", "hellaswag", "boolq", "openbookqa"]
 BUILTIN = {"openbookqa": "openbook_qa"}  # lm-eval name -> built-in name where they differ
 
@@ -263,9 +262,8 @@ def test_lm_eval_cli_on_per_layer_checkpoint(lm_eval_mod, tmp_path):
     assert json.loads((res.path / "config.json").read_text())["model_type"] == "slimgpt_llama"
 
     out_dir = tmp_path / "lm_eval_out"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
-               HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_DATASETS_CACHE=str(tmp_path / "hf_datasets"))
+    env = checkout_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
+                       HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_DATASETS_CACHE=str(tmp_path / "hf_datasets"))
     cmd = [sys.executable, "-m", "lm_eval", "--model", "hf",
            "--model_args", f"pretrained={res.path},trust_remote_code=True,dtype=float64",
            "--include_path", str(tasks_dir), "--tasks", ",".join(TASKS), "--device", "cpu", "--batch_size", "1",

@@ -18,6 +18,7 @@ from optimum_slimgpt import PruningRecord, SlimGPTConfig, SlimGPTPruner, SlimLLM
 from optimum_slimgpt.modeling import UnusableModelError
 from optimum_slimgpt.saving import ExportError, check_output_dir, clean_stale_work_dirs, save_pruned_model
 
+from helpers import checkout_env
 from tolerances import SAME_FUNCTION_RTOL, assert_same_function, logits64
 
 VOCAB = 96
@@ -391,7 +392,7 @@ def test_killed_saves_leave_no_temporary_folder_behind(tmp_path):
     old = _pruned(0)
     script = tmp_path / "kill.py"
     script.write_text(_KILL_SCRIPT)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = checkout_env(OMP_NUM_THREADS="1")
     procs = {}
     for sig in ("SIGTERM", "SIGKILL"):
         (tmp_path / sig).mkdir()
