@@ -13,7 +13,10 @@ Protocol (issue 32, "What it must show"):
 - **Perplexity:** the first ``--ppl-tokens`` (65,536) tokens of the WikiText-2 raw test text, windows of 2048.
 - ``--recover-steps N``: each pruned row is also recovered for N steps of KD from the dense model on chat data
   (``RecoveryConfig(dataset="self-chat")``: conversations the dense model writes; windows of 512, batch 1, lr 1e-4,
-  full fine-tuning) and checked again (rows ``<name>+rec<N>``).
+  full fine-tuning) and checked again (rows ``<name>+rec<N>``). The dense model writes the recovery conversations
+  once; every row trains on the same windows.
+- ``--save-dir DIR``: each pruned row is also saved with ``pruner.save`` (the source's dtype: bf16 for the GGUF
+  source) and its bytes are recorded.
 
     python benchmarks/chat.py --out bench_out/chat.jsonl                       # dense, chat-20, wiki-20, wiki-30
     python benchmarks/chat.py --out bench_out/chat.jsonl --recover-steps 100   # and each after 100 recovery steps
@@ -74,6 +77,8 @@ def main(argv=None) -> int:
     ap.add_argument("--recover-steps", type=int, default=0, help="also recover each pruned row N steps on chat data")
     ap.add_argument("--recover-seqlen", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--save-dir", type=Path, default=None,
+                    help="also save each pruned row there with pruner.save (the source's dtype) and record its bytes")
     ap.add_argument("--table", type=Path, default=None, help="print the markdown table of a results file and exit")
     args = ap.parse_args(argv)
     if args.table:
@@ -105,6 +110,7 @@ def main(argv=None) -> int:
         row["ppl"] = perplexity(model, tok, test_text, seqlen=args.ppl_seqlen, max_tokens=args.ppl_tokens)
         row.update(ppl_tokens=args.ppl_tokens, ppl_seconds=round(time.perf_counter() - t, 1))
 
+    rec_data, rec_gen_seconds = None, None
     for name in args.settings:
         settings = SETTINGS[name]
         if settings is None:
@@ -112,22 +118,35 @@ def main(argv=None) -> int:
             evaluate(dense, row)
             append_row(args.out, row)
             continue
-        model, _, info = prune_copy(dense, tok, settings, calib_rows, args.samples, args.seqlen)
+        model, pruner, info = prune_copy(dense, tok, settings, calib_rows, args.samples, args.seqlen)
         calibration = "self-chat" if settings.get("dataset") == "self-chat" else "WikiText-2 validation"
         row = {"setting": name, "calibration": calibration, **info, **common}
+        if args.save_dir is not None:
+            res = pruner.save(model, args.save_dir / name, tokenizer=tok, overwrite=True)
+            row["saved"] = dict(dtype=str(getattr(res, "dtype", "")), format=str(getattr(res, "format", "")),
+                                weight_bytes=sum(f.stat().st_size for f in (args.save_dir / name).glob("*.safetensors")),
+                                folder_bytes=sum(f.stat().st_size for f in (args.save_dir / name).rglob("*") if f.is_file()))
         evaluate(model, row)
         append_row(args.out, row)
         if args.recover_steps:
             from optimum_slimgpt import RecoveryConfig, recover
 
-            rc = RecoveryConfig(dataset="self-chat", max_steps=args.recover_steps, seqlen=args.recover_seqlen,
+            if rec_data is None:  # the dense model's conversations, written once and used for every row
+                from optimum_slimgpt.recovery import recovery_windows
+
+                t = time.perf_counter()
+                rec_data = recovery_windows(RecoveryConfig(dataset="self-chat", max_steps=args.recover_steps,
+                                                           seqlen=args.recover_seqlen, batch_size=1, seed=0), tok, dense)
+                rec_gen_seconds = round(time.perf_counter() - t, 1)
+                print(f"recovery data: {tuple(rec_data.shape)} self-chat tokens in {rec_gen_seconds} s", flush=True)
+            rc = RecoveryConfig(dataset=rec_data, max_steps=args.recover_steps, seqlen=args.recover_seqlen,
                                 batch_size=1, learning_rate=1e-4, loss="kd", lora_r=0, seed=0, logging_steps=10)
             t = time.perf_counter()
             recover(model, dense, tok, rc)
             rec = {"setting": f"{name}+rec{args.recover_steps}", "calibration": calibration,
                    "removed": info["removed"], "prune_seconds": info["prune_seconds"],
                    "recover": dict(steps=args.recover_steps, dataset="self-chat", loss="kd", seqlen=args.recover_seqlen,
-                                   seconds=round(time.perf_counter() - t, 1)), **common}
+                                   seconds=round(time.perf_counter() - t, 1), data_seconds=rec_gen_seconds), **common}
             evaluate(model, rec)
             append_row(args.out, rec)
         del model
