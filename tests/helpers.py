@@ -30,6 +30,13 @@ def checkout_env(**extra: str) -> dict:
     return dict(os.environ, PYTHONPATH=path, **extra)
 
 
+def selected(request, test_name: str) -> bool:
+    """Whether this session runs ``test_name`` of the module asking (after ``-k``/``-m`` selection): a fixture
+    that starts a child process early for that test starts nothing otherwise."""
+    return any(item.module is request.module and getattr(item, "originalname", item.name) == test_name
+               for item in request.session.items)
+
+
 def have_shared(*paths: Path) -> bool:
     return all(p.exists() for p in paths)
 

@@ -137,10 +137,15 @@ def test_scorer_agreement_lists_every_disagreeing_item():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _gpu_suite_tiny_run(tmp_path_factory):
-    """``bash benchmarks/gpu_suite.sh --tiny``, started when this module starts: the run is mostly its Python
-    importing torch and transformers on one core, while the module's other tests run beside it;
+def _gpu_suite_tiny_run(request, tmp_path_factory):
+    """``bash benchmarks/gpu_suite.sh --tiny``, started when this module starts (if its test is selected): the run is
+    mostly its Python importing torch and transformers on one core, while the module's other tests run beside it;
     ``test_gpu_suite_tiny_runs_every_part_on_the_cpu`` (last in the module) waits for it. ``(folder, process)``."""
+    from helpers import selected
+
+    if not selected(request, "test_gpu_suite_tiny_runs_every_part_on_the_cpu"):
+        yield None
+        return
     tmp_path = tmp_path_factory.mktemp("gpu_suite_tiny")
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     cmd = ["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--tiny", str(tmp_path / "suite.json"), "--workdir",

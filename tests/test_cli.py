@@ -56,10 +56,14 @@ def texts(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _prune_run(stories_dir, texts, tmp_path_factory):
-    """``python -m optimum_slimgpt.cli prune`` on stories260K, started when this module starts: the child is mostly
-    its Python importing torch and transformers on one core, while the module's other tests run beside it; the tests
-    of ``pruned_dir`` (at the end of the module) wait for it. ``(output folder, process, log folder)``."""
+def _prune_run(request, stories_dir, texts, tmp_path_factory):
+    """``python -m optimum_slimgpt.cli prune`` on stories260K, started when this module starts (if a test of
+    ``pruned_dir`` is selected): the child is mostly its Python importing torch and transformers on one core, while
+    the module's other tests run beside it; the tests of ``pruned_dir`` (at the end of the module) wait for it.
+    ``(output folder, process, log folder)``."""
+    if not any(item.module is request.module and "pruned_dir" in item.fixturenames for item in request.session.items):
+        yield None  # no test of this session reads it
+        return
     out = tmp_path_factory.mktemp("cli") / "stories-slim"
     logs = tmp_path_factory.mktemp("cli-prune-logs")
     with open(logs / "stdout", "w") as stdout, open(logs / "stderr", "w") as stderr:  # a full pipe would block it

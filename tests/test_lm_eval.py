@@ -19,7 +19,7 @@ import torch
 from optimum_slimgpt import evaluation as ev
 from optimum_slimgpt.lm_eval_tasks import LM_EVAL_TASKS, write_lm_eval_tasks
 
-from helpers import checkout_env  # noqa: E402
+from helpers import checkout_env, selected  # noqa: E402
 TASKS = ["piqa", "arc_easy", "hellaswag", "boolq", "openbookqa"]
 BUILTIN = {"openbookqa": "openbook_qa"}  # lm-eval name -> built-in name where they differ
 
@@ -249,14 +249,17 @@ def _pruned_per_layer_float64():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _lm_eval_cli_run(tmp_path_factory):
+def _lm_eval_cli_run(request, tmp_path_factory):
     """The ``lm_eval`` CLI process of ``test_lm_eval_cli_on_per_layer_checkpoint``, started when this module starts
-    (when lm_eval is installed): it spends ~15 s on one core importing and indexing lm-eval's ~14,000 task files,
-    while the tests before it run beside it; that test waits for it. ``(model, tokenizer, data dir, checkpoint,
-    output dir, process, log dir)``; the checkpoint's checks are that test's."""
+    (when lm_eval is installed and that test is selected): it spends ~15 s on one core importing and indexing
+    lm-eval's ~14,000 task files, while the tests before it run beside it; that test waits for it. ``(model,
+    tokenizer, data dir, checkpoint, output dir, process, log dir)``; the checkpoint's checks are that test's."""
     try:
         import lm_eval  # noqa: F401
     except ImportError:
+        yield None
+        return
+    if not selected(request, "test_lm_eval_cli_on_per_layer_checkpoint"):
         yield None
         return
     from optimum_slimgpt import save_pruned_model

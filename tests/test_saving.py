@@ -15,7 +15,7 @@ import torch
 from optimum_slimgpt import PruningRecord, SlimGPTConfig, SlimGPTPruner, get_adapter, save_pruned_model, to_pruned_model
 from optimum_slimgpt.saving import ExportError
 
-from helpers import STORIES_BIN, have_shared, tok512_tokenizer
+from helpers import STORIES_BIN, have_shared, selected, tok512_tokenizer
 from tolerances import assert_same_function, logits64
 
 VOCAB = 128
@@ -482,11 +482,15 @@ def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ remote code (the run)
 # (here, after the tiny-model tests: they run while the process started by _remote_run imports and loads)
 @pytest.fixture(scope="module", autouse=True)
-def _remote_run(tmp_path_factory):
-    """The process of ``test_remote_code_without_the_package``, started when this module starts: four per-layer
-    checkpoints are saved here, then a Python without the package loads them (mostly import time, on one core) while
-    the module's tiny-model tests run beside it; that test (just before the SmolLM2 ones) waits for it.
-    ``(folder, paths, the in-memory models' (logits, greedy) by path, the tokenizer's ids or None, process)``."""
+def _remote_run(request, tmp_path_factory):
+    """The process of ``test_remote_code_without_the_package``, started when this module starts (if that test is
+    selected): four per-layer checkpoints are saved here, then a Python without the package loads them (mostly
+    import time, on one core) while the module's tiny-model tests run beside it; that test (just before the SmolLM2
+    ones) waits for it. ``(folder, paths, the in-memory models' (logits, greedy) by path, the tokenizer's ids or
+    None, process)``."""
+    if not selected(request, "test_remote_code_without_the_package"):
+        yield None
+        return
     tmp_path = tmp_path_factory.mktemp("remote-code")
     families = ("llama", "qwen3", "phi3", "opt")  # phi3: per-layer config view; opt: its own attention class
     refs, paths, want_tokens = {}, [], None
@@ -504,8 +508,9 @@ def _remote_run(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:  # a full pipe would block it
-        proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt"), *paths],
-                                cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt"), *paths],
+            cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
     try:
         yield tmp_path, paths, refs, want_tokens, proc
     finally:

@@ -99,12 +99,13 @@ def test_streamed_prune_equals_the_in_memory_prune_and_save(case, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def signalled_cli_runs(tmp_path_factory) -> dict:
+def signalled_cli_runs(request, tmp_path_factory) -> dict:
     """The two ``python -m optimum_slimgpt.cli prune --low-memory`` processes that the test hook stops, started side
     by side (each spends most of its seconds importing torch and transformers; run one after the other, they cost
     twice the wall time on two cores). ``"kill"``: SIGKILLed after 2 of 4 blocks (bf16 compute); ``"term"``: SIGTERM
-    after 1. ``{name: (folder, args, returncode, stderr)}``; each run's ``--output`` is ``folder / "out"``."""
-    from helpers import TINYSTORIES_TXT, have_shared, tok512_tokenizer
+    after 1. ``{name: (folder, args, returncode, stderr)}``; each run's ``--output`` is ``folder / "out"``. A run
+    whose test this session does not run is not started."""
+    from helpers import TINYSTORIES_TXT, have_shared, selected, tok512_tokenizer
 
     if not have_shared(TINYSTORIES_TXT):
         pytest.skip("../shared TinyStories missing")
@@ -119,7 +120,11 @@ def signalled_cli_runs(tmp_path_factory) -> dict:
     logs = tmp_path_factory.mktemp("signalled-logs")  # files, not pipes: a full pipe would block a child
     procs = {}
     try:
-        for name, folder, args, stop in (("kill", kill, kill_args, "2"), ("term", term, term_args, "1:TERM")):
+        for name, folder, args, stop, test in (
+                ("kill", kill, kill_args, "2", "test_cli_low_memory_kill_and_resume"),
+                ("term", term, term_args, "1:TERM", "test_sigterm_stops_a_streamed_run_with_the_resume_command")):
+            if not selected(request, test):
+                continue
             env = dict(os.environ, **{STOP_AFTER_ENV: stop, "OMP_NUM_THREADS": "1"})
             with open(logs / f"{name}.out", "w") as out, open(logs / f"{name}.err", "w") as err:
                 procs[name] = (folder, args, subprocess.Popen(
