@@ -252,8 +252,9 @@ def _pruned_per_layer_float64():
 def _lm_eval_cli_run(request, tmp_path_factory):
     """The ``lm_eval`` CLI process of ``test_lm_eval_cli_on_per_layer_checkpoint``, started when this module starts
     (when lm_eval is installed and that test is selected): it spends ~15 s on one core importing and indexing
-    lm-eval's ~14,000 task files, while the tests before it run beside it; that test waits for it. ``(model,
-    tokenizer, data dir, checkpoint, output dir, process, log dir)``; the checkpoint's checks are that test's."""
+    lm-eval's ~14,000 task files, while the module's other tests run beside it; that test (the module's last) waits
+    for it. ``(model, tokenizer, data dir, checkpoint, output dir, process, log dir)``; the checkpoint's checks are
+    that test's."""
     try:
         import lm_eval  # noqa: F401
     except ImportError:
@@ -287,35 +288,6 @@ def _lm_eval_cli_run(request, tmp_path_factory):
             proc.wait()
 
 
-def test_lm_eval_cli_on_per_layer_checkpoint(lm_eval_mod, _lm_eval_cli_run):
-    """``lm_eval --model hf --model_args pretrained=OUT,trust_remote_code=True --include_path TASKS`` on a saved
-    per-layer checkpoint (``model_type: slimgpt_llama``, loaded through its remote code) gives the numbers of the
-    in-memory bridge and of the built-in scorer, per item."""
-    model, tok, data, res, out_dir, proc, logs = _lm_eval_cli_run
-    assert res.format == "per_layer"
-    assert json.loads((res.path / "config.json").read_text())["model_type"] == "slimgpt_llama"
-    bridge = ev.evaluate_lm_eval(model, tok, TASKS, data_dir=data, batch_size=1, return_details=True)  # meanwhile
-
-    proc.wait(timeout=600)
-    assert proc.returncode == 0, (logs / "stdout").read_text()[-3000:] + (logs / "stderr").read_text()[-3000:]
-    (results_file,) = out_dir.rglob("results_*.json")
-    cli = json.loads(results_file.read_text())
-    assert cli["config"]["model_num_parameters"] == sum(p.numel() for p in model.parameters())
-
-    for name in TASKS:
-        r = cli["results"][name]
-        assert (r["acc,none"], r["acc_norm,none"]) == (bridge[name]["acc"], bridge[name]["acc_norm"]), name
-        (samples_file,) = out_dir.rglob(f"samples_{name}_*.jsonl")
-        samples = sorted((json.loads(line) for line in samples_file.read_text().splitlines()),
-                         key=lambda d: d["doc_id"])
-        cli_ll = [[float(x[0]) for x in d["filtered_resps"]] for d in samples]
-        builtin = ev.zero_shot(model, tok, BUILTIN.get(name, name), data_dir=data, return_details=True,
-                               show_progress=False)
-        assert (builtin["acc"], builtin["acc_norm"]) == (bridge[name]["acc"], bridge[name]["acc_norm"]), name
-        for a, b, c in zip(cli_ll, bridge[name]["logliks"], builtin["logliks"]):
-            assert a == pytest.approx(b, abs=LL_TOL, rel=0) and c == pytest.approx(b, abs=LL_TOL, rel=0), name
-
-
 def test_cli_eval_harness_flag(lm_eval_mod, tmp_path, capsys, monkeypatch):
     """``optimum-slimgpt eval --harness lm-eval --tasks ...`` gives the built-in harness's accuracies; without lm_eval
     the flag is one clear error."""
@@ -343,3 +315,32 @@ def test_cli_eval_harness_flag(lm_eval_mod, tmp_path, capsys, monkeypatch):
     rc, _, err = call_cli(capsys, "eval", "--model", str(tmp_path / "m"), "--tasks", "boolq", "--data-dir", str(data),
                           "--harness", "lm-eval")
     assert rc == 2 and "pip install optimum-slimgpt[eval]" in err
+
+
+def test_lm_eval_cli_on_per_layer_checkpoint(lm_eval_mod, _lm_eval_cli_run):
+    """``lm_eval --model hf --model_args pretrained=OUT,trust_remote_code=True --include_path TASKS`` on a saved
+    per-layer checkpoint (``model_type: slimgpt_llama``, loaded through its remote code) gives the numbers of the
+    in-memory bridge and of the built-in scorer, per item."""
+    model, tok, data, res, out_dir, proc, logs = _lm_eval_cli_run
+    assert res.format == "per_layer"
+    assert json.loads((res.path / "config.json").read_text())["model_type"] == "slimgpt_llama"
+    bridge = ev.evaluate_lm_eval(model, tok, TASKS, data_dir=data, batch_size=1, return_details=True)  # meanwhile
+
+    proc.wait(timeout=600)
+    assert proc.returncode == 0, (logs / "stdout").read_text()[-3000:] + (logs / "stderr").read_text()[-3000:]
+    (results_file,) = out_dir.rglob("results_*.json")
+    cli = json.loads(results_file.read_text())
+    assert cli["config"]["model_num_parameters"] == sum(p.numel() for p in model.parameters())
+
+    for name in TASKS:
+        r = cli["results"][name]
+        assert (r["acc,none"], r["acc_norm,none"]) == (bridge[name]["acc"], bridge[name]["acc_norm"]), name
+        (samples_file,) = out_dir.rglob(f"samples_{name}_*.jsonl")
+        samples = sorted((json.loads(line) for line in samples_file.read_text().splitlines()),
+                         key=lambda d: d["doc_id"])
+        cli_ll = [[float(x[0]) for x in d["filtered_resps"]] for d in samples]
+        builtin = ev.zero_shot(model, tok, BUILTIN.get(name, name), data_dir=data, return_details=True,
+                               show_progress=False)
+        assert (builtin["acc"], builtin["acc_norm"]) == (bridge[name]["acc"], bridge[name]["acc_norm"]), name
+        for a, b, c in zip(cli_ll, bridge[name]["logliks"], builtin["logliks"]):
+            assert a == pytest.approx(b, abs=LL_TOL, rel=0) and c == pytest.approx(b, abs=LL_TOL, rel=0), name
