@@ -78,6 +78,7 @@ def cmd_prune(args) -> int:
     Prune a causal LM (a folder with config.json, a .gguf file or a folder holding one) and save the smaller model.
     Everything is checked before the work starts. 'prune --method NAME --help' lists that method's own options."""
     from .calibration import check_dataset_source
+    from .low_memory import prune_streamed, too_big_for_memory, warn_stale_work_dir
     from .pruner import SlimGPTPruner
     from .recovery import recover
     from .saving import check_output_dir
@@ -100,13 +101,17 @@ def cmd_prune(args) -> int:
     # (the model's name is its folder, for a GGUF file too: the pruner refuses an output inside it, and so do we, now)
     src = source.parent if gguf_file else source
     check_output_dir(out, overwrite=args.overwrite or resuming, sources=[src] if src.exists() else [])
-    streamed = args.low_memory or _too_big_for_memory(path, gguf_file, args.dtype)
+    argv = getattr(args, "argv", None)  # (set by main: the resume command of a stopped streamed run repeats it)
+    streamed = args.low_memory or too_big_for_memory(path, gguf_file, args.dtype)
     if streamed and rcfg is not None:
         raise CLIError("--recover-steps trains the whole model next to its dense teacher: it cannot be combined with "
                        "--low-memory (prune streamed, then run 'optimum-slimgpt recover' where the model fits)")
     if streamed:
-        return _prune_streamed(args, cfg, path, gguf_file, out, save_dtype)
-    _warn_stale_work_dir(args, out)
+        res = prune_streamed(path, gguf_file, out, cfg, dtype=args.dtype, save_dtype=save_dtype,
+                             export_format=args.format, overwrite=args.overwrite, resume=args.resume, argv=argv)
+        print(f"saved to {out} ({res.format} format, {res.dtype}, streamed block by block: {res.reason})")
+        return 0
+    warn_stale_work_dir(out, argv)
     model, tok = load_model(args.model, args.gguf_file, args.dtype)
     teacher = None
     if rcfg is not None:
@@ -140,39 +145,6 @@ def _save_dtype(args):
         return parse_dtype(value)
     except ValueError as e:
         raise CLIError(f"--save-dtype: {e}") from None
-
-
-def _resume_command(args) -> str:
-    """The command line that resumes this streamed run: the user's own arguments with ``--low-memory --resume``."""
-    import shlex
-
-    argv = list(getattr(args, "argv", None) or sys.argv[1:])
-    argv += [f for f in ("--low-memory", "--resume") if f not in argv]
-    return "optimum-slimgpt " + shlex.join(argv)
-
-
-def _print_work_dir_hint(args, out: Path, stopped: bool) -> None:
-    """Say where the work folder of an interrupted streamed run into ``out`` is, and how to resume or clean it."""
-    import shlex
-
-    from .streaming import describe_work_dir, work_dir
-
-    where = describe_work_dir(out)
-    if where is None:
-        return
-    print(("the stopped run's work folder stays: " if stopped else "found the work folder of an interrupted "
-           "--low-memory run into this --output: ") + where, file=sys.stderr)
-    print(f"  to resume it:  {_resume_command(args)}", file=sys.stderr)
-    print(f"  to start again instead, delete it:  rm -r {shlex.quote(str(work_dir(out)))}", file=sys.stderr)
-
-
-def _warn_stale_work_dir(args, out: Path) -> None:
-    """An in-memory run next to the work folder of an interrupted streamed run into the same output says so."""
-    from .streaming import describe_work_dir
-
-    if describe_work_dir(out) is not None:
-        print("warning: this run does not use (nor remove) the work folder below", file=sys.stderr)
-        _print_work_dir_hint(args, out, stopped=False)
 
 
 def _print_recovery(model) -> None:
@@ -224,77 +196,6 @@ def cmd_recover(args) -> int:
     res = save_pruned_model(model, out, tokenizer=tok, export_format=args.format, overwrite=args.overwrite,
                             dtype=save_dtype)
     print(f"saved to {out} ({res.format} format{f', {res.dtype}' if res.dtype else ''}: {res.reason})")
-    return 0
-
-
-def _too_big_for_memory(path: str, gguf_file: Optional[str], dtype) -> bool:
-    """A local safetensors checkpoint that would not fit in the available memory is pruned streamed."""
-    from .streaming import CheckpointError, fits_in_memory
-
-    if gguf_file or not Path(path).is_dir():
-        return False
-    try:
-        fits = fits_in_memory(path, None if dtype == "auto" else dtype)
-    except CheckpointError:
-        return False  # not a safetensors folder: the normal loader reports what is wrong
-    if not fits:
-        logging.getLogger(__name__).warning("%s does not fit in the available memory: pruning it block by block "
-                                            "from disk (--low-memory)", path)
-    return not fits
-
-
-def _prune_streamed(args, cfg, path: str, gguf_file: Optional[str], out: Path, save_dtype="auto") -> int:
-    """``prune --low-memory``: :func:`~optimum_slimgpt.streaming.prune_pretrained` (a GGUF source through a
-    safetensors work copy). A stopped run (an error, Ctrl-C, SIGTERM) says where its work folder is and prints the
-    command that resumes it; a run that finds one without ``--resume`` says how to resume or remove it."""
-    import signal
-    import threading
-
-    from .streaming import prune_pretrained, work_state
-
-    if cfg.dataset == "self":
-        raise CLIError("--dataset self generates text with the whole model: it cannot be combined with --low-memory")
-    if args.format == "padded":
-        raise CLIError("--format padded pads every layer to the largest one, known only at the end: --low-memory "
-                       "writes per_layer or uniform (auto)")
-    state = work_state(out)
-    if state is not None and not args.resume:
-        _print_work_dir_hint(args, out, stopped=False)
-        raise CLIError(f"{out}: an interrupted --low-memory run into this folder left its work folder (see above): "
-                       "add --resume to continue it, or delete the work folder")
-    tok = None
-    try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
-    except Exception as e:  # noqa: BLE001 - token-id data need none
-        logging.getLogger(__name__).warning("no tokenizer loaded from %s: %s", path, str(e).splitlines()[0])
-    if args.resume and state is not None:
-        n = state.get("num_blocks")
-        print(f"resuming the interrupted run: {state.get('blocks_done', 0)}{f' of {n}' if n else ''} blocks are done "
-              "(their work folder is beside --output)", file=sys.stderr)
-
-    def terminate(signum, frame):
-        raise KeyboardInterrupt("SIGTERM")
-
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        res = prune_pretrained(Path(path) / gguf_file if gguf_file else path, out, cfg, tokenizer=tok,
-                               dtype=None if args.dtype == "auto" else args.dtype, save_dtype=save_dtype,
-                               export_format=args.format, overwrite=args.overwrite, resume=args.resume)
-    except BaseException as e:
-        cause: Optional[BaseException] = e
-        while cause is not None and not getattr(cause, "slimgpt_work_dir", None):
-            cause = cause.__context__  # (a SIGTERM arrives again as a new KeyboardInterrupt)
-        if cause is not None:  # the run had started: its work folder stays
-            _print_work_dir_hint(args, out, stopped=True)
-        raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    print(f"saved to {out} ({res.format} format, {res.dtype}, streamed block by block: {res.reason})")
     return 0
 
 
