@@ -78,6 +78,7 @@ def cmd_prune(args) -> int:
     Prune a causal LM (a folder with config.json, a .gguf file or a folder holding one) and save the smaller model.
     Everything is checked before the work starts. 'prune --method NAME --help' lists that method's own options."""
     from .calibration import check_dataset_source
+    from .estimate import print_estimate
     from .low_memory import prune_streamed, too_big_for_memory, warn_stale_work_dir
     from .pruner import SlimGPTPruner
     from .recovery import recover
@@ -260,19 +261,6 @@ def _eval_chat(args, model, tok) -> dict:
     if reference is None:
         print("(give --reference DENSE_MODEL for the KL of this model from it over its answers)")
     return {k: v for k, v in dataclasses.asdict(res).items() if k != "reference_answer_ids"}
-
-
-def print_estimate(pruner, model, tokenizer) -> None:
-    """Print how long the prune will take (a short probe, see :mod:`optimum_slimgpt.estimate`) before it starts.
-    Bad input raises as the run would; a probe that fails for another reason only says so."""
-    try:
-        est = pruner.estimate(model, tokenizer)
-    except (ValueError, TypeError, CLIError):
-        raise
-    except Exception as e:  # noqa: BLE001 - the estimate is advice: never the reason a run does not start
-        logging.getLogger(__name__).warning("no time estimate (%s: %s)", type(e).__name__, str(e).splitlines()[0])
-        return
-    print(est.message(), flush=True)
 
 
 def cmd_info(args) -> int:
