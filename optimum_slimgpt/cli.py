@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .cli_args import CLIError, HelpFormatter, Parser, peek, read_config_file
-from .loading import check_device, dtype_arg, load_model, resolve_model_path
+from .loading import check_device, dtype_arg, load_model, resolve_model_path, save_dtype_arg
 
 
 # ----------------------------------------------------------------------------------- commands
@@ -81,13 +81,13 @@ def cmd_prune(args) -> int:
     from .estimate import print_estimate
     from .low_memory import prune_streamed, too_big_for_memory, warn_stale_work_dir
     from .pruner import SlimGPTPruner
-    from .recovery import recover
+    from .recovery import describe_recovery, recover
     from .saving import check_output_dir
     from .streaming import work_state
 
     cfg = _config_from_args(args)
     rcfg = _prune_recovery_config(args, cfg)
-    save_dtype = _save_dtype(args)
+    save_dtype = save_dtype_arg(args.save_dtype)
     check_device(cfg.device)
     # before loading anything: the data, the model's files, the output folder (not the source, writable; the disk
     # space once the plan is known)
@@ -126,36 +126,10 @@ def cmd_prune(args) -> int:
     if rcfg is not None:
         recover(model, teacher, tok, rcfg)
         del teacher
-        _print_recovery(model)
+        print(describe_recovery(model))
     res = pruner.save(model, out, tokenizer=tok, export_format=args.format, overwrite=args.overwrite, dtype=save_dtype)
     print(f"saved to {out} ({res.format} format{f', {res.dtype}' if res.dtype else ''}: {res.reason})")
     return 0
-
-
-def _save_dtype(args):
-    """``--save-dtype``: ``"auto"`` (the source checkpoint's dtype), ``None`` for ``compute`` (the dtype pruned in),
-    or a dtype; an unknown name is a ``CLIError`` before anything is loaded."""
-    from .saving import parse_dtype
-
-    value = getattr(args, "save_dtype", "auto")
-    if value in ("auto", None):
-        return "auto"
-    if value == "compute":
-        return None
-    try:
-        return parse_dtype(value)
-    except ValueError as e:
-        raise CLIError(f"--save-dtype: {e}") from None
-
-
-def _print_recovery(model) -> None:
-    from .modeling import PruningRecord
-
-    rec = PruningRecord.of(model.config)
-    r = (rec.recovery if rec else getattr(model.config, "recovery", []))[-1]
-    print(f"recovered: {r['steps']} steps, {r['tokens']:,} tokens, loss {r['loss']}"
-          + (f" (LoRA r={r['lora_r']}, merged)" if r["lora_r"] else " (full fine-tuning)")
-          + f", final train loss {r['final_train_loss']:.4f}, {r['seconds']:.0f} s")
 
 
 def cmd_recover(args) -> int:
@@ -165,14 +139,14 @@ def cmd_recover(args) -> int:
     KL over the sequence), with LoRA (merged) or full fine-tuning, and save it like any pruned model. For several
     GPUs run it under 'accelerate launch' (see the README)."""
     from .modeling import PruningRecord
-    from .recovery import recover
+    from .recovery import describe_recovery, recover
     from .saving import check_output_dir, save_pruned_model
 
     rcfg = _recover_config_from_args(args)
     check_device(args.device)
     check_device(args.teacher_device)
     teacher_dtype = args.teacher_dtype or args.dtype
-    save_dtype = _save_dtype(args)
+    save_dtype = save_dtype_arg(args.save_dtype)
     from .calibration import check_dataset_source
 
     check_dataset_source(rcfg.dataset, rcfg.dataset_text_field)
@@ -193,7 +167,7 @@ def cmd_recover(args) -> int:
     if tok is None and not rcfg.dataset == "self" and isinstance(rcfg.dataset, str):
         raise CLIError(f"no tokenizer found in {args.model} (or --teacher) to tokenise --dataset {rcfg.dataset}")
     recover(model, teacher, tok, rcfg)
-    _print_recovery(model)
+    print(describe_recovery(model))
     res = save_pruned_model(model, out, tokenizer=tok, export_format=args.format, overwrite=args.overwrite,
                             dtype=save_dtype)
     print(f"saved to {out} ({res.format} format{f', {res.dtype}' if res.dtype else ''}: {res.reason})")
