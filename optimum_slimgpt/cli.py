@@ -242,55 +242,16 @@ def cmd_info(args) -> int:
 
     The per-layer heads, KV heads and FFN channels as the weights have them, the schedule's ratios and the pruning
     provenance."""
-    from .modeling import PruningRecord
-    from .saving import checkpoint_dtype, checkpoint_layer_sizes
+    from .saving import describe_checkpoint
 
     path = Path(args.model)
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise CLIError(f"{cfg_file} not found")
-    cfg = read_config_file(cfg_file)
-    try:
-        record = PruningRecord.from_dict(cfg["pruning_config"]) if cfg.get("pruning_config") else None
-    except (TypeError, ValueError) as e:
-        raise CLIError(f"{cfg_file}: unreadable pruning_config ({e})") from e
-    layers = checkpoint_layer_sizes(path)  # from the weights themselves, not from the record
-    print(f"model_type: {cfg.get('model_type')}  architectures: {cfg.get('architectures')}")
-    weights = checkpoint_dtype(path)  # what the weights are (headers), whatever the config says
-    notes = [f"source {record.source_dtype}" if record and record.source_dtype else "",
-             f"pruned in {record.compute_dtype}" if record and record.compute_dtype else ""]
-    print(f"dtype: {weights}" + (f" ({', '.join(n for n in notes if n)})" if any(notes) else ""))
-    print(f"{'layer':>5} {'heads':>6} {'kv':>4} {'channels':>9} {'head ratio':>10} {'ffn ratio':>9}")
-    ratios = (record.layer_ratios if record else None) or [None] * len(layers)
-    ffn = (record.ffn_ratios if record else None) or [None] * len(layers)
-    for i, lay in enumerate(layers):
-        hr = "-" if i >= len(ratios) or ratios[i] is None else f"{ratios[i]:.3f}"
-        fr = "-" if i >= len(ffn) or ffn[i] is None else f"{ffn[i]:.3f}"
-        print(f"{i:>5} {lay['num_attention_heads']:>6} {lay['num_key_value_heads']:>4} "
-              f"{lay['intermediate_size']:>9} {hr:>10} {fr:>9}")
-    if record:
-        print(f"method: {record.pruning_method}  ratio: {record.pruning_ratio}  removed: {record.achieved_ratio}  "
-              f"schedule: {record.schedule}  format: {record.export_format}  record v{record.format_version}")
-        if record.history:
-            print(f"pruned {len(record.history) + 1} times; removed from the base model: {record.cumulative_ratio}")
-        print(f"calibration: {json.dumps(record.calibration)}")
-        if record.search:
-            from .search import describe_search
-
-            print("\n".join(describe_search(record.search)))
-        for r in record.recovery:
-            print(f"recovered: {r.get('steps')} steps, {r.get('tokens')} tokens, loss {r.get('loss')}, "
-                  f"LoRA r={r.get('lora_r')}, data {json.dumps(r.get('data', {}).get('dataset'))}, "
-                  f"final train loss {r.get('final_train_loss')}")
-        canon = [{k: lay.get(k) for k in ("num_attention_heads", "num_key_value_heads", "intermediate_size")}
-                 for lay in record.layers]
-        if record.export_format == "padded" and canon != layers:
-            print("the weights are zero-padded to the largest layer; the sizes of the function are those of the "
-                  "pruning record: " + json.dumps(canon))
-        elif canon and canon != layers:
-            bad = [i for i, (a, b) in enumerate(zip(canon, layers)) if a != b] or ["count"]
-            print(f"warning: the pruning record disagrees with the weights in layer(s) {bad}: the table shows the "
-                  "weights", file=sys.stderr)
+    lines, warning = describe_checkpoint(path, read_config_file(cfg_file))
+    print("\n".join(lines))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
