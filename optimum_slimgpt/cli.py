@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import importlib.util
 import inspect
 import json
@@ -234,7 +233,7 @@ def _eval_chat(args, model, tok) -> dict:
     print(res.summary())
     if reference is None:
         print("(give --reference DENSE_MODEL for the KL of this model from it over its answers)")
-    return {k: v for k, v in dataclasses.asdict(res).items() if k != "reference_answer_ids"}
+    return res.to_dict()
 
 
 def cmd_info(args) -> int:
