@@ -7,6 +7,7 @@ tests run from any working directory.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from functools import lru_cache
 from pathlib import Path
@@ -137,32 +138,47 @@ def _tok512():
     return vocab, scores
 
 
+def _bpe_word(word: str, vocab: list[str], scores: list[float], lookup: dict[str, int]) -> list[int]:
+    """llama2.c's greedy BPE on one piece of text: characters (or their UTF-8 bytes), then, while any adjacent pair
+    forms a vocabulary piece, merge the best-scoring pair (the leftmost of equal scores)."""
+    toks = []
+    for ch in word:
+        if ch in lookup:
+            toks.append(lookup[ch])
+        else:
+            toks.extend(b + 3 for b in ch.encode("utf-8"))
+    while True:
+        best, best_i, best_id = -1e10, -1, -1
+        for i in range(len(toks) - 1):
+            j = lookup.get(vocab[toks[i]] + vocab[toks[i + 1]])
+            if j is not None and scores[j] > best:
+                best, best_i, best_id = scores[j], i, j
+        if best_i < 0:
+            return toks
+        toks[best_i : best_i + 2] = [best_id]
+
+
 def encode_tok512(text: str) -> list[int]:
-    """llama2.c BPE encoding with the 512-token TinyStories vocabulary (no BOS), paragraph by paragraph."""
+    """llama2.c BPE encoding with the 512-token TinyStories vocabulary (no BOS), paragraph by paragraph.
+
+    Each paragraph is encoded as llama2.c does (``" " + paragraph``, greedy merges over the whole of it). No piece of
+    this vocabulary has a space other than at its start, so no merge joins text across the start of a space: the
+    paragraph splits into words (each from a space up to the next one), every word's merges are the ones the
+    whole-paragraph greedy makes inside it, in the same order, and each distinct word is encoded once."""
     vocab, scores = _tok512()
     lookup = {p: i for i, p in enumerate(vocab) if i >= 3}
+    assert not any(" " in p[1:] for p in lookup), "a piece with an inner space: words are not independent"
+    cache: dict[str, list[int]] = {}
     out: list[int] = []
     for para in text.split("\n"):
         para = para.strip()
         if not para:
             continue
-        toks = []
-        for ch in " " + para:
-            if ch in lookup:
-                toks.append(lookup[ch])
-            else:
-                toks.extend(b + 3 for b in ch.encode("utf-8"))
-        while True:
-            best, best_i, best_id = -1e10, -1, -1
-            for i in range(len(toks) - 1):
-                merged = vocab[toks[i]] + vocab[toks[i + 1]]
-                j = lookup.get(merged)
-                if j is not None and scores[j] > best:
-                    best, best_i, best_id = scores[j], i, j
-            if best_i < 0:
-                break
-            toks[best_i : best_i + 2] = [best_id]
-        out.extend(toks)
+        for word in re.findall(r" [^ ]*", " " + para):
+            toks = cache.get(word)
+            if toks is None:
+                toks = cache[word] = _bpe_word(word, vocab, scores, lookup)
+            out.extend(toks)
     return out
 
 

@@ -98,27 +98,54 @@ def test_streamed_prune_equals_the_in_memory_prune_and_save(case, tmp_path):
     assert torch.isfinite(slim(CALIB[:1]).logits).all()
 
 
-def test_cli_low_memory_kill_and_resume(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def signalled_cli_runs(tmp_path_factory) -> dict:
+    """The two ``python -m optimum_slimgpt.cli prune --low-memory`` processes that the test hook stops, started side
+    by side (each spends most of its seconds importing torch and transformers; run one after the other, they cost
+    twice the wall time on two cores). ``"kill"``: SIGKILLed after 2 of 4 blocks (bf16 compute); ``"term"``: SIGTERM
+    after 1. ``{name: (folder, args, returncode, stderr)}``; each run's ``--output`` is ``folder / "out"``."""
+    from helpers import TINYSTORIES_TXT, have_shared, tok512_tokenizer
+
+    if not have_shared(TINYSTORIES_TXT):
+        pytest.skip("../shared TinyStories missing")
+    kill = tmp_path_factory.mktemp("kill")
+    src = _source(kill / "src", vocab=512, shard="100KB")  # the tok512 vocabulary
+    (kill / "calib.txt").write_text(TINYSTORIES_TXT.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    tok512_tokenizer().save_pretrained(src)
+    kill_args = ["prune", "--model", str(src), "--ratio", "0.3", "--dataset", str(kill / "calib.txt"), "--samples",
+                 "4", "--seqlen", "32", "--batch-size", "4", "--dtype", "bfloat16", "--low-memory"]
+    term = tmp_path_factory.mktemp("term")
+    _, term_args = _tok_source(term)
+    logs = tmp_path_factory.mktemp("signalled-logs")  # files, not pipes: a full pipe would block a child
+    procs = {}
+    try:
+        for name, folder, args, stop in (("kill", kill, kill_args, "2"), ("term", term, term_args, "1:TERM")):
+            env = dict(os.environ, **{STOP_AFTER_ENV: stop, "OMP_NUM_THREADS": "1"})
+            with open(logs / f"{name}.out", "w") as out, open(logs / f"{name}.err", "w") as err:
+                procs[name] = (folder, args, subprocess.Popen(
+                    [sys.executable, "-m", "optimum_slimgpt.cli", *args, "--output", str(folder / "out")],
+                    env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL))
+        for _, _, proc in procs.values():
+            proc.wait(timeout=120)
+    finally:
+        for _, _, proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return {name: (folder, args, proc.returncode, (logs / f"{name}.err").read_text(encoding="utf-8"))
+            for name, (folder, args, proc) in procs.items()}
+
+
+def test_cli_low_memory_kill_and_resume(signalled_cli_runs, capsys):
     """``prune --low-memory`` SIGKILLed after 2 of 4 blocks (test hook), then ``--resume``: the same checkpoint,
     bit for bit, as an uninterrupted run. A resume with another model, config or calibration is refused."""
     from optimum_slimgpt import cli
 
     from helpers import tok512_tokenizer
 
-    from helpers import TINYSTORIES_TXT, have_shared
-
-    if not have_shared(TINYSTORIES_TXT):
-        pytest.skip("../shared TinyStories missing")
-    src = _source(tmp_path / "src", vocab=512, shard="100KB")  # the tok512 vocabulary
-    tok = tok512_tokenizer()
-    (tmp_path / "calib.txt").write_text(TINYSTORIES_TXT.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
-    tok.save_pretrained(src)
-    args = ["prune", "--model", str(src), "--ratio", "0.3", "--dataset", str(tmp_path / "calib.txt"), "--samples", "4",
-            "--seqlen", "32", "--batch-size", "4", "--dtype", "bfloat16", "--low-memory"]
-    env = dict(os.environ, **{STOP_AFTER_ENV: "2", "OMP_NUM_THREADS": "1"})
-    proc = subprocess.run([sys.executable, "-m", "optimum_slimgpt.cli", *args, "--output", str(tmp_path / "out")],
-                          env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-    assert proc.returncode == -9, proc.stderr[-2000:]
+    tmp_path, args, returncode, stderr = signalled_cli_runs["kill"]
+    src, tok = Path(args[args.index("--model") + 1]), tok512_tokenizer()
+    assert returncode == -9, stderr[-2000:]
     work = tmp_path / ".out.slimgpt-work"
     state = json.loads((work / "state.json").read_text())
     assert state["blocks_done"] == 2 and sorted(p.name for p in work.glob("block-*")) == [
@@ -287,15 +314,12 @@ def test_an_interrupted_run_says_how_to_resume_and_a_rerun_resumes(tmp_path, mon
     _assert_same_checkpoint(tmp_path / "full", out)
 
 
-def test_sigterm_stops_a_streamed_run_with_the_resume_command(tmp_path):
-    src, args = _tok_source(tmp_path)
-    env = dict(os.environ, **{STOP_AFTER_ENV: "1:TERM", "OMP_NUM_THREADS": "1"})
-    proc = subprocess.run([sys.executable, "-m", "optimum_slimgpt.cli", *args, "--output", str(tmp_path / "out")],
-                          env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 130 and "error: interrupted" in proc.stderr, proc.stderr[-2000:]
+def test_sigterm_stops_a_streamed_run_with_the_resume_command(signalled_cli_runs):
+    tmp_path, args, returncode, stderr = signalled_cli_runs["term"]
+    assert returncode == 130 and "error: interrupted" in stderr, stderr[-2000:]
     work = tmp_path / ".out.slimgpt-work"
-    assert f"the stopped run's work folder stays: {work} (1 of 4 blocks done" in proc.stderr
-    assert _resume_line(proc.stderr) == ["optimum-slimgpt", *args, "--output", str(tmp_path / "out"), "--resume"]
+    assert f"the stopped run's work folder stays: {work} (1 of 4 blocks done" in stderr
+    assert _resume_line(stderr) == ["optimum-slimgpt", *args, "--output", str(tmp_path / "out"), "--resume"]
     assert json.loads((work / "state.json").read_text())["blocks_done"] == 1
 
 
