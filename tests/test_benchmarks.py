@@ -78,50 +78,6 @@ def _positive(d: dict, keys) -> None:
         assert isinstance(d[k], (int, float)) and d[k] > 0, (k, d[k])
 
 
-def test_gpu_suite_tiny_runs_every_part_on_the_cpu(tmp_path):
-    """The GPU run's script, end to end on tiny shapes on the CPU: one JSON file with every part's phases."""
-    out = tmp_path / "suite.json"
-    env = {k: v for k, v in os.environ.items() if k != "OUT"}
-    cmd = ["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--tiny", str(out), "--workdir", str(tmp_path / "work")]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    res = json.loads(out.read_text())
-    st = res["settings"]
-    assert st["tiny"] is True and st["device"] == "cpu" and (st["samples"], st["seqlen"]) == (4, 64)
-    assert "4 x 64" in st["calibration"] and "128 x 2048" in st["calibration"]
-    assert res["host"]["torch"] == torch.__version__ and res["finished"] >= res["started"]
-    parts = res["parts"]
-    assert list(parts) == ["llama-7b", "llama3-8b", "llama-13b-streamed"]
-    assert st["shapes"]["llama-7b"]["shape"] == "tiny-mha" and st["shapes"]["llama3-8b"]["shape"] == "tiny"
-    for name in ("llama-7b", "llama3-8b"):
-        p = parts[name]
-        assert p["status"] == "ok" and 0 < p["wall_s"] <= p["budget_s"]
-        prune = p["prune"]
-        _positive(prune, ["capture_s", "hessians_s", "solves_s", "surgery_s", "block_outputs_s", "total_s"])
-        phases = sum(prune[k] for k in ("capture_s", "hessians_s", "solves_s", "surgery_s", "block_outputs_s"))
-        assert phases <= prune["total_s"]  # the phases are intervals inside the timed prune
-        assert abs(prune["removed"] - st["ratio"]) < 0.01 and prune["params_after"] < p["build"]["params"]
-        assert prune["peak_gpu_gib"] is None  # CPU: no GPU memory to report; the process's RSS instead
-        _positive(p, ["peak_rss_gib"])
-        assert p["progress"]["blocks_done"] == p["progress"]["blocks"] == 4
-        times = p["progress"]["seconds_at_each_block"]
-        assert times == sorted(times) and times[0] > 0
-        for key in ("decode_dense", "decode_pruned"):
-            assert [d["batch"] for d in p[key]] == st["decode_batch"]
-            for d in p[key]:
-                _positive(d, ["tokens_per_s", "seconds", "ms_per_step"])
-        for sp, d, q in zip(p["decode_speedup"], p["decode_dense"], p["decode_pruned"]):
-            assert sp == pytest.approx(q["tokens_per_s"] / d["tokens_per_s"], rel=0.01)  # tokens/s carry 1 decimal
-    s = parts["llama-13b-streamed"]
-    assert s["status"] == "ok", s
-    _positive(s["write"], ["params", "checkpoint_bytes", "shards"])
-    assert s["write"]["checkpoint_bytes"] == 2 * s["write"]["params"]  # bf16
-    _positive(s["prune"], ["total_s", "params_after", "bytes_after"])
-    assert s["prune"]["format"] == "per_layer" and s["prune"]["params_after"] < s["prune"]["params_before"]
-    assert s["progress"]["blocks_done"] == 4
-    assert not (tmp_path / "work").exists()  # the streamed checkpoint and the parts' files are gone
-
-
 def _slow_part(rec, x):
     rec.set("first_phase", {"seconds": x})
     time.sleep(60)
@@ -178,3 +134,65 @@ def test_scorer_agreement_lists_every_disagreeing_item():
     (d,) = row["disagreements"]
     assert d["doc_id"] == 1 and d["builtin_ll"] == [-2.0, -3.0] and d["lm_eval_ll"] == [-3.5, -3.0]
     assert d["builtin_pick"][0] == 0 and d["lm_eval_pick"][0] == 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _gpu_suite_tiny_run(tmp_path_factory):
+    """``bash benchmarks/gpu_suite.sh --tiny``, started when this module starts: the run is mostly its Python
+    importing torch and transformers on one core, while the module's other tests run beside it;
+    ``test_gpu_suite_tiny_runs_every_part_on_the_cpu`` (last in the module) waits for it. ``(folder, process)``."""
+    tmp_path = tmp_path_factory.mktemp("gpu_suite_tiny")
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    cmd = ["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--tiny", str(tmp_path / "suite.json"), "--workdir",
+           str(tmp_path / "work")]
+    with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:  # a full pipe would block it
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+    try:
+        yield tmp_path, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_gpu_suite_tiny_runs_every_part_on_the_cpu(_gpu_suite_tiny_run):
+    """The GPU run's script, end to end on tiny shapes on the CPU: one JSON file with every part's phases."""
+    tmp_path, proc = _gpu_suite_tiny_run
+    out = tmp_path / "suite.json"
+    proc.wait(timeout=240)
+    assert proc.returncode == 0, (tmp_path / "stdout").read_text()[-2000:] + (tmp_path / "stderr").read_text()[-4000:]
+    res = json.loads(out.read_text())
+    st = res["settings"]
+    assert st["tiny"] is True and st["device"] == "cpu" and (st["samples"], st["seqlen"]) == (4, 64)
+    assert "4 x 64" in st["calibration"] and "128 x 2048" in st["calibration"]
+    assert res["host"]["torch"] == torch.__version__ and res["finished"] >= res["started"]
+    parts = res["parts"]
+    assert list(parts) == ["llama-7b", "llama3-8b", "llama-13b-streamed"]
+    assert st["shapes"]["llama-7b"]["shape"] == "tiny-mha" and st["shapes"]["llama3-8b"]["shape"] == "tiny"
+    for name in ("llama-7b", "llama3-8b"):
+        p = parts[name]
+        assert p["status"] == "ok" and 0 < p["wall_s"] <= p["budget_s"]
+        prune = p["prune"]
+        _positive(prune, ["capture_s", "hessians_s", "solves_s", "surgery_s", "block_outputs_s", "total_s"])
+        phases = sum(prune[k] for k in ("capture_s", "hessians_s", "solves_s", "surgery_s", "block_outputs_s"))
+        assert phases <= prune["total_s"]  # the phases are intervals inside the timed prune
+        assert abs(prune["removed"] - st["ratio"]) < 0.01 and prune["params_after"] < p["build"]["params"]
+        assert prune["peak_gpu_gib"] is None  # CPU: no GPU memory to report; the process's RSS instead
+        _positive(p, ["peak_rss_gib"])
+        assert p["progress"]["blocks_done"] == p["progress"]["blocks"] == 4
+        times = p["progress"]["seconds_at_each_block"]
+        assert times == sorted(times) and times[0] > 0
+        for key in ("decode_dense", "decode_pruned"):
+            assert [d["batch"] for d in p[key]] == st["decode_batch"]
+            for d in p[key]:
+                _positive(d, ["tokens_per_s", "seconds", "ms_per_step"])
+        for sp, d, q in zip(p["decode_speedup"], p["decode_dense"], p["decode_pruned"]):
+            assert sp == pytest.approx(q["tokens_per_s"] / d["tokens_per_s"], rel=0.01)  # tokens/s carry 1 decimal
+    s = parts["llama-13b-streamed"]
+    assert s["status"] == "ok", s
+    _positive(s["write"], ["params", "checkpoint_bytes", "shards"])
+    assert s["write"]["checkpoint_bytes"] == 2 * s["write"]["params"]  # bf16
+    _positive(s["prune"], ["total_s", "params_after", "bytes_after"])
+    assert s["prune"]["format"] == "per_layer" and s["prune"]["params_after"] < s["prune"]["params_before"]
+    assert s["progress"]["blocks_done"] == 4
+    assert not (tmp_path / "work").exists()  # the streamed checkpoint and the parts' files are gone

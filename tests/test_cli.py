@@ -28,10 +28,11 @@ pytestmark = pytest.mark.skipif(not have_shared(STORIES_BIN, TINYSTORIES_TXT), r
 
 
 
-def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def start_cli(*args: str, stdout, stderr) -> subprocess.Popen:
+    """``python -m optimum_slimgpt.cli ARGS`` in a new process (the entry point itself), output to the given files."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "optimum_slimgpt.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, "-m", "optimum_slimgpt.cli", *args], stdout=stdout, stderr=stderr,
+                            text=True, env=env, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="module")
@@ -54,82 +55,31 @@ def texts(tmp_path_factory) -> tuple[Path, Path]:
     return calib, held
 
 
-@pytest.fixture(scope="module")
-def pruned_dir(stories_dir, texts, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+@pytest.fixture(scope="module", autouse=True)
+def _prune_run(stories_dir, texts, tmp_path_factory):
+    """``python -m optimum_slimgpt.cli prune`` on stories260K, started when this module starts: the child is mostly
+    its Python importing torch and transformers on one core, while the module's other tests run beside it; the tests
+    of ``pruned_dir`` (at the end of the module) wait for it. ``(output folder, process, log folder)``."""
     out = tmp_path_factory.mktemp("cli") / "stories-slim"
-    proc = run_cli("prune", "--model", str(stories_dir), "--ratio", "0.3", "--dataset", str(texts[0]),
-                   "--samples", "16", "--seqlen", "128", "--batch-size", "8", "--output", str(out))
-    return out, proc
+    logs = tmp_path_factory.mktemp("cli-prune-logs")
+    with open(logs / "stdout", "w") as stdout, open(logs / "stderr", "w") as stderr:  # a full pipe would block it
+        proc = start_cli("prune", "--model", str(stories_dir), "--ratio", "0.3", "--dataset", str(texts[0]),
+                         "--samples", "16", "--seqlen", "128", "--batch-size", "8", "--output", str(out),
+                         stdout=stdout, stderr=stderr)
+    try:
+        yield out, proc, logs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
-def test_prune_writes_a_loadable_smaller_model(stories_dir, pruned_dir):
-    from transformers import AutoModelForCausalLM
-
-    out, proc = pruned_dir
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    # the summary table (one row per block) and the save line
-    assert re.search(r"saved to .*stories-slim \((per_layer|uniform)", proc.stdout), proc.stdout[-2000:]
-    assert len(re.findall(r"^\s*\d+\s", proc.stdout, flags=re.M)) >= 5
-    # a progress bar per block went to stderr, and the per-layer table was printed once
-    assert "SlimGPT blocks" in proc.stderr and "capturing calibration inputs" in proc.stderr
-    assert (proc.stdout + proc.stderr).count("attn err") == 1
-    # the time estimate came first, before any work (5 blocks, 16 x 128 tokens)
-    m = re.search(r"estimate: about .* for 16 x 128 calibration tokens \(capture .*5 blocks x", proc.stdout)
-    assert m and proc.stdout.index("estimate:") < proc.stdout.index("saved to"), proc.stdout[:2000]
-    cfg = json.loads((out / "config.json").read_text())
-    assert abs(cfg["pruning_config"]["achieved_ratio"] - 0.3) < 0.05
-    dense = AutoModelForCausalLM.from_pretrained(stories_dir)
-    slim = AutoModelForCausalLM.from_pretrained(out)  # no flag: the package is imported
-    n_dense = sum(p.numel() for p in dense.model.layers.parameters())
-    n_slim = sum(p.numel() for p in slim.model.layers.parameters())
-    assert abs(1 - n_slim / n_dense - 0.3) < 0.05
-    ids = torch.randint(3, 512, (1, 32), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        assert torch.isfinite(slim(ids).logits).all()
-    assert (out / "tokenizer.json").is_file() and (out / "README.md").is_file()
-
-
-def test_eval_prints_the_package_perplexity(pruned_dir, texts, capsys):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from optimum_slimgpt.evaluation import perplexity
-
-    out, prune_proc = pruned_dir
-    assert prune_proc.returncode == 0, prune_proc.stderr[-3000:]
-    rc, stdout, stderr = call_cli(capsys, "eval", "--model", str(out), "--text-file", str(texts[1]), "--seqlen", "256",
-                                  "--max-tokens", "4096", "--json", str(out.parent / "eval.json"))
-    assert rc == 0, stderr[-3000:]
-    m = re.search(r"perplexity: ([0-9.]+)", stdout)
-    assert m, stdout
-    printed = float(m.group(1))
-    model = AutoModelForCausalLM.from_pretrained(out).eval()
-    tok = AutoTokenizer.from_pretrained(out)
-    ref = perplexity(model, tok, texts[1].read_text(encoding="utf-8"), seqlen=256, max_tokens=4096,
-                     show_progress=False)
-    # the CLI may batch the windows differently: float32 logits then differ by about sqrt(d)·u32 of their terms
-    # (64x margin) and the mean NLL sums 4,096 terms in another order (γ_n of it); printed with 3 decimals
-    rt = gamma(4096) * math.log(ref) + 64 * math.sqrt(model.config.hidden_size) * unit_roundoff()
-    assert math.isfinite(printed) and abs(printed - ref) <= 5e-4 + rt * ref
-    assert 1.0 < printed < 512  # better than uniform over the vocabulary
-    saved = json.loads((out.parent / "eval.json").read_text())
-    assert abs(saved["perplexity"] - ref) <= rt * ref
-
-
-def test_info_prints_the_layout(pruned_dir, capsys):
-    out, prune_proc = pruned_dir
-    assert prune_proc.returncode == 0, prune_proc.stderr[-3000:]
-    rc, stdout, stderr = call_cli(capsys, "info", "--model", str(out))
-    assert rc == 0, stderr
-    cfg = json.loads((out / "config.json").read_text())
-    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([0-9.]+)\s+([0-9.]+)$", stdout, flags=re.M)
-    assert len(rows) == 5
-    pc = cfg["pruning_config"]
-    want = [(lay["num_attention_heads"], lay["num_key_value_heads"], lay["intermediate_size"]) for lay in pc["layers"]]
-    assert [tuple(int(x) for x in r[1:4]) for r in rows] == want
-    # the per-layer head and FFN ratios of the schedule (the record keeps both)
-    assert [(float(r[4]), float(r[5])) for r in rows] == [(round(a, 3), round(b, 3))
-                                                          for a, b in zip(pc["layer_ratios"], pc["ffn_ratios"])]
-    assert "method: slimgpt" in stdout
+@pytest.fixture(scope="module")
+def pruned_dir(_prune_run) -> tuple[Path, subprocess.CompletedProcess]:
+    out, proc, logs = _prune_run
+    proc.wait(timeout=300)
+    return out, subprocess.CompletedProcess(proc.args, proc.returncode, (logs / "stdout").read_text(encoding="utf-8"),
+                                            (logs / "stderr").read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize("args, message", [
@@ -254,25 +204,6 @@ def test_demo_writes_into_a_temporary_folder_unless_told(tmp_path, monkeypatch, 
     (tmp_path / "mine" / "x").write_text("x")
     rc, _, err = call_cli(capsys, "demo", "--output", "mine")
     assert rc == 2 and "not empty" in err
-
-
-def test_info_reads_the_weights_not_the_record(pruned_dir, tmp_path, capsys):
-    import shutil
-
-    out, prune_proc = pruned_dir
-    assert prune_proc.returncode == 0, prune_proc.stderr[-3000:]
-    lied = tmp_path / "lied"
-    shutil.copytree(out, lied)
-    cfg = json.loads((lied / "config.json").read_text())
-    truth = [(lay["num_attention_heads"], lay["num_key_value_heads"], lay["intermediate_size"])
-             for lay in cfg["pruning_config"]["layers"]]
-    cfg["pruning_config"]["layers"][2]["intermediate_size"] = 1  # a stale or edited record
-    (lied / "config.json").write_text(json.dumps(cfg))
-    rc, stdout, stderr = call_cli(capsys, "info", "--model", str(lied))
-    assert rc == 0, stderr
-    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+", stdout, flags=re.M)
-    assert [tuple(int(x) for x in r[1:4]) for r in rows] == truth
-    assert "warning: the pruning record disagrees with the weights in layer(s) [2]" in stderr
 
 
 # ------------------------------------------------------------------------------------------ the saved dtype
@@ -416,3 +347,94 @@ def test_a_bad_format_is_refused_before_loading(stories_dir, tmp_path, capsys, n
     rc, _, stderr = call_cli(capsys, "prune", "--model", str(stories_dir), "--format", "padded", "--low-memory",
                              "--dataset", str(TINYSTORIES_TXT), "--output", str(tmp_path / "o"))
     assert rc == 2 and "error: --format padded" in stderr and not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------------------ the prune subprocess
+# (last: the module's other tests run while the child started by _prune_run imports and prunes)
+def test_prune_writes_a_loadable_smaller_model(stories_dir, pruned_dir):
+    from transformers import AutoModelForCausalLM
+
+    out, proc = pruned_dir
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the summary table (one row per block) and the save line
+    assert re.search(r"saved to .*stories-slim \((per_layer|uniform)", proc.stdout), proc.stdout[-2000:]
+    assert len(re.findall(r"^\s*\d+\s", proc.stdout, flags=re.M)) >= 5
+    # a progress bar per block went to stderr, and the per-layer table was printed once
+    assert "SlimGPT blocks" in proc.stderr and "capturing calibration inputs" in proc.stderr
+    assert (proc.stdout + proc.stderr).count("attn err") == 1
+    # the time estimate came first, before any work (5 blocks, 16 x 128 tokens)
+    m = re.search(r"estimate: about .* for 16 x 128 calibration tokens \(capture .*5 blocks x", proc.stdout)
+    assert m and proc.stdout.index("estimate:") < proc.stdout.index("saved to"), proc.stdout[:2000]
+    cfg = json.loads((out / "config.json").read_text())
+    assert abs(cfg["pruning_config"]["achieved_ratio"] - 0.3) < 0.05
+    dense = AutoModelForCausalLM.from_pretrained(stories_dir)
+    slim = AutoModelForCausalLM.from_pretrained(out)  # no flag: the package is imported
+    n_dense = sum(p.numel() for p in dense.model.layers.parameters())
+    n_slim = sum(p.numel() for p in slim.model.layers.parameters())
+    assert abs(1 - n_slim / n_dense - 0.3) < 0.05
+    ids = torch.randint(3, 512, (1, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.isfinite(slim(ids).logits).all()
+    assert (out / "tokenizer.json").is_file() and (out / "README.md").is_file()
+
+
+def test_eval_prints_the_package_perplexity(pruned_dir, texts, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from optimum_slimgpt.evaluation import perplexity
+
+    out, prune_proc = pruned_dir
+    assert prune_proc.returncode == 0, prune_proc.stderr[-3000:]
+    rc, stdout, stderr = call_cli(capsys, "eval", "--model", str(out), "--text-file", str(texts[1]), "--seqlen", "256",
+                                  "--max-tokens", "4096", "--json", str(out.parent / "eval.json"))
+    assert rc == 0, stderr[-3000:]
+    m = re.search(r"perplexity: ([0-9.]+)", stdout)
+    assert m, stdout
+    printed = float(m.group(1))
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    ref = perplexity(model, tok, texts[1].read_text(encoding="utf-8"), seqlen=256, max_tokens=4096,
+                     show_progress=False)
+    # the CLI may batch the windows differently: float32 logits then differ by about sqrt(d)·u32 of their terms
+    # (64x margin) and the mean NLL sums 4,096 terms in another order (γ_n of it); printed with 3 decimals
+    rt = gamma(4096) * math.log(ref) + 64 * math.sqrt(model.config.hidden_size) * unit_roundoff()
+    assert math.isfinite(printed) and abs(printed - ref) <= 5e-4 + rt * ref
+    assert 1.0 < printed < 512  # better than uniform over the vocabulary
+    saved = json.loads((out.parent / "eval.json").read_text())
+    assert abs(saved["perplexity"] - ref) <= rt * ref
+
+
+def test_info_prints_the_layout(pruned_dir, capsys):
+    out, prune_proc = pruned_dir
+    assert prune_proc.returncode == 0, prune_proc.stderr[-3000:]
+    rc, stdout, stderr = call_cli(capsys, "info", "--model", str(out))
+    assert rc == 0, stderr
+    cfg = json.loads((out / "config.json").read_text())
+    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([0-9.]+)\s+([0-9.]+)$", stdout, flags=re.M)
+    assert len(rows) == 5
+    pc = cfg["pruning_config"]
+    want = [(lay["num_attention_heads"], lay["num_key_value_heads"], lay["intermediate_size"]) for lay in pc["layers"]]
+    assert [tuple(int(x) for x in r[1:4]) for r in rows] == want
+    # the per-layer head and FFN ratios of the schedule (the record keeps both)
+    assert [(float(r[4]), float(r[5])) for r in rows] == [(round(a, 3), round(b, 3))
+                                                          for a, b in zip(pc["layer_ratios"], pc["ffn_ratios"])]
+    assert "method: slimgpt" in stdout
+
+
+def test_info_reads_the_weights_not_the_record(pruned_dir, tmp_path, capsys):
+    import shutil
+
+    out, prune_proc = pruned_dir
+    assert prune_proc.returncode == 0, prune_proc.stderr[-3000:]
+    lied = tmp_path / "lied"
+    shutil.copytree(out, lied)
+    cfg = json.loads((lied / "config.json").read_text())
+    truth = [(lay["num_attention_heads"], lay["num_key_value_heads"], lay["intermediate_size"])
+             for lay in cfg["pruning_config"]["layers"]]
+    cfg["pruning_config"]["layers"][2]["intermediate_size"] = 1  # a stale or edited record
+    (lied / "config.json").write_text(json.dumps(cfg))
+    rc, stdout, stderr = call_cli(capsys, "info", "--model", str(lied))
+    assert rc == 0, stderr
+    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+", stdout, flags=re.M)
+    assert [tuple(int(x) for x in r[1:4]) for r in rows] == truth
+    assert "warning: the pruning record disagrees with the weights in layer(s) [2]" in stderr

@@ -501,8 +501,8 @@ def test_piqa_dense_above_chance(piqa_dense):
 @needs_piqa
 def test_piqa_second_run_identical(smollm2):
     """``zero_shot`` and then ``evaluate_zero_shot`` on the same items give the same log-likelihoods, bit for bit.
-    Run on SmolLM2 cut to its first 2 of 30 blocks (a copy): the scorer's whole path (tokenizing, sorting, padded
-    batches through real attention) at a fifteenth of the cost of two full-model runs."""
+    Run on a copy of SmolLM2 cut to its first 2 of 30 blocks: the scorer's whole path (tokenizing, sorting, padded
+    batches through real attention, the LM head) at half the cost of one full-model run."""
     model, tok = smollm2
     layers = model.model.layers
     short = copy.deepcopy(model, memo={id(layers): copy.deepcopy(layers[:2])})
@@ -537,10 +537,10 @@ def test_piqa_broken_model_at_chance(smollm2, piqa_dense):
     blocks zeroed (each block then adds exact zeros to the residual stream, so the logits are the same bits), without
     the cost of running 30 blocks of zeros."""
     model, tok = smollm2
-    broken = copy.deepcopy(model, memo={id(model.model.layers): torch.nn.ModuleList()})
-    broken.config.num_hidden_layers = 0
+    no_blocks = copy.deepcopy(model, memo={id(model.model.layers): torch.nn.ModuleList()})
+    no_blocks.config.num_hidden_layers = 0
     assert len(model.model.layers) == model.config.num_hidden_layers == 30  # the session's model is untouched
-    broken = ev.zero_shot(broken, tok, "piqa", limit=PIQA_N, batch_size=8, data_dir=DATA, return_details=True,
+    broken = ev.zero_shot(no_blocks, tok, "piqa", limit=PIQA_N, batch_size=8, data_dir=DATA, return_details=True,
                           show_progress=False)
     assert broken["acc_norm"] < piqa_dense["acc_norm"]
     assert abs(broken["acc_norm"] - 0.5) <= 0.2

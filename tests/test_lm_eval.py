@@ -248,34 +248,57 @@ def _pruned_per_layer_float64():
     return model.to(torch.float64).eval()
 
 
-def test_lm_eval_cli_on_per_layer_checkpoint(lm_eval_mod, tmp_path):
-    """``lm_eval --model hf --model_args pretrained=OUT,trust_remote_code=True --include_path TASKS`` on a saved
-    per-layer checkpoint (``model_type: slimgpt_llama``, loaded through its remote code) gives the numbers of the
-    in-memory bridge and of the built-in scorer, per item."""
+@pytest.fixture(scope="module", autouse=True)
+def _lm_eval_cli_run(tmp_path_factory):
+    """The ``lm_eval`` CLI process of ``test_lm_eval_cli_on_per_layer_checkpoint``, started when this module starts
+    (when lm_eval is installed): it spends ~15 s on one core importing and indexing lm-eval's ~14,000 task files,
+    while the tests before it run beside it; that test waits for it. ``(model, tokenizer, data dir, checkpoint,
+    output dir, process, log dir)``; the checkpoint's checks are that test's."""
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        yield None
+        return
     from optimum_slimgpt import save_pruned_model
 
-    data = write_tiny_data(tmp_path / "data")
-    tasks_dir = write_lm_eval_tasks(tmp_path / "tasks", data_dir=data)
+    root = tmp_path_factory.mktemp("lm_eval_cli")
+    data = write_tiny_data(root / "data")
+    tasks_dir = write_lm_eval_tasks(root / "tasks", data_dir=data)
     model, tok = _pruned_per_layer_float64(), byte_tokenizer(bos=True)
-    res = save_pruned_model(model, tmp_path / "ckpt", tokenizer=tok)
-    assert res.format == "per_layer"
-    assert json.loads((res.path / "config.json").read_text())["model_type"] == "slimgpt_llama"
-
-    out_dir = tmp_path / "lm_eval_out"
+    res = save_pruned_model(model, root / "ckpt", tokenizer=tok)
+    out_dir = root / "lm_eval_out"
     env = checkout_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
-                       HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_DATASETS_CACHE=str(tmp_path / "hf_datasets"))
+                       HF_MODULES_CACHE=str(root / "hf_modules"), HF_DATASETS_CACHE=str(root / "hf_datasets"))
     cmd = [sys.executable, "-m", "lm_eval", "--model", "hf",
            "--model_args", f"pretrained={res.path},trust_remote_code=True,dtype=float64",
            "--include_path", str(tasks_dir), "--tasks", ",".join(TASKS), "--device", "cpu", "--batch_size", "1",
            "--output_path", str(out_dir), "--log_samples"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    logs = tmp_path_factory.mktemp("lm_eval_cli_logs")
+    with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:  # files: a full pipe would block it
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+    try:
+        yield model, tok, data, res, out_dir, proc, logs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_lm_eval_cli_on_per_layer_checkpoint(lm_eval_mod, _lm_eval_cli_run):
+    """``lm_eval --model hf --model_args pretrained=OUT,trust_remote_code=True --include_path TASKS`` on a saved
+    per-layer checkpoint (``model_type: slimgpt_llama``, loaded through its remote code) gives the numbers of the
+    in-memory bridge and of the built-in scorer, per item."""
+    model, tok, data, res, out_dir, proc, logs = _lm_eval_cli_run
+    assert res.format == "per_layer"
+    assert json.loads((res.path / "config.json").read_text())["model_type"] == "slimgpt_llama"
+    bridge = ev.evaluate_lm_eval(model, tok, TASKS, data_dir=data, batch_size=1, return_details=True)  # meanwhile
+
+    proc.wait(timeout=600)
+    assert proc.returncode == 0, (logs / "stdout").read_text()[-3000:] + (logs / "stderr").read_text()[-3000:]
     (results_file,) = out_dir.rglob("results_*.json")
     cli = json.loads(results_file.read_text())
     assert cli["config"]["model_num_parameters"] == sum(p.numel() for p in model.parameters())
 
-    bridge = ev.evaluate_lm_eval(model, tok, TASKS, data_dir=data, batch_size=1, return_details=True)
     for name in TASKS:
         r = cli["results"][name]
         assert (r["acc,none"], r["acc_norm,none"]) == (bridge[name]["acc"], bridge[name]["acc_norm"]), name

@@ -215,40 +215,6 @@ _REMOTE_SCRIPT = textwrap.dedent(
 )
 
 
-def test_remote_code_without_the_package(tmp_path):
-    families = ("llama", "qwen3", "phi3", "opt")  # phi3: per-layer config view; opt: its own attention class
-    refs, paths = {}, []
-    for fam in families:
-        model = _pruned(fam)
-        tok = tok512_tokenizer() if fam == "llama" and have_shared(STORIES_BIN) else None
-        p = save_pruned_model(model, tmp_path / f"{fam}-slim", tokenizer=tok).path
-        if tok is not None:
-            want_tokens = tok("Once upon a time").input_ids
-        refs[str(p)] = (_logits(model), _greedy(model))
-        paths.append(str(p))
-    torch.save(PROMPT, tmp_path / "ids.pt")
-    script = tmp_path / "remote_load.py"
-    script.write_text(_REMOTE_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt"), *paths],
-        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = torch.load(tmp_path / "out.pt")
-    for p in paths:
-        r = out[p]
-        assert r["module"].startswith("transformers_modules") and r["module"].endswith(
-            ".modeling_slimgpt")
-        assert "trust_remote_code" in r["no_flag"], r["no_flag"]
-        ref_logits, ref_greedy = refs[p]
-        assert_same_function(r["logits"], ref_logits)
-        assert torch.equal(r["greedy"], ref_greedy) and torch.equal(r["static"], ref_greedy)
-    if have_shared(STORIES_BIN):  # the tokenizer of a per-layer checkpoint loads without the package or a prompt
-        assert out[paths[0]]["tokens"] == want_tokens
-
-
 # ------------------------------------------------------------------------------------------ uniform / padded
 def test_uniform_loads_as_the_plain_architecture(tmp_path):
     from transformers import LlamaForCausalLM
@@ -511,6 +477,58 @@ def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
     assert repo_id == "me/tiny-slim" and Path(folder) == res.path
     assert {"config.json", "model.safetensors", "README.md", "modeling_slimgpt.py"} <= set(files)
     assert res.repo_id == "me/tiny-slim"
+
+
+# ------------------------------------------------------------------------------------------ remote code (the run)
+# (here, after the tiny-model tests: they run while the process started by _remote_run imports and loads)
+@pytest.fixture(scope="module", autouse=True)
+def _remote_run(tmp_path_factory):
+    """The process of ``test_remote_code_without_the_package``, started when this module starts: four per-layer
+    checkpoints are saved here, then a Python without the package loads them (mostly import time, on one core) while
+    the module's tiny-model tests run beside it; that test (just before the SmolLM2 ones) waits for it.
+    ``(folder, paths, the in-memory models' (logits, greedy) by path, the tokenizer's ids or None, process)``."""
+    tmp_path = tmp_path_factory.mktemp("remote-code")
+    families = ("llama", "qwen3", "phi3", "opt")  # phi3: per-layer config view; opt: its own attention class
+    refs, paths, want_tokens = {}, [], None
+    for fam in families:
+        model = _pruned(fam)
+        tok = tok512_tokenizer() if fam == "llama" and have_shared(STORIES_BIN) else None
+        p = save_pruned_model(model, tmp_path / f"{fam}-slim", tokenizer=tok).path
+        if tok is not None:
+            want_tokens = tok("Once upon a time").input_ids
+        refs[str(p)] = (_logits(model), _greedy(model))
+        paths.append(str(p))
+    torch.save(PROMPT, tmp_path / "ids.pt")
+    script = tmp_path / "remote_load.py"
+    script.write_text(_REMOTE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:  # a full pipe would block it
+        proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt"), *paths],
+                                cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+    try:
+        yield tmp_path, paths, refs, want_tokens, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_remote_code_without_the_package(_remote_run):
+    tmp_path, paths, refs, want_tokens, proc = _remote_run
+    proc.wait(timeout=300)
+    assert proc.returncode == 0, (tmp_path / "stdout").read_text()[-3000:] + (tmp_path / "stderr").read_text()[-3000:]
+    out = torch.load(tmp_path / "out.pt")
+    for p in paths:
+        r = out[p]
+        assert r["module"].startswith("transformers_modules") and r["module"].endswith(
+            ".modeling_slimgpt")
+        assert "trust_remote_code" in r["no_flag"], r["no_flag"]
+        ref_logits, ref_greedy = refs[p]
+        assert_same_function(r["logits"], ref_logits)
+        assert torch.equal(r["greedy"], ref_greedy) and torch.equal(r["static"], ref_greedy)
+    if have_shared(STORIES_BIN):  # the tokenizer of a per-layer checkpoint loads without the package or a prompt
+        assert out[paths[0]]["tokens"] == want_tokens
 
 
 # ------------------------------------------------------------------------------------------ real model
