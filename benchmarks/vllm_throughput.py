@@ -157,6 +157,9 @@ def main() -> None:
     ap.add_argument("--torch-threads", type=int, default=2, help="threads for pruning")
     ap.add_argument("--work", default="bench_out/vllm")
     ap.add_argument("--out", default="bench_out/vllm_throughput.json")
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="prune and save the checkpoints into --work, time nothing (so the timed run can start on "
+                         "idle cores with the pruning done)")
     args = ap.parse_args()
     if args.cores:
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = args.cores
@@ -164,6 +167,9 @@ def main() -> None:
     if "dense" not in args.models:
         args.models = ["dense", *args.models]  # the reference of the ratios
     folders = prepare(args, Path(args.work))
+    if args.prepare_only:
+        print("\n".join(f"{name}: {folder}" for name, folder in folders.items()))
+        return
     rows = measure(args, folders)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import importlib.util
 import inspect
 import json
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .cli_args import CLIError, HelpFormatter, Parser, peek, read_config_file
-from .loading import check_device, dtype_arg, load_model, resolve_model_path
+from .loading import check_device, dtype_arg, load_model, resolve_model_path, save_dtype_arg
 
 
 # ----------------------------------------------------------------------------------- commands
@@ -78,14 +77,16 @@ def cmd_prune(args) -> int:
     Prune a causal LM (a folder with config.json, a .gguf file or a folder holding one) and save the smaller model.
     Everything is checked before the work starts. 'prune --method NAME --help' lists that method's own options."""
     from .calibration import check_dataset_source
+    from .estimate import print_estimate
+    from .low_memory import prune_streamed, too_big_for_memory, warn_stale_work_dir
     from .pruner import SlimGPTPruner
-    from .recovery import recover
+    from .recovery import describe_recovery, recover
     from .saving import check_output_dir
     from .streaming import work_state
 
     cfg = _config_from_args(args)
     rcfg = _prune_recovery_config(args, cfg)
-    save_dtype = _save_dtype(args)
+    save_dtype = save_dtype_arg(args.save_dtype)
     check_device(cfg.device)
     # before loading anything: the data, the model's files, the output folder (not the source, writable; the disk
     # space once the plan is known)
@@ -100,13 +101,17 @@ def cmd_prune(args) -> int:
     # (the model's name is its folder, for a GGUF file too: the pruner refuses an output inside it, and so do we, now)
     src = source.parent if gguf_file else source
     check_output_dir(out, overwrite=args.overwrite or resuming, sources=[src] if src.exists() else [])
-    streamed = args.low_memory or _too_big_for_memory(path, gguf_file, args.dtype)
+    argv = getattr(args, "argv", None)  # (set by main: the resume command of a stopped streamed run repeats it)
+    streamed = args.low_memory or too_big_for_memory(path, gguf_file, args.dtype)
     if streamed and rcfg is not None:
         raise CLIError("--recover-steps trains the whole model next to its dense teacher: it cannot be combined with "
                        "--low-memory (prune streamed, then run 'optimum-slimgpt recover' where the model fits)")
     if streamed:
-        return _prune_streamed(args, cfg, path, gguf_file, out, save_dtype)
-    _warn_stale_work_dir(args, out)
+        res = prune_streamed(path, gguf_file, out, cfg, dtype=args.dtype, save_dtype=save_dtype,
+                             export_format=args.format, overwrite=args.overwrite, resume=args.resume, argv=argv)
+        print(f"saved to {out} ({res.format} format, {res.dtype}, streamed block by block: {res.reason})")
+        return 0
+    warn_stale_work_dir(out, argv)
     model, tok = load_model(args.model, args.gguf_file, args.dtype)
     teacher = None
     if rcfg is not None:
@@ -120,69 +125,10 @@ def cmd_prune(args) -> int:
     if rcfg is not None:
         recover(model, teacher, tok, rcfg)
         del teacher
-        _print_recovery(model)
+        print(describe_recovery(model))
     res = pruner.save(model, out, tokenizer=tok, export_format=args.format, overwrite=args.overwrite, dtype=save_dtype)
     print(f"saved to {out} ({res.format} format{f', {res.dtype}' if res.dtype else ''}: {res.reason})")
     return 0
-
-
-def _save_dtype(args):
-    """``--save-dtype``: ``"auto"`` (the source checkpoint's dtype), ``None`` for ``compute`` (the dtype pruned in),
-    or a dtype; an unknown name is a ``CLIError`` before anything is loaded."""
-    from .saving import parse_dtype
-
-    value = getattr(args, "save_dtype", "auto")
-    if value in ("auto", None):
-        return "auto"
-    if value == "compute":
-        return None
-    try:
-        return parse_dtype(value)
-    except ValueError as e:
-        raise CLIError(f"--save-dtype: {e}") from None
-
-
-def _resume_command(args) -> str:
-    """The command line that resumes this streamed run: the user's own arguments with ``--low-memory --resume``."""
-    import shlex
-
-    argv = list(getattr(args, "argv", None) or sys.argv[1:])
-    argv += [f for f in ("--low-memory", "--resume") if f not in argv]
-    return "optimum-slimgpt " + shlex.join(argv)
-
-
-def _print_work_dir_hint(args, out: Path, stopped: bool) -> None:
-    """Say where the work folder of an interrupted streamed run into ``out`` is, and how to resume or clean it."""
-    import shlex
-
-    from .streaming import describe_work_dir, work_dir
-
-    where = describe_work_dir(out)
-    if where is None:
-        return
-    print(("the stopped run's work folder stays: " if stopped else "found the work folder of an interrupted "
-           "--low-memory run into this --output: ") + where, file=sys.stderr)
-    print(f"  to resume it:  {_resume_command(args)}", file=sys.stderr)
-    print(f"  to start again instead, delete it:  rm -r {shlex.quote(str(work_dir(out)))}", file=sys.stderr)
-
-
-def _warn_stale_work_dir(args, out: Path) -> None:
-    """An in-memory run next to the work folder of an interrupted streamed run into the same output says so."""
-    from .streaming import describe_work_dir
-
-    if describe_work_dir(out) is not None:
-        print("warning: this run does not use (nor remove) the work folder below", file=sys.stderr)
-        _print_work_dir_hint(args, out, stopped=False)
-
-
-def _print_recovery(model) -> None:
-    from .modeling import PruningRecord
-
-    rec = PruningRecord.of(model.config)
-    r = (rec.recovery if rec else getattr(model.config, "recovery", []))[-1]
-    print(f"recovered: {r['steps']} steps, {r['tokens']:,} tokens, loss {r['loss']}"
-          + (f" (LoRA r={r['lora_r']}, merged)" if r["lora_r"] else " (full fine-tuning)")
-          + f", final train loss {r['final_train_loss']:.4f}, {r['seconds']:.0f} s")
 
 
 def cmd_recover(args) -> int:
@@ -192,14 +138,14 @@ def cmd_recover(args) -> int:
     KL over the sequence), with LoRA (merged) or full fine-tuning, and save it like any pruned model. For several
     GPUs run it under 'accelerate launch' (see the README)."""
     from .modeling import PruningRecord
-    from .recovery import recover
+    from .recovery import describe_recovery, recover
     from .saving import check_output_dir, save_pruned_model
 
     rcfg = _recover_config_from_args(args)
     check_device(args.device)
     check_device(args.teacher_device)
     teacher_dtype = args.teacher_dtype or args.dtype
-    save_dtype = _save_dtype(args)
+    save_dtype = save_dtype_arg(args.save_dtype)
     from .calibration import check_dataset_source
 
     check_dataset_source(rcfg.dataset, rcfg.dataset_text_field)
@@ -220,81 +166,10 @@ def cmd_recover(args) -> int:
     if tok is None and not rcfg.dataset == "self" and isinstance(rcfg.dataset, str):
         raise CLIError(f"no tokenizer found in {args.model} (or --teacher) to tokenise --dataset {rcfg.dataset}")
     recover(model, teacher, tok, rcfg)
-    _print_recovery(model)
+    print(describe_recovery(model))
     res = save_pruned_model(model, out, tokenizer=tok, export_format=args.format, overwrite=args.overwrite,
                             dtype=save_dtype)
     print(f"saved to {out} ({res.format} format{f', {res.dtype}' if res.dtype else ''}: {res.reason})")
-    return 0
-
-
-def _too_big_for_memory(path: str, gguf_file: Optional[str], dtype) -> bool:
-    """A local safetensors checkpoint that would not fit in the available memory is pruned streamed."""
-    from .streaming import CheckpointError, fits_in_memory
-
-    if gguf_file or not Path(path).is_dir():
-        return False
-    try:
-        fits = fits_in_memory(path, None if dtype == "auto" else dtype)
-    except CheckpointError:
-        return False  # not a safetensors folder: the normal loader reports what is wrong
-    if not fits:
-        logging.getLogger(__name__).warning("%s does not fit in the available memory: pruning it block by block "
-                                            "from disk (--low-memory)", path)
-    return not fits
-
-
-def _prune_streamed(args, cfg, path: str, gguf_file: Optional[str], out: Path, save_dtype="auto") -> int:
-    """``prune --low-memory``: :func:`~optimum_slimgpt.streaming.prune_pretrained` (a GGUF source through a
-    safetensors work copy). A stopped run (an error, Ctrl-C, SIGTERM) says where its work folder is and prints the
-    command that resumes it; a run that finds one without ``--resume`` says how to resume or remove it."""
-    import signal
-    import threading
-
-    from .streaming import prune_pretrained, work_state
-
-    if cfg.dataset == "self":
-        raise CLIError("--dataset self generates text with the whole model: it cannot be combined with --low-memory")
-    if args.format == "padded":
-        raise CLIError("--format padded pads every layer to the largest one, known only at the end: --low-memory "
-                       "writes per_layer or uniform (auto)")
-    state = work_state(out)
-    if state is not None and not args.resume:
-        _print_work_dir_hint(args, out, stopped=False)
-        raise CLIError(f"{out}: an interrupted --low-memory run into this folder left its work folder (see above): "
-                       "add --resume to continue it, or delete the work folder")
-    tok = None
-    try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
-    except Exception as e:  # noqa: BLE001 - token-id data need none
-        logging.getLogger(__name__).warning("no tokenizer loaded from %s: %s", path, str(e).splitlines()[0])
-    if args.resume and state is not None:
-        n = state.get("num_blocks")
-        print(f"resuming the interrupted run: {state.get('blocks_done', 0)}{f' of {n}' if n else ''} blocks are done "
-              "(their work folder is beside --output)", file=sys.stderr)
-
-    def terminate(signum, frame):
-        raise KeyboardInterrupt("SIGTERM")
-
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        res = prune_pretrained(Path(path) / gguf_file if gguf_file else path, out, cfg, tokenizer=tok,
-                               dtype=None if args.dtype == "auto" else args.dtype, save_dtype=save_dtype,
-                               export_format=args.format, overwrite=args.overwrite, resume=args.resume)
-    except BaseException as e:
-        cause: Optional[BaseException] = e
-        while cause is not None and not getattr(cause, "slimgpt_work_dir", None):
-            cause = cause.__context__  # (a SIGTERM arrives again as a new KeyboardInterrupt)
-        if cause is not None:  # the run had started: its work folder stays
-            _print_work_dir_hint(args, out, stopped=True)
-        raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    print(f"saved to {out} ({res.format} format, {res.dtype}, streamed block by block: {res.reason})")
     return 0
 
 
@@ -358,20 +233,7 @@ def _eval_chat(args, model, tok) -> dict:
     print(res.summary())
     if reference is None:
         print("(give --reference DENSE_MODEL for the KL of this model from it over its answers)")
-    return {k: v for k, v in dataclasses.asdict(res).items() if k != "reference_answer_ids"}
-
-
-def print_estimate(pruner, model, tokenizer) -> None:
-    """Print how long the prune will take (a short probe, see :mod:`optimum_slimgpt.estimate`) before it starts.
-    Bad input raises as the run would; a probe that fails for another reason only says so."""
-    try:
-        est = pruner.estimate(model, tokenizer)
-    except (ValueError, TypeError, CLIError):
-        raise
-    except Exception as e:  # noqa: BLE001 - the estimate is advice: never the reason a run does not start
-        logging.getLogger(__name__).warning("no time estimate (%s: %s)", type(e).__name__, str(e).splitlines()[0])
-        return
-    print(est.message(), flush=True)
+    return res.to_dict()
 
 
 def cmd_info(args) -> int:
@@ -379,55 +241,16 @@ def cmd_info(args) -> int:
 
     The per-layer heads, KV heads and FFN channels as the weights have them, the schedule's ratios and the pruning
     provenance."""
-    from .modeling import PruningRecord
-    from .saving import checkpoint_dtype, checkpoint_layer_sizes
+    from .saving import describe_checkpoint
 
     path = Path(args.model)
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise CLIError(f"{cfg_file} not found")
-    cfg = read_config_file(cfg_file)
-    try:
-        record = PruningRecord.from_dict(cfg["pruning_config"]) if cfg.get("pruning_config") else None
-    except (TypeError, ValueError) as e:
-        raise CLIError(f"{cfg_file}: unreadable pruning_config ({e})") from e
-    layers = checkpoint_layer_sizes(path)  # from the weights themselves, not from the record
-    print(f"model_type: {cfg.get('model_type')}  architectures: {cfg.get('architectures')}")
-    weights = checkpoint_dtype(path)  # what the weights are (headers), whatever the config says
-    notes = [f"source {record.source_dtype}" if record and record.source_dtype else "",
-             f"pruned in {record.compute_dtype}" if record and record.compute_dtype else ""]
-    print(f"dtype: {weights}" + (f" ({', '.join(n for n in notes if n)})" if any(notes) else ""))
-    print(f"{'layer':>5} {'heads':>6} {'kv':>4} {'channels':>9} {'head ratio':>10} {'ffn ratio':>9}")
-    ratios = (record.layer_ratios if record else None) or [None] * len(layers)
-    ffn = (record.ffn_ratios if record else None) or [None] * len(layers)
-    for i, lay in enumerate(layers):
-        hr = "-" if i >= len(ratios) or ratios[i] is None else f"{ratios[i]:.3f}"
-        fr = "-" if i >= len(ffn) or ffn[i] is None else f"{ffn[i]:.3f}"
-        print(f"{i:>5} {lay['num_attention_heads']:>6} {lay['num_key_value_heads']:>4} "
-              f"{lay['intermediate_size']:>9} {hr:>10} {fr:>9}")
-    if record:
-        print(f"method: {record.pruning_method}  ratio: {record.pruning_ratio}  removed: {record.achieved_ratio}  "
-              f"schedule: {record.schedule}  format: {record.export_format}  record v{record.format_version}")
-        if record.history:
-            print(f"pruned {len(record.history) + 1} times; removed from the base model: {record.cumulative_ratio}")
-        print(f"calibration: {json.dumps(record.calibration)}")
-        if record.search:
-            from .search import describe_search
-
-            print("\n".join(describe_search(record.search)))
-        for r in record.recovery:
-            print(f"recovered: {r.get('steps')} steps, {r.get('tokens')} tokens, loss {r.get('loss')}, "
-                  f"LoRA r={r.get('lora_r')}, data {json.dumps(r.get('data', {}).get('dataset'))}, "
-                  f"final train loss {r.get('final_train_loss')}")
-        canon = [{k: lay.get(k) for k in ("num_attention_heads", "num_key_value_heads", "intermediate_size")}
-                 for lay in record.layers]
-        if record.export_format == "padded" and canon != layers:
-            print("the weights are zero-padded to the largest layer; the sizes of the function are those of the "
-                  "pruning record: " + json.dumps(canon))
-        elif canon and canon != layers:
-            bad = [i for i, (a, b) in enumerate(zip(canon, layers)) if a != b] or ["count"]
-            print(f"warning: the pruning record disagrees with the weights in layer(s) {bad}: the table shows the "
-                  "weights", file=sys.stderr)
+    lines, warning = describe_checkpoint(path, read_config_file(cfg_file))
+    print("\n".join(lines))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

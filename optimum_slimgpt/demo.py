@@ -97,7 +97,6 @@ def run_demo(args) -> int:
     itself (``args.samples`` windows of ``args.seqlen`` tokens), check that it still chats (``args.chat_n`` held-out
     instructions), compare perplexity (``args.eval_tokens``), save into ``args.output`` (default: a new temporary
     folder), reload and compare; print where the time went."""
-    from .cli import print_estimate
     import copy
     import tempfile
 
@@ -113,6 +112,7 @@ def run_demo(args) -> int:
 
     from .calibration import builtin_instructions
     from .config import SlimGPTConfig
+    from .estimate import print_estimate
     from .evaluation import chat_check, perplexity, wikitext2_test_text
     from .pruner import SlimGPTPruner
     from .saving import check_output_dir

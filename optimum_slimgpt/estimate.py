@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from typing import Any, Optional
 
 import torch
 
-__all__ = ["PruneEstimate", "estimate_prune", "format_seconds", "CPU_BUDGET_S"]
+__all__ = ["PruneEstimate", "estimate_prune", "print_estimate", "format_seconds", "CPU_BUDGET_S"]
 
 #: on a CPU, a run whose estimate passes this many seconds gets a suggestion of smaller settings
 CPU_BUDGET_S = 600.0
@@ -240,3 +241,19 @@ def estimate_prune(pruner, model: torch.nn.Module, tokenizer=None, *, calibratio
     if device.type == "cpu" and total > budget and calibration is None:
         est.suggestion = _suggest(est, budget)
     return est
+
+
+def print_estimate(pruner, model: torch.nn.Module, tokenizer) -> None:
+    """Print how long the prune will take (:meth:`SlimGPTPruner.estimate
+    <optimum_slimgpt.pruner.SlimGPTPruner.estimate>`) before it starts, as ``optimum-slimgpt prune`` and the demo do.
+    Bad input raises as the run would; a probe that fails for another reason only says so."""
+    from .cli_args import CLIError
+
+    try:
+        est = pruner.estimate(model, tokenizer)
+    except (ValueError, TypeError, CLIError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the estimate is advice: never the reason a run does not start
+        logging.getLogger(__name__).warning("no time estimate (%s: %s)", type(e).__name__, str(e).splitlines()[0])
+        return
+    print(est.message(), flush=True)

@@ -48,7 +48,7 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
@@ -550,6 +550,10 @@ class ChatCheckResult:
         ref = "" if self.reference_non_empty_share is None else f" (reference {self.reference_non_empty_share:.0%})"
         kl = "" if self.kl is None else f"; KL from the reference {self.kl:.4f} nats/token over {self.kl_tokens} tokens"
         return f"chat check: {self.non_empty}/{self.n} answers non-empty ({self.non_empty_share:.0%}){ref}{kl}"
+
+    def to_dict(self) -> dict:
+        """The result as a JSON-ready dict (``eval --json``), without the reference's answer token ids."""
+        return {k: v for k, v in asdict(self).items() if k != "reference_answer_ids"}
 
 
 def _is_empty_answer(tokenizer: Any, ids: Sequence[int], eos: Sequence[int]) -> bool:

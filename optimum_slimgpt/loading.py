@@ -13,7 +13,7 @@ from typing import Optional
 
 from .cli_args import CLIError
 
-__all__ = ["check_device", "dtype_arg", "load_model", "resolve_model_path", "torch_dtype"]
+__all__ = ["check_device", "dtype_arg", "load_model", "resolve_model_path", "save_dtype_arg", "torch_dtype"]
 
 
 def torch_dtype(name):
@@ -39,6 +39,22 @@ def dtype_arg(name: str):
         return torch_dtype(name)
     except CLIError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def save_dtype_arg(value: Optional[str]):
+    """A ``--save-dtype`` value as ``save_pruned_model``'s ``dtype``: ``"auto"`` (the source checkpoint's dtype),
+    ``None`` for ``compute`` (the dtype pruned in), or a dtype; an unknown name is a ``CLIError`` before anything is
+    loaded."""
+    from .saving import parse_dtype
+
+    if value in ("auto", None):
+        return "auto"
+    if value == "compute":
+        return None
+    try:
+        return parse_dtype(value)
+    except ValueError as e:
+        raise CLIError(f"--save-dtype: {e}") from None
 
 
 def check_device(device: Optional[str]) -> None:

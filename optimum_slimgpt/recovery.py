@@ -46,7 +46,8 @@ from .config import ConfigError, DatasetLike, _check, _check_bool, _check_chat_i
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RecoveryConfig", "recover", "recovery_windows", "chunked_losses", "fields_from_record", "LOSSES"]
+__all__ = ["RecoveryConfig", "recover", "describe_recovery", "recovery_windows", "chunked_losses", "fields_from_record",
+           "LOSSES"]
 
 LOSSES = ("kd", "lm", "kd+lm")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial",
@@ -695,6 +696,18 @@ def _record(student, config: RecoveryConfig, data: torch.Tensor, steps: int, res
         return
     record.recovery = [*record.recovery, entry]
     student.config.pruning_config = record.to_dict()
+
+
+def describe_recovery(model: nn.Module) -> str:
+    """One line on the last recovery :func:`recover` recorded in ``model``'s config (its ``PruningRecord``, else
+    ``config.recovery``): steps, tokens, loss, LoRA or full fine-tuning, the final train loss and the time."""
+    from .modeling import PruningRecord
+
+    rec = PruningRecord.of(model.config)
+    r = (rec.recovery if rec else getattr(model.config, "recovery", []))[-1]
+    return (f"recovered: {r['steps']} steps, {r['tokens']:,} tokens, loss {r['loss']}"
+            + (f" (LoRA r={r['lora_r']}, merged)" if r["lora_r"] else " (full fine-tuning)")
+            + f", final train loss {r['final_train_loss']:.4f}, {r['seconds']:.0f} s")
 
 
 def _world_size() -> int:

@@ -60,8 +60,8 @@ from .modeling import (BlockLayout, PruningRecord, UnusableModelError, base_conf
 logger = logging.getLogger(__name__)
 
 __all__ = ["AUTO_ORDER", "EXPORTERS", "EXPORT_FORMATS", "ExportError", "ExportPlan", "Exporter", "SaveResult",
-           "check_output_dir", "checkpoint_dtype", "checkpoint_layer_sizes", "clean_stale_work_dirs", "parse_dtype",
-           "plan_export", "register_exporter", "save_pruned_model", "source_dtype"]
+           "check_output_dir", "checkpoint_dtype", "checkpoint_layer_sizes", "clean_stale_work_dirs",
+           "describe_checkpoint", "parse_dtype", "plan_export", "register_exporter", "save_pruned_model", "source_dtype"]
 
 _SIZE_KEYS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
 
@@ -889,6 +889,58 @@ def checkpoint_layer_sizes(folder: Union[str, os.PathLike]) -> list[dict]:
         sizes.append({"num_attention_heads": heads, "num_key_value_heads": kv,
                       "intermediate_size": shape(i, layout.mlp, layout.channel_out)[1]})
     return sizes
+
+
+def describe_checkpoint(folder: Union[str, os.PathLike], config: Optional[dict] = None) -> tuple[list[str],
+                                                                                                   Optional[str]]:
+    """What ``optimum-slimgpt info`` prints about the saved checkpoint in ``folder`` (``config``: its
+    ``config.json``, read here when not given): the lines of the report (model type, the weights' dtype, the
+    per-layer heads, KV heads and FFN channels as the *weights* have them (:func:`checkpoint_layer_sizes`) with the
+    schedule's ratios, and the pruning provenance), and a warning when the pruning record disagrees with the
+    weights (``None`` when it does not). An unreadable ``pruning_config`` is a ``ValueError``."""
+    folder = Path(folder)
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8")) if config is None else config
+    try:
+        record = PruningRecord.from_dict(cfg["pruning_config"]) if cfg.get("pruning_config") else None
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{folder / 'config.json'}: unreadable pruning_config ({e})") from e
+    layers = checkpoint_layer_sizes(folder)  # from the weights themselves, not from the record
+    lines = [f"model_type: {cfg.get('model_type')}  architectures: {cfg.get('architectures')}"]
+    weights = checkpoint_dtype(folder)  # what the weights are (headers), whatever the config says
+    notes = [f"source {record.source_dtype}" if record and record.source_dtype else "",
+             f"pruned in {record.compute_dtype}" if record and record.compute_dtype else ""]
+    lines.append(f"dtype: {weights}" + (f" ({', '.join(n for n in notes if n)})" if any(notes) else ""))
+    lines.append(f"{'layer':>5} {'heads':>6} {'kv':>4} {'channels':>9} {'head ratio':>10} {'ffn ratio':>9}")
+    ratios = (record.layer_ratios if record else None) or [None] * len(layers)
+    ffn = (record.ffn_ratios if record else None) or [None] * len(layers)
+    for i, lay in enumerate(layers):
+        hr = "-" if i >= len(ratios) or ratios[i] is None else f"{ratios[i]:.3f}"
+        fr = "-" if i >= len(ffn) or ffn[i] is None else f"{ffn[i]:.3f}"
+        lines.append(f"{i:>5} {lay['num_attention_heads']:>6} {lay['num_key_value_heads']:>4} "
+                     f"{lay['intermediate_size']:>9} {hr:>10} {fr:>9}")
+    if not record:
+        return lines, None
+    lines.append(f"method: {record.pruning_method}  ratio: {record.pruning_ratio}  removed: {record.achieved_ratio}  "
+                 f"schedule: {record.schedule}  format: {record.export_format}  record v{record.format_version}")
+    if record.history:
+        lines.append(f"pruned {len(record.history) + 1} times; removed from the base model: {record.cumulative_ratio}")
+    lines.append(f"calibration: {json.dumps(record.calibration)}")
+    if record.search:
+        from .search import describe_search
+
+        lines += describe_search(record.search)
+    for r in record.recovery:
+        lines.append(f"recovered: {r.get('steps')} steps, {r.get('tokens')} tokens, loss {r.get('loss')}, "
+                     f"LoRA r={r.get('lora_r')}, data {json.dumps(r.get('data', {}).get('dataset'))}, "
+                     f"final train loss {r.get('final_train_loss')}")
+    canon = [{k: lay.get(k) for k in _SIZE_KEYS} for lay in record.layers]
+    if record.export_format == "padded" and canon != layers:
+        lines.append("the weights are zero-padded to the largest layer; the sizes of the function are those of the "
+                     "pruning record: " + json.dumps(canon))
+    elif canon and canon != layers:
+        bad = [i for i, (a, b) in enumerate(zip(canon, layers)) if a != b] or ["count"]
+        return lines, f"the pruning record disagrees with the weights in layer(s) {bad}: the table shows the weights"
+    return lines, None
 
 
 # ============================================================================================ entry point

@@ -266,15 +266,16 @@ def _ppl(model, ids, seqlen=512):
 
 
 def test_smollm2_20_percent_perplexity_quick(smollm2, smollm2_pruned20):
-    """SlimGPT at 20% on 8 x 256 WikiText-2 validation tokens at most doubles SmolLM2's perplexity on 1,536 test
-    tokens. Measured (1 thread; 2 threads agree to 4e-6 relative): dense 29.05, pruned 56.15 (1.93x); the same prune
-    with calibration seeds 1, 2, 3: 52.59, 57.11, 52.20; without OBS compensation (``compensate=False``) 121.9 (4.2x),
-    magnitude selection without compensation 30,715. So the bound 2x dense holds for every calibration draw tried and
-    fails for the prune without compensation. (With 16 x 256 calibration tokens, the fixture's before: pruned 48.25,
+    """SlimGPT at 20% on 8 x 256 WikiText-2 validation tokens keeps SmolLM2's perplexity on 1,536 test tokens below
+    2.5x dense. Measured (1 thread; 2 threads agree to 4e-6 relative): dense 29.05, pruned 56.15 (1.93x); the same
+    prune with calibration seeds 1, 2, 3: 52.59, 57.11 (1.97x), 52.20; without OBS compensation (``compensate=False``)
+    121.9 (4.2x), magnitude selection without compensation 30,715. The bound 2.5x leaves every calibration draw tried
+    a 27% margin (2x would leave 57.11 only 1.7%, too close for another CPU's rounding to move the greedy choices)
+    and still fails the prune without compensation by far. (With 16 x 256 calibration tokens, the fixture's before: pruned 48.25,
     without compensation 136.2; 46.91 with channel_multiple=1, the default before "auto".)"""
     (dense_model, tok), (model, _, pruner) = smollm2, smollm2_pruned20
     test_rows = (WIKITEXT_DIR / "wiki.test.raw.nonempty-crlf.txt").read_text(encoding="utf-8").split("\r\n")
     ids = tok("\n\n".join(test_rows[:200]), add_special_tokens=False, return_tensors="pt").input_ids[0][: 3 * 512]
     dense, pruned = _ppl(dense_model, ids), _ppl(model, ids)
     assert abs(pruner.summary.achieved_ratio - 0.2) < 0.005
-    assert math.isfinite(pruned) and dense < pruned < 2 * dense, (dense, pruned)
+    assert math.isfinite(pruned) and dense < pruned < 2.5 * dense, (dense, pruned)
