@@ -16,17 +16,34 @@ from helpers import SMOLLM2_DIR, SMOLLM2_GGUF, STORIES_BIN, have_shared, load_st
 from optimum_slimgpt.loading import gguf_parsed_once  # noqa: E402
 
 
+def _xdist_workers() -> int:
+    """How many pytest-xdist workers run the suite (1 without xdist, or with ``-n 0``)."""
+    value = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    return int(value) if value.isdigit() and int(value) >= 1 else 1
+
+
 def _test_threads() -> int:
-    """Threads for the suite: ``SLIMGPT_TEST_THREADS``, else ``OMP_NUM_THREADS``, else up to 2. The suite must pass
-    under 1 and 2 threads alike (different reduction orders): run it with ``OMP_NUM_THREADS=1`` and ``=2``."""
+    """Threads for the suite (per worker): ``SLIMGPT_TEST_THREADS``, else ``OMP_NUM_THREADS``, else this worker's
+    share of the cores, at most 2. The suite must pass under 1 and 2 threads alike (different reduction orders): run
+    it with ``OMP_NUM_THREADS=1`` and ``=2``."""
     for var in ("SLIMGPT_TEST_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(var, "").strip()
         if value.isdigit() and int(value) >= 1:
             return int(value)
+    return max(1, min(2, (os.cpu_count() or 1) // _xdist_workers()))
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (pyproject's addopts): one worker per core, at most 2. Each worker loads the shared models
+    (SmolLM2, its 20% prune) it needs once, so more workers repeat that work; 2 halve the suite's wall time on the
+    2-core machines it is budgeted for."""
     return max(1, min(2, os.cpu_count() or 1))
 
 
 torch.set_num_threads(_test_threads())
+if _xdist_workers() > 1:
+    # child processes (CLI runs, lm-eval, remote-code loads) take this worker's share too, not every core
+    os.environ.setdefault("OMP_NUM_THREADS", str(_test_threads()))
 
 
 def pytest_addoption(parser):
