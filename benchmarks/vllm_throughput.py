@@ -5,12 +5,12 @@ settings match): ``dense``; ``per-layer-20`` and ``per-layer-50`` (per-layer siz
 plugin); ``uniform-20`` (pruned 20 % with ``schedule="uniform"``, every layer the same size, saved as the plain
 Llama architecture); ``padded-20`` (``per-layer-20`` zero-padded to its largest layer, plain Llama).
 
-For each model and each ``--batches`` size: ``vllm.LLM`` (``--dtype``, ``--max-model-len``, eager), a warm-up,
-then ``--repeats`` timed runs of ``batch`` prompts (the first ``--prompt-tokens`` tokens of WikiText-2 test lines)
-each generating exactly ``--new-tokens`` tokens (greedy, ``ignore_eos``); output tokens/s = batch x new tokens /
-the best wall time. Next to it: the speed-up over dense at the same batch and the model's weight bytes (its
-``*.safetensors``) as a ratio to dense. Every model runs with the same threads: ``--cores`` sets vLLM's
-``VLLM_CPU_OMP_THREADS_BIND`` (e.g. ``0-1``).
+For each model and each ``--batches`` size: ``vllm.LLM`` (``--dtype``, ``--max-model-len``, eager unless
+``--compile``), a warm-up, then ``--repeats`` timed runs of ``batch`` prompts (the first ``--prompt-tokens`` tokens
+of WikiText-2 test lines) each generating exactly ``--new-tokens`` tokens (greedy, ``ignore_eos``); output
+tokens/s = batch x new tokens / the best wall time. Next to it: the speed-up over dense at the same batch and the
+model's weight bytes (its ``*.safetensors``) as a ratio to dense. Every model runs with the same threads:
+``--cores`` sets vLLM's ``VLLM_CPU_OMP_THREADS_BIND`` (e.g. ``0-1``).
 
 Run it in the vLLM virtual environment (README, "Serving with vLLM"):
 
@@ -113,8 +113,8 @@ def measure(args, folders: dict[str, Path]) -> list[dict]:
     rows = []
     for name, folder in folders.items():
         t0 = time.perf_counter()
-        llm = LLM(str(folder), dtype=args.dtype, max_model_len=args.max_model_len, enforce_eager=True, seed=0,
-                  max_num_seqs=max(args.batches))
+        llm = LLM(str(folder), dtype=args.dtype, max_model_len=args.max_model_len, enforce_eager=not args.compile,
+                  seed=0, max_num_seqs=max(args.batches))
         startup = time.perf_counter() - t0
         for batch in args.batches:
             llm.generate(batch_prompts[:batch], SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True),
@@ -127,7 +127,8 @@ def measure(args, folders: dict[str, Path]) -> list[dict]:
                 assert all(len(o.outputs[0].token_ids) == args.new_tokens for o in outs)
             row = dict(model=name, batch=batch, new_tokens=args.new_tokens, seconds=round(best, 3),
                        output_tok_s=round(batch * args.new_tokens / best, 2), weight_bytes=weight_bytes(folder),
-                       startup_s=round(startup, 1), dtype=args.dtype, cores=args.cores)
+                       startup_s=round(startup, 1), dtype=args.dtype, cores=args.cores,
+                       mode="compiled" if args.compile else "eager")
             rows.append(row)
             print(json.dumps(row), flush=True)
         del llm
@@ -154,6 +155,9 @@ def main() -> None:
     ap.add_argument("--max-model-len", type=int, default=512)
     ap.add_argument("--cores", default=None, help="VLLM_CPU_OMP_THREADS_BIND for every model (e.g. 0-1); "
                                                   "default: vLLM's own choice")
+    ap.add_argument("--compile", action="store_true",
+                    help="vLLM's default execution on CPU (torch.compile with inductor, traced once) instead of eager "
+                         "mode (enforce_eager=True, the default here: fast start-up)")
     ap.add_argument("--torch-threads", type=int, default=2, help="threads for pruning")
     ap.add_argument("--work", default="bench_out/vllm")
     ap.add_argument("--out", default="bench_out/vllm_throughput.json")
