@@ -22,22 +22,29 @@ def _xdist_workers() -> int:
     return int(value) if value.isdigit() and int(value) >= 1 else 1
 
 
-def _test_threads() -> int:
-    """Threads for the suite (per worker): ``SLIMGPT_TEST_THREADS``, else ``OMP_NUM_THREADS``, else this worker's
-    share of the cores, at most 2. The suite must pass under 1 and 2 threads alike (different reduction orders): run
-    it with ``OMP_NUM_THREADS=1`` and ``=2``."""
+def _requested_threads() -> int:
+    """The threads asked for: ``SLIMGPT_TEST_THREADS``, else ``OMP_NUM_THREADS`` (0: not set)."""
     for var in ("SLIMGPT_TEST_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(var, "").strip()
         if value.isdigit() and int(value) >= 1:
             return int(value)
-    return max(1, min(2, (os.cpu_count() or 1) // _xdist_workers()))
+    return 0
+
+
+def _test_threads() -> int:
+    """Threads for the suite (per worker): the threads asked for (``SLIMGPT_TEST_THREADS``, else
+    ``OMP_NUM_THREADS``), else this worker's share of the cores, at most 2. The suite must pass under 1 and 2 threads
+    alike (different reduction orders): run it with ``OMP_NUM_THREADS=1`` and ``=2``."""
+    return _requested_threads() or max(1, min(2, (os.cpu_count() or 1) // _xdist_workers()))
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
-    """``-n auto`` (pyproject's addopts): one worker per core, at most 2. Each worker loads the shared models
-    (SmolLM2, its 20% prune) it needs once, so more workers repeat that work; 2 halve the suite's wall time on the
-    2-core machines it is budgeted for."""
-    return max(1, min(2, os.cpu_count() or 1))
+    """``-n auto`` (pyproject's addopts): as many workers as the cores hold at the threads asked for (1 each by
+    default), at most 2. ``OMP_NUM_THREADS=2`` on 2 cores gives one worker of 2 threads: two would put 4 threads on 2
+    cores, and OpenMP threads that wait for each other on shared cores run the suite 2-3x slower. Each worker loads
+    the shared models (SmolLM2, its 20% prune) it needs once, so more workers repeat that work; 2 halve the suite's
+    wall time on the 2-core machines it is budgeted for."""
+    return max(1, min(2, (os.cpu_count() or 1) // (_requested_threads() or 1)))
 
 
 torch.set_num_threads(_test_threads())
