@@ -14,7 +14,8 @@ from typing import Optional
 
 from .cli_args import CLIError
 
-__all__ = ["check_device", "dtype_arg", "load_model", "resolve_model_path", "save_dtype_arg", "torch_dtype"]
+__all__ = ["check_device", "dtype_arg", "load_model", "load_tokenizer", "resolve_model_path", "save_dtype_arg",
+           "torch_dtype"]
 
 
 def torch_dtype(name):
@@ -195,22 +196,36 @@ def gguf_parsed_once():
             hf_gguf.load_gguf_checkpoint = orig_checkpoint
 
 
+def _tokenizer_or_none(path, kw: dict):
+    """``AutoTokenizer.from_pretrained(path, **kw)``, or ``None`` with a warning when there is none to load."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, **kw)
+    except Exception as e:  # noqa: BLE001 - a model without a tokenizer can still be pruned with token-id data
+        logging.getLogger(__name__).warning("no tokenizer loaded from %s: %s", path,
+                                            str(e).splitlines()[0] if str(e) else e)
+        return None
+
+
+def load_tokenizer(path: str, gguf_file: Optional[str] = None):
+    """The tokenizer of a folder/hub id (optionally a GGUF file in it; the file parsed once), or ``None`` with a
+    warning when it has none."""
+    with gguf_parsed_once() if gguf_file else contextlib.nullcontext():
+        return _tokenizer_or_none(path, {"gguf_file": gguf_file} if gguf_file else {})
+
+
 def load_model(path: str, gguf_file: Optional[str] = None, dtype="float32", device: Optional[str] = None):
     """Load a causal LM and its tokenizer from a folder/hub id (optionally a GGUF file in it)."""
     import optimum_slimgpt  # noqa: F401  (registers the pruned model classes)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     dtype = torch_dtype(dtype)
     check_device(device)
     path, gguf_file, _ = resolve_model_path(path, gguf_file)
     kw = {"gguf_file": gguf_file} if gguf_file else {}
     with gguf_parsed_once() if gguf_file else contextlib.nullcontext():
-        try:
-            tok = AutoTokenizer.from_pretrained(path, **kw)
-        except Exception as e:  # noqa: BLE001 - a model without a tokenizer can still be pruned with token-id data
-            logging.getLogger(__name__).warning("no tokenizer loaded from %s: %s", path,
-                                                str(e).splitlines()[0] if str(e) else e)
-            tok = None
+        tok = _tokenizer_or_none(path, kw)
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
         except (OSError, ValueError, RuntimeError) as e:

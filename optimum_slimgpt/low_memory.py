@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .cli_args import CLIError
+from .loading import load_tokenizer
 
 __all__ = ["too_big_for_memory", "prune_streamed", "resume_command", "print_work_dir_hint", "warn_stale_work_dir"]
 
@@ -88,13 +89,7 @@ def prune_streamed(path: str, gguf_file: Optional[str], out: Path, cfg, *, dtype
         print_work_dir_hint(out, argv, stopped=False)
         raise CLIError(f"{out}: an interrupted --low-memory run into this folder left its work folder (see above): "
                        "add --resume to continue it, or delete the work folder")
-    tok = None
-    try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
-    except Exception as e:  # noqa: BLE001 - token-id data need none
-        logging.getLogger(__name__).warning("no tokenizer loaded from %s: %s", path, str(e).splitlines()[0])
+    tok = load_tokenizer(path, gguf_file)  # None (with a warning) when there is none: token-id data need none
     if resume and state is not None:
         n = state.get("num_blocks")
         print(f"resuming the interrupted run: {state.get('blocks_done', 0)}{f' of {n}' if n else ''} blocks are done "
