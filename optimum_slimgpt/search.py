@@ -16,9 +16,9 @@ selection) are in :mod:`optimum_slimgpt.solvers.allocation`. This module runs th
 3. **Fitness** (:class:`KLFitness`): the mean over tokens of ``KL(p_dense || p_candidate)`` of the next-token
    distributions on the first ``search_tokens[k]`` calibration tokens (whole windows, then a prefix of the next:
    :func:`fitness_units`; the windows of a step include those of the steps before, and every window's KL is
-   computed once per candidate). The dense
-   reference is the output head's input on the dense model, kept once (and the dense log-probabilities of the
-   first windows, within a memory cap).
+   computed once per candidate). The KL is computed from the output head's input (the head is linear and shared
+   with the dense model, which leaves one hidden-size vector and a log-sum-exp per position), and a forward starts
+   at the first block that differs from a recently evaluated candidate, whose block inputs are kept (prefix reuse).
 
 The model is dense again when the search returns (also when it fails); :class:`~optimum_slimgpt.SlimGPTPruner`
 then either re-prunes the blocks at the found sizes (``search_final="reprune"``, propagated inputs) or stitches
@@ -34,6 +34,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -64,9 +65,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["LevelDatabase", "Stitcher", "KLFitness", "EvolutionarySearch", "SearchResult", "Variant",
            "search_ladders", "database_bytes", "searched_schedule", "describe_search"]
 
-#: dense log-probabilities of the first fitness windows are kept up to this many bytes (the rest are recomputed
-#: from the kept head inputs at every evaluation)
-DENSE_LOGPROB_CACHE_BYTES = 512 * 2**20
+#: the fitness keeps the block inputs of recent candidates up to about this many bytes (prefix reuse, see
+#: :class:`KLFitness`)
+PREFIX_CACHE_BYTES = 2**30
 
 
 class _StopAtHead(Exception):
@@ -298,94 +299,221 @@ class KLFitness:
     """``fitness(candidate, step)``: mean ``KL(p_dense || p_candidate)`` per token over the first ``tokens[step]``
     calibration tokens (:func:`fitness_units`), with the model stitched to the candidate by ``stitcher``. Each
     piece's KL sum is computed once per candidate (a later step adds only its new windows); the forwards take up to
-    ``batch_size`` windows at a time."""
+    ``batch_size`` windows at a time.
+
+    Two things make an evaluation cheaper than a forward to the logits and a KL over the vocabulary:
+
+    - **The KL from the head's input.** The output head is linear, ``z = W h + b``, and the candidate shares it with
+      the dense model, so per position ``KL(p_d || p_c) = lse(z_c) - lse(z_d) - e·(h_c - h_d)`` with
+      ``e = p_dᵀ W`` (the dense distribution's mean output embedding; the bias cancels). The dense model leaves
+      ``h_d``, ``lse(z_d)`` and ``e`` per position (hidden-size vectors, not vocabulary-size ones); a candidate
+      costs its head product and a log-sum-exp, no log-softmax of either model.
+    - **Prefix reuse.** Offspring differ from their parent in a few parts; the blocks before the first changed one
+      compute what they computed for the parent. The block inputs of recent candidates are kept (up to
+      ``prefix_bytes``, least recently used dropped first) and a forward starts at the first block that differs
+      from the closest kept candidate, with that candidate's input to it. ``prefix_bytes=0`` runs every forward
+      whole. The blocks run the same arithmetic either way; only a different batching of the windows can change
+      the last bits.
+    """
 
     @torch.no_grad()
     def __init__(self, model: nn.Module, data: torch.Tensor, tokens: list[int], stitcher: Stitcher,
                  deadline: Optional[float] = None, batch_size: int = 1,
-                 cache_bytes: int = DENSE_LOGPROB_CACHE_BYTES) -> None:
+                 prefix_bytes: int = PREFIX_CACHE_BYTES) -> None:
         self.model, self.data, self.stitcher, self.deadline = model, data, stitcher, deadline
         self.steps = [fitness_units(t, data.shape[1]) for t in tokens]
         self.batch_size = max(1, int(batch_size))
         self.head = model.get_output_embeddings()
-        if self.head is None:
-            raise ValueError(f"{type(model).__name__} has no output embeddings: the search's KL fitness needs the "
-                             "next-token distribution")
+        if not isinstance(self.head, nn.Linear):
+            raise ValueError(f"{type(model).__name__}'s output embeddings are {type(self.head).__name__}, not a linear "
+                             "layer: the search's KL fitness needs a linear output head")
         self.in_device = model.get_input_embeddings().weight.device
         self.cache: dict[tuple[int, ...], dict[tuple[int, int], float]] = {}
         self.evaluations = 0  # window forwards for candidates (whole windows or prefixes)
         self.tokens_evaluated = 0
+        self.blocks_run = 0  # block forwards of those (prefix reuse skips some)
         n = 1 + max(j for units in self.steps for j, _ in units)
         if n > data.shape[0]:
             raise ValueError(f"the selection steps need {n} calibration windows, the data have {data.shape[0]}")
+        self.blocks = list(stitcher.blocks)
+        self.part_layer = [lad.layer for lad in stitcher.ladders]
+        self.prefix_bytes = int(prefix_bytes)
+        self.states: "OrderedDict[tuple[int, ...], dict[tuple[int, int], list[torch.Tensor]]]" = OrderedDict()
+        self.state_bytes = 0
+        # the dense reference, per window: head input h_d, lse(z_d) and e = softmax(z_d) W (float32)
         self.dense_h: list[torch.Tensor] = []
+        self.dense_lse: list[torch.Tensor] = []
+        self.dense_e: list[torch.Tensor] = []
+        W = self.head.weight
+        self.acc_dtype = torch.promote_types(W.dtype, torch.float32)  # the KL's arithmetic: float32 at least
         for s in range(0, n, self.batch_size):
-            self.dense_h += list(self._head_inputs(list(range(s, min(n, s + self.batch_size))), data.shape[1]).unbind(0))
-        self.dense_logp: list[Optional[torch.Tensor]] = []
-        used = 0
-        for h in self.dense_h:
-            size = h.shape[0] * self.head.weight.shape[0] * 4
-            keep = used + size <= cache_bytes
-            self.dense_logp.append(self._logits(h).log_softmax(-1) if keep else None)
-            used += size if keep else 0
+            rows = list(range(s, min(n, s + self.batch_size)))
+            h, _ = self._forward(rows, data.shape[1], record=False)
+            for hj in h.unbind(0):
+                self.dense_h.append(hj)
+                lse, e = [], []
+                for a, b in self._chunks(hj.shape[0]):
+                    z = self._logits(hj[a:b])
+                    m = z.logsumexp(-1, keepdim=True)
+                    lse.append(m.squeeze(-1))
+                    e.append(((z - m).exp().to(W.dtype) @ W).to(self.acc_dtype))
+                self.dense_lse.append(torch.cat(lse))
+                self.dense_e.append(torch.cat(e))
+        # prefix reuse needs blocks that return their hidden states as a plain tensor (the skipped ones hand their
+        # input on): checked on the model as it is
+        if self.prefix_bytes > 0 and not self._blocks_return_tensors():
+            self.prefix_bytes = 0
 
-    def _head_inputs(self, rows: list[int], length: int) -> torch.Tensor:
+    # -------------------------------------------------------------- forwards
+    def _chunks(self, length: int) -> list[tuple[int, int]]:
+        step = max(1, 2**24 // self.head.weight.shape[0])
+        return [(a, min(length, a + step)) for a in range(0, length, step)]
+
+    def _blocks_return_tensors(self) -> bool:
+        outs: list[Any] = []
+        handle = self.blocks[0].register_forward_hook(lambda m, a, out: outs.append(type(out)))
+        try:
+            self._forward([0], 1, record=False)
+        finally:
+            handle.remove()
+        return bool(outs) and outs[0] is torch.Tensor
+
+    def _forward(self, rows: list[int], length: int, *, start: int = 0, init: Optional[torch.Tensor] = None,
+                 record: bool = True) -> tuple[torch.Tensor, Optional[list[torch.Tensor]]]:
         """The output head's input ``(len(rows), length, hidden)`` for the first ``length`` tokens of windows
-        ``rows``, with the model as it is."""
+        ``rows``, with the model as it is; with ``start > 0`` the blocks before ``start`` are skipped and block
+        ``start`` gets ``init`` as its input. With ``record``, also the inputs of blocks ``start..`` (clones)."""
         got: list[torch.Tensor] = []
+        rec: list[torch.Tensor] = []
+        handles, swapped = [], []
 
-        def hook(m, args):
+        def head_hook(m, args):
             got.append(args[0].detach())
             raise _StopAtHead
 
-        handle = self.head.register_forward_pre_hook(hook)
+        def hidden_of(args, kwargs):
+            return args[0] if args else kwargs["hidden_states"]
+
+        def inject(m, args, kwargs):
+            if args:
+                return (init,) + tuple(args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": init}
+
+        def keep(m, args, kwargs):
+            rec.append(hidden_of(args, kwargs).detach().clone())
+
+        handles.append(self.head.register_forward_pre_hook(head_hook))
         try:
+            for i in range(start):  # skipped: hand the input on (what the model feeds block `start` is replaced)
+                block = self.blocks[i]
+                swapped.append((block, block.__dict__.get("forward")))
+                block.forward = _pass_hidden
+            if start > 0:
+                handles.append(self.blocks[start].register_forward_pre_hook(inject, with_kwargs=True))
+            if record:
+                for block in self.blocks[start:]:
+                    handles.append(block.register_forward_pre_hook(keep, with_kwargs=True))
             self.model(input_ids=self.data[rows, :length].to(self.in_device), use_cache=False)
         except _StopAtHead:
             pass
         finally:
-            handle.remove()
+            for h in handles:
+                h.remove()
+            for block, old in swapped:
+                if old is None:
+                    del block.forward
+                else:
+                    block.forward = old
         if not got:  # pragma: no cover - the head always runs
             raise RuntimeError("the forward never reached the output head")
-        return got[0]
+        return got[0], (rec if record else None)
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head(h).float()
+        return self.head(h).to(self.acc_dtype)
 
     def _kl(self, j: int, h: torch.Tensor) -> float:
         """The KL sum over the positions of ``h`` (``length, hidden``), the head input of window ``j``'s prefix."""
-        chunk = max(1, 2**24 // self.head.weight.shape[0])
         total = 0.0
-        for s in range(0, h.shape[0], chunk):
-            e = min(h.shape[0], s + chunk)
-            lc = self._logits(h[s:e]).log_softmax(-1)
-            ld = self.dense_logp[j]
-            ld = ld[s:e] if ld is not None else self._logits(self.dense_h[j][s:e]).log_softmax(-1)
-            total += float(torch.nn.functional.kl_div(lc, ld, reduction="sum", log_target=True))
+        hd, lse_d, e = self.dense_h[j], self.dense_lse[j], self.dense_e[j]
+        for a, b in self._chunks(h.shape[0]):
+            lse_c = self._logits(h[a:b]).logsumexp(-1)
+            shift = (e[a:b] * (h[a:b].to(e.dtype) - hd[a:b].to(e.dtype))).sum(-1)
+            total += float((lse_c.double() - lse_d[a:b].double() - shift.double()).sum())
         return total
+
+    # -------------------------------------------------------------- prefix reuse
+    def _reference(self, x: tuple[int, ...], unit: tuple[int, int]
+                   ) -> tuple[int, Optional[tuple[int, ...]], Optional[tuple[int, int]]]:
+        """``(start, kept candidate, its unit)``: the latest first changed block over the kept candidates that have
+        window ``unit[0]`` at least ``unit[1]`` long (``(0, None, None)``: none, run the whole model)."""
+        best: tuple[int, Optional[tuple[int, ...]], Optional[tuple[int, int]]] = (0, None, None)
+        for cand, units in self.states.items():
+            have = [u for u in units if u[0] == unit[0] and u[1] >= unit[1]]
+            if not have:
+                continue
+            first = min((self.part_layer[p] for p, (a, b) in enumerate(zip(x, cand)) if a != b),
+                        default=len(self.blocks))
+            first = min(first, len(self.blocks) - 1)  # (a kept candidate equal to x: rerun the last block)
+            if first >= best[0] and first > 0:
+                best = (first, cand, have[0])
+        return best
+
+    def _keep_states(self, x: tuple[int, ...], unit: tuple[int, int], layers: list[torch.Tensor]) -> None:
+        """Keep ``x``'s block inputs for ``unit``, then drop the least recently used candidates while the kept
+        inputs exceed ``prefix_bytes`` (``x``'s own, too, when it alone does)."""
+        entry = self.states.setdefault(x, {})
+        self.states.move_to_end(x)
+        if unit in entry:
+            return
+        entry[unit] = layers
+        self.state_bytes += sum(t.numel() * t.element_size() for t in layers)
+        while self.state_bytes > self.prefix_bytes and self.states:
+            _, old = self.states.popitem(last=False)
+            self.state_bytes -= sum(t.numel() * t.element_size() for ls in old.values() for t in ls)
 
     def tokens(self, step: int) -> int:
         return sum(length for _, length in self.steps[step])
 
     @torch.no_grad()
     def __call__(self, x: tuple[int, ...], step: int) -> float:
-        done = self.cache.setdefault(tuple(x), {})
+        x = tuple(x)
+        done = self.cache.setdefault(x, {})
         units = self.steps[step]
         missing = [u for u in units if u not in done]
         if missing:
             self.stitcher.apply(x)
+            reuse = self.prefix_bytes > 0
             while missing:
                 if self.deadline is not None and time.monotonic() > self.deadline:
                     raise SearchOutOfTime
-                length = missing[0][1]
-                batch = [u for u in missing if u[1] == length][: self.batch_size]
-                h = self._head_inputs([j for j, _ in batch], length)
+                plans = {u: self._reference(x, u) if reuse else (0, None, None) for u in missing}
+                length, (start, ref, _) = missing[0][1], plans[missing[0]]
+                batch = [u for u in missing if u[1] == length and plans[u][:2] == (start, ref)][: self.batch_size]
+                init, heads = None, [[] for _ in batch]
+                if ref is not None:
+                    self.states.move_to_end(ref)
+                    kept = [self.states[ref][plans[u][2]] for u in batch]
+                    init = torch.stack([layers[start][:length] for layers in kept])
+                    heads = [[t[:length] for t in layers[:start]] for layers in kept]
+                # the block inputs of this forward are kept only when they fit in prefix_bytes
+                hd = self.dense_h[0]
+                record = reuse and (len(batch) * length * hd.shape[-1] * hd.element_size() * (len(self.blocks) - start)
+                                    <= self.prefix_bytes)
+                h, rec = self._forward([j for j, _ in batch], length, start=start, init=init, record=record)
                 self.evaluations += len(batch)
                 self.tokens_evaluated += len(batch) * length
+                self.blocks_run += len(batch) * (len(self.blocks) - start)
                 for k, u in enumerate(batch):
                     done[u] = self._kl(u[0], h[k])
+                    if record:
+                        self._keep_states(x, u, heads[k] + [r[k] for r in rec])
                 missing = [u for u in missing if u not in done]
         return sum(done[u] for u in units) / self.tokens(step)
+
+
+def _pass_hidden(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """A skipped block's forward (prefix reuse): its input, unchanged."""
+    return args[0] if args else kwargs["hidden_states"]
 
 
 # ---------------------------------------------------------------------------------------------- the search
@@ -565,6 +693,7 @@ class EvolutionarySearch:
                          offspring=c.search_offspring, survivors=c.search_survivors, seed=c.search_seed,
                          deadline=deadline, on_generation=on_generation)
             evaluations, tokens_evaluated = fitness.evaluations, fitness.tokens_evaluated
+            blocks_run = fitness.blocks_run
         finally:
             bar.close()
             stitcher.restore()
@@ -588,8 +717,9 @@ class EvolutionarySearch:
             levels=evo.best, plan=plan, schedule=schedule, evolution=evo, budget=self.budget,
             removed=removed_params(self.ladders, evo.best), fitness_tokens=list(c.search_tokens),
             evaluations=evaluations, tokens_evaluated=tokens_evaluated, seconds=dict(self.seconds), settings=settings)
-        logger.info("search: %d generations, KL %.5f -> %.5f, %d window forwards (%d tokens), %.1f s", evo.generations,
-                    evo.history[0], evo.fitness, evaluations, tokens_evaluated, self.seconds["search"])
+        logger.info("search: %d generations, KL %.5f -> %.5f, %d window forwards (%d tokens, %.0f%% of their blocks run: "
+                    "prefix reuse), %.1f s", evo.generations, evo.history[0], evo.fitness, evaluations, tokens_evaluated,
+                    100 * blocks_run / max(1, evaluations * len(run.blocks)), self.seconds["search"])
         return self.result
 
     # ------------------------------------------------------------------ 3. the stitched final model

@@ -342,3 +342,56 @@ def test_offloaded_database_slimllm_and_time_budget(tmp_path):
     b = p3.search_result.budget
     assert b.target <= p3.search_result.removed <= b.target + b.width
     assert torch.isfinite(_logits(m3)).all()
+
+
+@torch.no_grad()
+def test_kl_fitness_is_the_kl_of_the_logits_with_and_without_prefix_reuse():
+    """The fitness computes KL(p_dense || p_candidate) from the head's input (lse(z_c) - lse(z_d) - e·(h_c - h_d));
+    in float64 it is the KL of the two models' logits to rounding, and prefix reuse (forwards that start at the first
+    block that differs from a kept candidate) gives the same values with fewer block forwards."""
+    from optimum_slimgpt.search import search_ladders
+    from tolerances import gamma
+
+    model = _tiny(3, seed=1).double()
+    cfg = _cfg()
+    db = _database(model, cfg)
+    adapter = get_adapter(model)
+    blocks = adapter.get_blocks(model)
+    ladders = search_ladders(adapter, blocks, model.config, cfg)
+    tokens = [16, 64]  # step 0: window 0's first 16 tokens; step 1: windows 0 and 1 (32 tokens each)
+    stitcher = Stitcher(adapter, blocks, model.config, ladders, db)
+    reuse = KLFitness(model, CALIB, tokens, stitcher, batch_size=4)
+    whole = KLFitness(model, CALIB, tokens, stitcher, batch_size=4, prefix_bytes=0)
+    # room for the block inputs of about one 32-token window (3 blocks x 32 positions x 32 wide x 8 bytes)
+    tight = KLFitness(model, CALIB, tokens, stitcher, batch_size=4, prefix_bytes=30_000)
+    assert reuse.prefix_bytes > 0 and whole.prefix_bytes == 0
+
+    def direct(x, step):
+        units = fitness_units(tokens[step], CALIB.shape[1])
+        total = 0.0
+        for j, n in units:
+            stitcher.restore()
+            ld = model(CALIB[j:j + 1, :n]).logits[0].log_softmax(-1)
+            stitcher.apply(x)
+            lc = model(CALIB[j:j + 1, :n]).logits[0].log_softmax(-1)
+            total += float((ld.exp() * (ld - lc)).sum())
+        stitcher.restore()
+        return total / sum(n for _, n in units)
+
+    x0 = (1, 2, 1, 1, 2, 1)  # [attention, ffn] rungs of blocks 0, 1, 2
+    x1 = x0[:5] + (3,)  # block 2's FFN changed: blocks 0 and 1 are x0's
+    x2 = x1[:2] + (2,) + x1[3:]  # block 1's attention changed
+    order = [(x0, 1), (x1, 0), (x1, 1), (x2, 1), (x2, 0)]
+    tol = 1e3 * gamma(VOCAB * model.config.hidden_size, torch.float64)
+    values = []
+    for x, step in order:
+        want = direct(x, step)
+        got_reuse, got_whole, got_tight = reuse(x, step), whole(x, step), tight(x, step)
+        assert want > 1e-3  # the candidates differ from the dense model: the comparison is not vacuous
+        for got in (got_reuse, got_whole, got_tight):
+            assert got == pytest.approx(want, rel=tol)
+        assert tight.state_bytes <= tight.prefix_bytes
+        values.append(want)
+    assert len({round(v, 9) for v in values[::2]}) == 3  # three different candidates, three different KLs
+    assert reuse.evaluations == whole.evaluations == 2 + 1 + 2 + 2 + 1  # every window piece once per candidate
+    assert reuse.blocks_run < tight.blocks_run < whole.blocks_run == 3 * whole.evaluations
