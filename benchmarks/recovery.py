@@ -15,7 +15,9 @@ Protocol:
 
 Runs (``--runs``, in order): ``pruned-{50,20}`` (no recovery), ``kd-{50,20}`` (KD, full fine-tuning),
 ``lm-50`` (next-token loss, full fine-tuning), ``kd-lora-50`` (KD, LoRA r=16 merged), ``kd-self-50`` (KD on text
-sampled from the teacher), ``kdlm-50`` (KD + next-token).
+sampled from the teacher), ``kdlm-50`` (KD + next-token), ``pruned-search-50`` / ``kd-search-50`` (the same at the
+per-layer sizes that ``schedule="search"`` found: the ``search-reprune-50`` row of ``--profiles``, a
+``benchmarks/search.py`` output).
 
     python benchmarks/recovery.py --runs pruned-50 kd-50 lm-50 --steps 120 --out bench_out/recovery.jsonl
     python benchmarks/recovery.py --table bench_out/recovery.jsonl
@@ -54,16 +56,35 @@ RUNS = {
     "kd-self-50": dict(ratio=50, recover=dict(loss="kd", dataset="self")),
     "kdlm-50": dict(ratio=50, recover=dict(loss="kd+lm")),
     "kd-20": dict(ratio=20, recover=dict(loss="kd")),
+    # the searched per-layer sizes (``--profiles``: the ``search-reprune-50`` row of benchmarks/search.py's output)
+    "pruned-search-50": dict(ratio=50, recover=None, profile="search-reprune-50"),
+    "kd-search-50": dict(ratio=50, recover=dict(loss="kd"), profile="search-reprune-50"),
 }
 
 
-def pruned_model(dense, tok, ratio: int, work: Path, calib_rows):
-    """The SlimGPT-pruned model at ``ratio`` percent: pruned once (the quality table's settings) and saved."""
+def profile_schedule(path: str, setting: str) -> list[list[float]]:
+    """The explicit schedule of the last row named ``setting`` in ``path`` (a JSON-lines file of
+    ``benchmarks/search.py``)."""
+    found = None
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if row.get("setting") == setting and "schedule" in row:
+                found = row["schedule"]
+    if found is None:
+        raise SystemExit(f"no '{setting}' row with a schedule in {path}")
+    return found
+
+
+def pruned_model(dense, tok, ratio: int, work: Path, calib_rows, schedule=None, tag: str = ""):
+    """The SlimGPT-pruned model at ``ratio`` percent: pruned once (the quality table's settings; ``schedule``: an
+    explicit per-layer schedule instead of ``log_increase``, kept under a folder named with ``tag``) and saved."""
     from transformers import AutoModelForCausalLM
 
-    folder = work / f"slimgpt-{ratio}"
+    folder = work / (f"slimgpt-{ratio}" + (f"-{tag}" if tag else ""))
     if not (folder / "config.json").exists():
-        model, _, info = prune_copy(dense, tok, dict(pruning_ratio=ratio / 100), calib_rows, 64, 512)
+        settings = dict(pruning_ratio=ratio / 100, **({"schedule": schedule} if schedule is not None else {}))
+        model, _, info = prune_copy(dense, tok, settings, calib_rows, 64, 512)
         save_pruned_model(model, folder, tokenizer=tok, overwrite=True)
         (folder / "prune_info.json").write_text(json.dumps(info))
         return model
@@ -155,8 +176,15 @@ def run(args) -> None:
     for name in args.runs:
         spec = RUNS[name]
         t0 = time.perf_counter()
-        student = pruned_model(dense, tok, spec["ratio"], work, args.valid_rows)
+        profile = spec.get("profile")
+        if profile is not None and args.profiles is None:
+            raise SystemExit(f"{name} needs --profiles (a benchmarks/search.py output with a '{profile}' row)")
+        schedule = None if profile is None else profile_schedule(args.profiles, profile)
+        student = pruned_model(dense, tok, spec["ratio"], work, args.valid_rows, schedule=schedule,
+                               tag="" if profile is None else profile)
         row = {"run": name, "ratio": spec["ratio"]}
+        if profile is not None:
+            row.update(profile=profile, profiles=args.profiles, schedule=schedule)
         if spec["recover"] is not None:
             if steps is None:
                 steps = timed_steps(student, teacher, tok, args, spec["recover"])
@@ -209,6 +237,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", nargs="*", default=["pruned-50", "kd-50", "lm-50"], help=f"any of {list(RUNS)}")
     ap.add_argument("--out", default="bench_out/recovery.jsonl")
+    ap.add_argument("--profiles", default=None, help="benchmarks/search.py output whose searched schedule the "
+                                                      "*-search-* runs prune at")
     ap.add_argument("--work", default="bench_out/recovery", help="where the pruned models are kept")
     ap.add_argument("--table", default=None, help="print the markdown table of a results file and exit")
     ap.add_argument("--step-cost", action="store_true",

@@ -114,6 +114,19 @@ def _searched_ratio(path: Path, r: int):
     return found
 
 
+def _profile(path: Path, r: int) -> list[list[float]]:
+    """The schedule of the last ``search-reprune-R`` row in ``path``."""
+    found = None
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if row.get("setting") == f"search-reprune-{r}" and "schedule" in row:
+                found = row["schedule"]
+    if found is None:
+        raise SystemExit(f"no search-reprune-{r} row with a schedule in {path}")
+    return found
+
+
 def run(args) -> None:
     dense, tok = load_smollm2(args.threads)
     test_text = wikitext2_test_text(WIKI)
@@ -150,7 +163,15 @@ def run(args) -> None:
                    "search_seconds": info["search_seconds"], "block_params_before": again.summary.block_params_before}
             append_row(out, _evaluate(model, tok, row, args, test_text))
             del model
-        target = _searched_ratio(out, r) or ratio
+        if "profile" in args.rows:  # the searched sizes of an earlier run, re-pruned and evaluated (no search)
+            sched = _profile(Path(args.profiles), r)
+            model, again = _prune(dense, tok, SlimGPTConfig(**_base(args, ratio, dataset=None, schedule=sched)), calib)
+            row = {"setting": f"search-reprune-{r}", **_sizes_row(again), "schedule": sched,
+                   "from_profile": args.profiles, "block_params_before": again.summary.block_params_before}
+            append_row(out, _evaluate(model, tok, row, args, test_text))
+            del model
+        target = (_searched_ratio(out, r) or (_searched_ratio(Path(args.profiles), r) if args.profiles else None)
+                  or ratio)
         for kind in ("log_increase", "layer_importance", "flap_alloc"):
             if kind not in args.rows:
                 continue
@@ -186,7 +207,10 @@ def main() -> None:
     ap.add_argument("--out", default="bench_out/search.jsonl")
     ap.add_argument("--table", default=None, help="print the markdown table of a results file and exit")
     ap.add_argument("--ratios", type=int, nargs="*", default=[20, 50], help="percent of block parameters to remove")
-    ap.add_argument("--rows", nargs="*", default=list(ROWS), help=f"any of {list(ROWS)}")
+    ap.add_argument("--rows", nargs="*", default=list(ROWS), help=f"any of {list(ROWS)}, or 'profile': re-prune at "
+                    "the searched sizes of --profiles instead of searching")
+    ap.add_argument("--profiles", default=None, help="an earlier output of this script: its search-reprune-R rows' "
+                    "schedules for the 'profile' row, and their removed fractions for the baselines")
     ap.add_argument("--dense", action="store_true", help="also evaluate the dense model")
     ap.add_argument("--num-samples", type=int, default=64)
     ap.add_argument("--seqlen", type=int, default=512)
@@ -208,9 +232,11 @@ def main() -> None:
     if args.table:
         print(table(args.table))
         return
-    bad = set(args.rows) - set(ROWS)
+    bad = set(args.rows) - set(ROWS) - {"profile"}
     if bad:
-        ap.error(f"unknown --rows {sorted(bad)}; choose from {list(ROWS)}")
+        ap.error(f"unknown --rows {sorted(bad)}; choose from {list(ROWS)} or 'profile'")
+    if "profile" in args.rows and not args.profiles:
+        ap.error("--rows profile needs --profiles")
     run(args)
 
 
