@@ -307,7 +307,8 @@ class KLFitness:
       the dense model, so per position ``KL(p_d || p_c) = lse(z_c) - lse(z_d) - e·(h_c - h_d)`` with
       ``e = p_dᵀ W`` (the dense distribution's mean output embedding; the bias cancels). The dense model leaves
       ``h_d``, ``lse(z_d)`` and ``e`` per position (hidden-size vectors, not vocabulary-size ones); a candidate
-      costs its head product and a log-sum-exp, no log-softmax of either model.
+      costs its head product and a log-sum-exp, no log-softmax of either model. (The distributions are those of
+      the head's logits: a final logit soft-cap, Gemma 2's, is left out for both models.)
     - **Prefix reuse.** Offspring differ from their parent in a few parts; the blocks before the first changed one
       compute what they computed for the parent. The block inputs of recent candidates are kept (up to
       ``prefix_bytes``, least recently used dropped first) and a forward starts at the first block that differs
