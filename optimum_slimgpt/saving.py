@@ -814,6 +814,15 @@ def _terminate_as_interrupt():
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _readable_files(folder: Path) -> None:
+    """Give the files written into ``folder`` the permissions of a file the user creates (``0o666`` less the
+    umask): some writers (the safetensors weights) create them readable by their owner only."""
+    mode = 0o666 & ~_umask()
+    for f in folder.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            os.chmod(f, mode)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -1032,6 +1041,7 @@ def save_pruned_model(
             if model_card:
                 (tmp / "README.md").write_text(_model_card(view, plan, num_params, eval_results, base_model),
                                                encoding="utf-8")
+            _readable_files(tmp)
             _swap_into_place(tmp, target, overwrite)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -306,6 +306,11 @@ def test_checkpoint_size_follows_the_parameters_removed(tmp_path):
     # fp32: 4 bytes a parameter, plus a small safetensors header
     assert res.weights_bytes / dense_bytes == pytest.approx(pruned_params / dense_params, abs=0.01)
     assert 4 * pruned_params <= res.weights_bytes < 4 * pruned_params + 16_384
+    # every saved file is as readable as any file the user creates (the weights were written owner-only before)
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "pruned").iterdir() if f.is_file()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o666 & ~mask}
 
 
 def _stored_params(folder: Path) -> tuple[int, set]:
