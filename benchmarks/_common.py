@@ -64,3 +64,17 @@ def append_row(path, row: dict) -> None:
     print(json.dumps(row), flush=True)
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def searched_profile(path, setting: str) -> list[list[float]]:
+    """The explicit per-layer schedule of the last row named ``setting`` (e.g. ``search-reprune-50``) in ``path``, a
+    JSON-lines output of ``benchmarks/search.py``; exits with a message when there is none."""
+    found = None
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if row.get("setting") == setting and "schedule" in row:
+                found = row["schedule"]
+    if found is None:
+        raise SystemExit(f"no '{setting}' row with a schedule in {path}")
+    return found

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from _common import SHARED, WIKI, append_row, load_smollm2, prune_copy  # noqa: E402
+from _common import SHARED, WIKI, append_row, load_smollm2, prune_copy, searched_profile  # noqa: E402
 
 from optimum_slimgpt import RecoveryConfig, recover, save_pruned_model  # noqa: E402
 from optimum_slimgpt.evaluation import perplexity, wikitext2_test_text, wikitext2_validation_rows, zero_shot  # noqa: E402
@@ -60,20 +60,6 @@ RUNS = {
     "pruned-search-50": dict(ratio=50, recover=None, profile="search-reprune-50"),
     "kd-search-50": dict(ratio=50, recover=dict(loss="kd"), profile="search-reprune-50"),
 }
-
-
-def profile_schedule(path: str, setting: str) -> list[list[float]]:
-    """The explicit schedule of the last row named ``setting`` in ``path`` (a JSON-lines file of
-    ``benchmarks/search.py``)."""
-    found = None
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if row.get("setting") == setting and "schedule" in row:
-                found = row["schedule"]
-    if found is None:
-        raise SystemExit(f"no '{setting}' row with a schedule in {path}")
-    return found
 
 
 def pruned_model(dense, tok, ratio: int, work: Path, calib_rows, schedule=None, tag: str = ""):
@@ -179,7 +165,7 @@ def run(args) -> None:
         profile = spec.get("profile")
         if profile is not None and args.profiles is None:
             raise SystemExit(f"{name} needs --profiles (a benchmarks/search.py output with a '{profile}' row)")
-        schedule = None if profile is None else profile_schedule(args.profiles, profile)
+        schedule = None if profile is None else searched_profile(args.profiles, profile)
         student = pruned_model(dense, tok, spec["ratio"], work, args.valid_rows, schedule=schedule,
                                tag="" if profile is None else profile)
         row = {"run": name, "ratio": spec["ratio"]}

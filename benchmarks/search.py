@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SHARED, WIKI, append_row, load_smollm2  # noqa: E402
+from _common import SHARED, WIKI, append_row, load_smollm2, searched_profile  # noqa: E402
 from quality import ZERO_SHOT_SETS, mean_accuracy  # noqa: E402
 
 from optimum_slimgpt import FLAPConfig, SlimGPTConfig, SlimGPTPruner, get_adapter  # noqa: E402
@@ -114,19 +114,6 @@ def _searched_ratio(path: Path, r: int):
     return found
 
 
-def _profile(path: Path, r: int) -> list[list[float]]:
-    """The schedule of the last ``search-reprune-R`` row in ``path``."""
-    found = None
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if row.get("setting") == f"search-reprune-{r}" and "schedule" in row:
-                found = row["schedule"]
-    if found is None:
-        raise SystemExit(f"no search-reprune-{r} row with a schedule in {path}")
-    return found
-
-
 def run(args) -> None:
     dense, tok = load_smollm2(args.threads)
     test_text = wikitext2_test_text(WIKI)
@@ -164,7 +151,7 @@ def run(args) -> None:
             append_row(out, _evaluate(model, tok, row, args, test_text))
             del model
         if "profile" in args.rows:  # the searched sizes of an earlier run, re-pruned and evaluated (no search)
-            sched = _profile(Path(args.profiles), r)
+            sched = searched_profile(args.profiles, f"search-reprune-{r}")
             model, again = _prune(dense, tok, SlimGPTConfig(**_base(args, ratio, dataset=None, schedule=sched)), calib)
             row = {"setting": f"search-reprune-{r}", **_sizes_row(again), "schedule": sched,
                    "from_profile": args.profiles, "block_params_before": again.summary.block_params_before}
