@@ -127,7 +127,8 @@ def run(args) -> None:
         append_row(out, _evaluate(dense, tok, {"setting": "dense", "removed": 0.0}, args, test_text))
     search_kw = dict(search_levels=args.levels, search_generations=args.generations, search_offspring=args.offspring,
                      search_tokens=args.tokens, search_survivors=args.survivors, search_seed=args.search_seed,
-                     search_minutes=args.minutes, search_final="stitched")
+                     search_minutes=args.minutes, search_final="stitched",
+                     search_database_inputs=args.database_inputs)
     for r in args.ratios:
         ratio = r / 100
         if "search" in args.rows:
@@ -208,6 +209,8 @@ def main() -> None:
                     help="tokens of each selection step (whole windows of --seqlen, then a prefix of the next)")
     ap.add_argument("--survivors", type=int, nargs="*", default=[2, 1])
     ap.add_argument("--search-seed", type=int, default=0)
+    ap.add_argument("--database-inputs", choices=["dense", "propagated"], default="dense",
+                    help="the level database's block inputs (search_database_inputs)")
     ap.add_argument("--minutes", type=float, default=25.0, help="the search's time budget (after the database)")
     ap.add_argument("--eval-tokens", type=int, default=65_536)
     ap.add_argument("--eval-seqlen", type=int, default=2048)

@@ -30,12 +30,13 @@ from typing import Any, ClassVar, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["ConfigError", "PruningConfig", "SlimGPTConfig", "SlimLLMConfig", "FLAPConfig", "SCHEDULES", "SEARCH_FINALS",
+__all__ = ["ConfigError", "PruningConfig", "SlimGPTConfig", "SlimLLMConfig", "FLAPConfig", "SCHEDULES", "SEARCH_FINALS", "SEARCH_DATABASE_INPUTS",
            "DatasetLike", "register_config", "registered_configs", "config_class_for", "fields_from_record",
            "parse_schedule"]
 
 SCHEDULES = ("log_increase", "linear_increase", "uniform", "layer_importance", "search")
 SEARCH_FINALS = ("reprune", "stitched")
+SEARCH_DATABASE_INPUTS = ("dense", "propagated")
 HEAD_SELECTIONS = ("obs", "obs_official", "magnitude")
 CHANNEL_SELECTIONS = ("obs", "magnitude")
 DatasetLike = Union[str, Sequence[str], torch.Tensor, None]
@@ -195,6 +196,10 @@ class PruningConfig:
         search_final: ``"search"``: the model returned: ``"reprune"`` (default; the block loop re-prunes at the
             found sizes with propagated inputs) or ``"stitched"`` (the best candidate itself, each block pruned on
             the dense inputs).
+        search_database_inputs: ``"search"``: the block inputs the level database is pruned on: ``"dense"`` (the
+            dense model's, EvoPress's database) or ``"propagated"`` (those of the model pruned at the starting
+            candidate's levels, as the block loop propagates them: each block's variants see the error of the pruned
+            blocks before it, and the stitched starting candidate is the block loop's model at its sizes).
         search_max_memory_gb: ``"search"``: the level database (every part pruned at every level) may hold this
             much memory; a larger one needs ``search_offload_dir``.
         search_offload_dir: ``"search"``: keep the level database on disk there (safetensors) instead of in memory.
@@ -269,6 +274,10 @@ class PruningConfig:
         default="reprune",
         metadata={"help": "schedule=search: reprune (re-prune at the found sizes) or stitched (the best candidate)",
                   "choices": SEARCH_FINALS})
+    search_database_inputs: str = field(
+        default="dense",
+        metadata={"help": "schedule=search: block inputs of the level database: dense or propagated (the starting "
+                          "candidate's pruned model)", "choices": SEARCH_DATABASE_INPUTS})
     search_max_memory_gb: float = field(
         default=8.0, metadata={"help": "schedule=search: memory the level database may use (GiB)"})
     search_offload_dir: Optional[str] = field(
@@ -368,6 +377,8 @@ class PruningConfig:
         m = self.search_minutes
         _check(m is None or (_is_number(m) and m > 0), "search_minutes", "None or a number > 0", m)
         _check(self.search_final in SEARCH_FINALS, "search_final", f"one of {SEARCH_FINALS}", self.search_final)
+        _check(self.search_database_inputs in SEARCH_DATABASE_INPUTS, "search_database_inputs",
+               f"one of {SEARCH_DATABASE_INPUTS}", self.search_database_inputs)
         _check(_is_number(self.search_max_memory_gb) and self.search_max_memory_gb >= 0, "search_max_memory_gb",
                "a number >= 0", self.search_max_memory_gb)
         d = self.search_offload_dir

@@ -9,7 +9,11 @@ selection) are in :mod:`optimum_slimgpt.solvers.allocation`. This module runs th
    (:meth:`PruningMethod.prune_attention` / :meth:`~PruningMethod.prune_ffn`, the tasks the block loop builds). A
    variant keeps what the solver returns: the kept heads / KV heads / channels, the repaired output projection
    (kept columns only) and its new bias. The variants live in memory, or in ``search_offload_dir`` as one
-   safetensors file per part when they exceed ``search_max_memory_gb``.
+   safetensors file per part when they exceed ``search_max_memory_gb``. With ``search_database_inputs=
+   "propagated"`` the inputs are instead those of the model pruned at the starting candidate's levels, as the block
+   loop propagates them (each part observed and solved at every rung, then left at the start's rung while the rest
+   of the block runs): every variant sees the pruning error of the blocks before it, as the re-pruned final model
+   does, and the stitched starting candidate is exactly the block loop's model at its sizes.
 2. **Stitching** (:class:`Stitcher`): a candidate is assembled in the model itself by a weight swap: a part's
    input projections are sliced from the kept dense tensors and its output projection is the variant's tensor.
    No solver runs; only the parts that differ from the previous candidate are swapped.
@@ -595,23 +599,75 @@ class EvolutionarySearch:
         run, pruner, c = self.run, self.pruner, self.config
         dev, n = run.store.device, len(run.blocks)
         cur = list(inps)
+        propagated = c.search_database_inputs == "propagated"
         bar = tqdm(range(n), desc=f"{pruner.label} level database", unit="block")
         try:
-            for i in bar:
-                block = run.blocks[i]
-                lads = {lad.part: lad for lad in self.ladders if lad.layer == i}
-                parts = [p for p in _PARTS if any(r.removed > 0 for r in lads[p.name].rungs)]
-                with pruner._on_device(block, dev):
-                    stats = _observe_dense_block(run, block, i, parts, c, layer_kwargs[i], cur)
-                    for part in parts:
-                        self.db.put_part(i, part.name, self._variants(i, block, part, lads[part.name],
-                                                                       stats.pop(part.name)))
+            if propagated:
+                self._propagated_database(bar, cur, layer_kwargs)
+            else:
+                for i in bar:
+                    block = run.blocks[i]
+                    lads = {lad.part: lad for lad in self.ladders if lad.layer == i}
+                    parts = [p for p in _PARTS if any(r.removed > 0 for r in lads[p.name].rungs)]
+                    with pruner._on_device(block, dev):
+                        stats = _observe_dense_block(run, block, i, parts, c, layer_kwargs[i], cur)
+                        for part in parts:
+                            self.db.put_part(i, part.name, self._variants(i, block, part, lads[part.name],
+                                                                           stats.pop(part.name)))
         finally:
             bar.close()
         self.seconds["database"] = time.perf_counter() - t0
-        logger.info("level database: %d variants, %.1f MiB%s, %.1f s", sum(
+        logger.info("level database (%s inputs): %d variants, %.1f MiB%s, %.1f s", c.search_database_inputs, sum(
             sum(r.removed > 0 for r in lad.rungs) for lad in self.ladders), self.db.nbytes / 2**20,
             f" in {self._tmp}" if self._tmp else "", self.seconds["database"])
+
+    def _propagated_database(self, bar, cur: list[torch.Tensor], layer_kwargs: list[list[dict]]) -> None:
+        """``search_database_inputs="propagated"``: the block loop at the starting candidate's levels (the first of
+        :meth:`starts`), except that each part is solved at every rung: per block, the attention is observed on the
+        propagated inputs and solved at every rung, then stitched at the start's rung; the FFN is observed with that
+        attention and solved at every rung, then stitched at its start rung; the block's outputs at the start's
+        levels are the next block's inputs. The dense weights are back in place after every block."""
+        import dataclasses
+
+        from .pruner import _PARTS
+
+        run, pruner, c = self.run, self.pruner, self.config
+        adapter, dev, n = run.adapter, run.store.device, len(run.blocks)
+        start = self.starts()[0]
+        stitcher = Stitcher(adapter, run.blocks, run.model.config, self.ladders, self.db)
+        for i in bar:
+            block, kw = run.blocks[i], layer_kwargs[i]
+            lads = {lad.part: (p, lad) for p, lad in enumerate(self.ladders) if lad.layer == i}
+            # the MLP tail from the kept residual (as the block loop does), unless the block must run whole
+            keep_residual = (pruner.reuse_attention_output and run.mlp_tail is not False and i < n - 1
+                             and not any(hasattr(m, "_hf_hook") for m in block.modules()))
+            with pruner._on_device(block, dev):
+                residual = None
+                try:
+                    for part in _PARTS:
+                        p, lad = lads[part.name]
+                        if not any(r.removed > 0 for r in lad.rungs):
+                            continue
+                        observers = run.method.observers(part.name, c)
+                        stats: dict = {}
+                        if observers:
+                            entry = adapter.mlp_tail_entry(block) if keep_residual and part.name == "ffn" else None
+                            stats, residual = pruner._observe(run, part, block, observers, cur, kw,
+                                                              keep_input_of=entry)
+                        variants = self._variants(i, block, part, lad, stats)
+                        self.db.put_part(i, part.name, variants)
+                        v = variants.get(start[p])
+                        if v is not None and v.weight.device != dev:
+                            v = dataclasses.replace(v, weight=v.weight.to(dev),
+                                                    bias=None if v.bias is None else v.bias.to(dev))
+                        stitcher.set_part(i, part.name, v)
+                    if i < n - 1:  # the next block's inputs: this block at the start's levels
+                        outs = pruner._tail_outputs(run, block, residual, cur, kw) if residual else None
+                        cur[:] = outs if outs is not None else pruner._run_block(run, block, cur, kw)
+                    residual = None
+                finally:
+                    for part in _PARTS:
+                        stitcher.set_part(i, part.name, None)
 
     def _variants(self, i: int, block, part, ladder: PartLadder, stats: dict) -> dict[int, Variant]:
         run, c = self.run, self.config
@@ -711,7 +767,8 @@ class EvolutionarySearch:
             ra, rf = lad_a.rungs[ka], lad_f.rungs[kf]
             if (lp.heads, lp.kv_heads, lp.channels) != (ra.heads, ra.kv_heads, rf.channels):  # pragma: no cover
                 raise RuntimeError("the searched profile does not reproduce its sizes through the explicit schedule")
-        settings = {"levels": list(c.search_levels), "generations": c.search_generations,
+        settings = {"levels": list(c.search_levels), "database_inputs": c.search_database_inputs,
+                    "generations": c.search_generations,
                     "offspring": c.search_offspring, "tokens": list(c.search_tokens),
                     "survivors": list(c.search_survivors), "seed": c.search_seed, "minutes": c.search_minutes}
         self.result = SearchResult(

@@ -395,3 +395,42 @@ def test_kl_fitness_is_the_kl_of_the_logits_with_and_without_prefix_reuse():
     assert len({round(v, 9) for v in values[::2]}) == 3  # three different candidates, three different KLs
     assert reuse.evaluations == whole.evaluations == 2 + 1 + 2 + 2 + 1  # every window piece once per candidate
     assert reuse.blocks_run < tight.blocks_run < whole.blocks_run == 3 * whole.evaluations
+
+
+def test_propagated_database_stitches_the_start_as_the_block_loop_prunes_it():
+    """With ``search_database_inputs="propagated"`` every block's variants are solved on the inputs of the model
+    pruned at the starting candidate's levels: the stitched start is the block loop's model at the start's sizes
+    (logits equal), which the dense-input database does not give; the other variants differ too."""
+    from optimum_slimgpt.pruner import ActivationStore, Stopwatch, _Run
+    from optimum_slimgpt.search import EvolutionarySearch
+
+    dense = _tiny(3)
+
+    def stitched_start(inputs):
+        model = copy.deepcopy(dense)
+        cfg = _cfg(search_database_inputs=inputs)
+        pruner = SlimGPTPruner(cfg)
+        adapter = get_adapter(model)
+        blocks = adapter.get_blocks(model)
+        run = _Run(model, adapter, blocks, pruner.method, ActivationStore(torch.device("cpu")), Stopwatch())
+        inps, kw = pruner._capture(run, CALIB)
+        search = EvolutionarySearch(pruner, run, CALIB)
+        search.build_database(inps, kw)
+        before = _weights(model)
+        assert all(torch.equal(before[k], w) for k, w in _weights(dense).items())  # dense again after the database
+        start = search.starts()[0]
+        Stitcher(adapter, blocks, model.config, search.ladders, search.db).apply(start)
+        return _logits(model), profile_schedule(search.ladders, start), search.db
+
+    got, sched, db_p = stitched_start("propagated")
+    assert sum(a > 0 for a, _ in sched) >= 2 and sum(f > 0 for _, f in sched) >= 2  # several pruned parts
+    loop = SlimGPTPruner(SlimGPTConfig(pruning_ratio=0.3, dataset=None, batch_size=4, schedule=sched))
+    want = _logits(loop.prune_model(copy.deepcopy(dense), calibration=CALIB))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * float(want.abs().max()))
+    on_dense, _, db_d = stitched_start("dense")
+    assert (on_dense - want).abs().max() > 1e-3 * float(want.abs().max())  # the inputs matter: not vacuous
+    # block 0 sees the same (dense) inputs either way; a later block's variants differ
+    last = len(sched) - 1
+    k = next(r for r in range(1, 4) if db_p.get(last, "ffn", r) is not None)
+    assert torch.equal(db_p.get(0, "ffn", k).weight, db_d.get(0, "ffn", k).weight)
+    assert not torch.allclose(db_p.get(last, "ffn", k).weight, db_d.get(last, "ffn", k).weight)
