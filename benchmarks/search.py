@@ -7,7 +7,8 @@ mean ± s.e.). Every row uses SlimGPT's solver (OBS selection and compensation);
 
 Rows per ratio ``R`` in ``--ratios`` (default 20 50):
 
-- ``search-stitched-R``: the search's best candidate itself (every part pruned on the dense block inputs, stitched)
+- ``search-stitched-R``: the search's best candidate itself (every part as the level database pruned it, on the
+  inputs of ``--database-inputs``: by default propagated through the starting candidate's pruned model, stitched)
 - ``search-reprune-R``: the block loop re-pruned at the found sizes (propagated inputs); this is the searched
   profile used as an explicit schedule, which gives the same model as ``search_final="reprune"`` (tested)
 - ``log_increase-R``, ``layer_importance-R``: the package's fixed schedules
@@ -24,7 +25,11 @@ row). Without a search row in ``--out`` they use ``R``.
     python benchmarks/search.py --ratios 50 --rows search log_increase --zero-shot-set none --minutes 8 \\
         --out bench_out/search_check.jsonl                                     # a short check at 50%
 
-Appends one JSON line per row, so an interrupted run resumes with ``--rows``.
+Appends one JSON line per row, so an interrupted run resumes with ``--rows``. Zero-shot only, for the searched
+sizes of an earlier run and the best fixed schedule (``--skip-ppl``: no perplexity):
+
+    python benchmarks/search.py --ratios 50 --rows profile log_increase --profiles bench_out/search4.jsonl \
+        --skip-ppl --zero-shot-set small --zero-shot-dtype float32 --out bench_out/search4_zs.jsonl
 """
 
 from __future__ import annotations
@@ -81,10 +86,11 @@ def _flap_schedule(dense, tok, args, ratio: float, calib) -> list[list[float]]:
 
 
 def _evaluate(model, tok, row: dict, args, test_text: str) -> dict:
-    t = time.perf_counter()
-    row["ppl"] = round(perplexity(model, tok, test_text, seqlen=args.eval_seqlen, max_tokens=args.eval_tokens,
-                                  show_progress=False), 3)
-    row["ppl_seconds"] = round(time.perf_counter() - t, 1)
+    if not args.skip_ppl:
+        t = time.perf_counter()
+        row["ppl"] = round(perplexity(model, tok, test_text, seqlen=args.eval_seqlen, max_tokens=args.eval_tokens,
+                                      show_progress=False), 3)
+        row["ppl_seconds"] = round(time.perf_counter() - t, 1)
     if args.zero_shot_set != "none":
         t = time.perf_counter()
         m = model if args.zero_shot_dtype == "float32" else copy.deepcopy(model).to(getattr(torch, args.zero_shot_dtype))
@@ -185,7 +191,8 @@ def table(path: str) -> str:
         m = r.get("zero_shot", {}).get("mean")
         zs = (f"{m['acc']:.4f} ± {m['acc_stderr']:.4f} | {m['acc_norm']:.4f} ± {m['acc_norm_stderr']:.4f}" if m
               else " | ")
-        out.append(f"| {name} | {100 * r['removed']:.2f}% | {r['ppl']:.2f} | {zs} | {r.get('prune_seconds', 0):.0f} | "
+        ppl = f"{r['ppl']:.2f}" if "ppl" in r else ""
+        out.append(f"| {name} | {100 * r['removed']:.2f}% | {ppl} | {zs} | {r.get('prune_seconds', 0):.0f} | "
                    f"{r.get('search_seconds', '')} |")
     return "\n".join(out)
 
@@ -209,9 +216,10 @@ def main() -> None:
                     help="tokens of each selection step (whole windows of --seqlen, then a prefix of the next)")
     ap.add_argument("--survivors", type=int, nargs="*", default=[2, 1])
     ap.add_argument("--search-seed", type=int, default=0)
-    ap.add_argument("--database-inputs", choices=["dense", "propagated"], default="dense",
+    ap.add_argument("--database-inputs", choices=["dense", "propagated"], default="propagated",
                     help="the level database's block inputs (search_database_inputs)")
     ap.add_argument("--minutes", type=float, default=25.0, help="the search's time budget (after the database)")
+    ap.add_argument("--skip-ppl", action="store_true", help="no perplexity (e.g. zero-shot only for known rows)")
     ap.add_argument("--eval-tokens", type=int, default=65_536)
     ap.add_argument("--eval-seqlen", type=int, default=2048)
     ap.add_argument("--zero-shot-set", choices=["none", *ZERO_SHOT_SETS], default="big")

@@ -194,12 +194,13 @@ class PruningConfig:
         search_minutes: ``"search"``: time budget; the search stops after the generation running when it is spent
             and keeps the best candidate so far (``None``: no limit).
         search_final: ``"search"``: the model returned: ``"reprune"`` (default; the block loop re-prunes at the
-            found sizes with propagated inputs) or ``"stitched"`` (the best candidate itself, each block pruned on
-            the dense inputs).
-        search_database_inputs: ``"search"``: the block inputs the level database is pruned on: ``"dense"`` (the
-            dense model's, EvoPress's database) or ``"propagated"`` (those of the model pruned at the starting
-            candidate's levels, as the block loop propagates them: each block's variants see the error of the pruned
-            blocks before it, and the stitched starting candidate is the block loop's model at its sizes).
+            found sizes with propagated inputs) or ``"stitched"`` (the best candidate itself, each part as the level
+            database pruned it).
+        search_database_inputs: ``"search"``: the block inputs the level database is pruned on: ``"propagated"``
+            (default: those of the model pruned at the starting candidate's levels, as the block loop propagates
+            them: each block's variants see the error of the pruned blocks before it, and the stitched starting
+            candidate is the block loop's model at its sizes) or ``"dense"`` (the dense model's, as EvoPress builds
+            its database; one dense pass instead of the block loop's, about 15% less time for the database).
         search_max_memory_gb: ``"search"``: the level database (every part pruned at every level) may hold this
             much memory; a larger one needs ``search_offload_dir``.
         search_offload_dir: ``"search"``: keep the level database on disk there (safetensors) instead of in memory.
@@ -275,7 +276,7 @@ class PruningConfig:
         metadata={"help": "schedule=search: reprune (re-prune at the found sizes) or stitched (the best candidate)",
                   "choices": SEARCH_FINALS})
     search_database_inputs: str = field(
-        default="dense",
+        default="propagated",
         metadata={"help": "schedule=search: block inputs of the level database: dense or propagated (the starting "
                           "candidate's pruned model)", "choices": SEARCH_DATABASE_INPUTS})
     search_max_memory_gb: float = field(

@@ -3,14 +3,15 @@
 The pure parts (ladders of sizes, the budget band, level-switch mutation, the (1+λ) loop with multi-step
 selection) are in :mod:`optimum_slimgpt.solvers.allocation`. This module runs them on a Hugging Face model:
 
-1. **Level database** (:class:`LevelDatabase`, :meth:`EvolutionarySearch.build_database`). The dense blocks run
+1. **Level database** (:class:`LevelDatabase`, :meth:`EvolutionarySearch.build_database`). With
+   ``search_database_inputs="dense"`` the dense blocks run
    one after the other on the captured calibration inputs (the dense model's block inputs), with the method's
    observers on both parts; each part is then pruned at every rung of its ladder by the method's own solver
    (:meth:`PruningMethod.prune_attention` / :meth:`~PruningMethod.prune_ffn`, the tasks the block loop builds). A
    variant keeps what the solver returns: the kept heads / KV heads / channels, the repaired output projection
    (kept columns only) and its new bias. The variants live in memory, or in ``search_offload_dir`` as one
-   safetensors file per part when they exceed ``search_max_memory_gb``. With ``search_database_inputs=
-   "propagated"`` the inputs are instead those of the model pruned at the starting candidate's levels, as the block
+   safetensors file per part when they exceed ``search_max_memory_gb``. With ``"propagated"`` (the default) the
+   inputs are instead those of the model pruned at the starting candidate's levels, as the block
    loop propagates them (each part observed and solved at every rung, then left at the start's rung while the rest
    of the block runs): every variant sees the pruning error of the blocks before it, as the re-pruned final model
    does, and the stitched starting candidate is exactly the block loop's model at its sizes.

@@ -258,11 +258,12 @@ def test_search_is_deterministic_for_a_seed_and_the_profile_is_reusable(tmp_path
 
 
 def test_stitching_equals_pruning_each_block_at_its_level():
-    """The stitched candidate (a weight swap from the level database) computes what pruning each part on its own,
-    on the dense model's inputs, at that level gives (the explicit schedule prunes one part of one layer)."""
+    """The stitched candidate (a weight swap from the level database on dense inputs) computes what pruning each
+    part on its own, on the dense model's inputs, at that level gives (the explicit schedule prunes one part of one
+    layer)."""
     layers = 3
     dense = _tiny(layers)
-    cfg = _cfg(search_final="stitched", search_generations=3)
+    cfg = _cfg(search_final="stitched", search_generations=3, search_database_inputs="dense")
     model, pruner = _search_run(cfg, copy.deepcopy(dense))
     sched = pruner.search_result.schedule
     assert any(a > 0 for a, _ in sched) and any(f > 0 for _, f in sched)
