@@ -30,9 +30,9 @@ from typing import Any, ClassVar, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["ConfigError", "PruningConfig", "SlimGPTConfig", "SlimLLMConfig", "FLAPConfig", "SCHEDULES", "SEARCH_FINALS", "SEARCH_DATABASE_INPUTS",
-           "DatasetLike", "register_config", "registered_configs", "config_class_for", "fields_from_record",
-           "parse_schedule"]
+__all__ = ["ConfigError", "PruningConfig", "SlimGPTConfig", "SlimLLMConfig", "FLAPConfig", "SCHEDULES", "SEARCH_FINALS",
+           "SEARCH_DATABASE_INPUTS", "DatasetLike", "register_config", "registered_configs", "config_class_for",
+           "fields_from_record", "parse_schedule"]
 
 SCHEDULES = ("log_increase", "linear_increase", "uniform", "layer_importance", "search")
 SEARCH_FINALS = ("reprune", "stitched")

@@ -196,6 +196,8 @@ def test_bad_input_is_refused_before_any_work(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match="global allocation"):
         SlimGPTPruner(_cfg(FLAPConfig)).prune_model(model, calibration=CALIB)
+    with pytest.raises(ConfigError, match="search_database_inputs"):
+        _cfg(search_database_inputs="pruned")
     assert not calls
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
