@@ -909,6 +909,13 @@ class SlimGPTPruner:
             if home != device:
                 block.to(home)
 
+    def _keeps_residual(self, run: _Run, block, i: int) -> bool:
+        """Whether block ``i``'s outputs come from the residual stream kept while its FFN is observed (the MLP tail,
+        :meth:`_tail_outputs`) instead of a whole forward. Accelerate hooks (device_map dispatch, offload) act on the
+        block's own forward: such a block always runs whole, as does the last one (its outputs feed nothing)."""
+        return (self.reuse_attention_output and run.mlp_tail is not False and i < len(run.blocks) - 1
+                and not any(hasattr(m, "_hf_hook") for m in block.modules()))
+
     def _prune_part(self, run: _Run, part: _Part, i: int, block, lp: LayerPlan, inps, kw, report: LayerReport,
                     kept: dict, keep_residual: bool) -> Optional[list[torch.Tensor]]:
         """Observe, solve, write back and slice one part of block ``i``; returns the residual stream entering the
@@ -972,10 +979,7 @@ class SlimGPTPruner:
                 )
                 kept = {"heads": list(range(lay.num_heads)), "kv_heads": list(range(lay.num_kv_heads)),
                         "channels": list(range(geom.channels))}
-                # accelerate hooks (device_map dispatch, offload) act on the block's own forward: such a block
-                # always runs whole, as does the last one (its outputs feed nothing)
-                keep_residual = (self.reuse_attention_output and run.mlp_tail is not False and i < len(blocks) - 1
-                                 and not any(hasattr(m, "_hf_hook") for m in block.modules()))
+                keep_residual = self._keeps_residual(run, block, i)
                 residual = None
                 for part in _PARTS:
                     if part.todo(adapter, block, config, lp):

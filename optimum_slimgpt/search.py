@@ -639,9 +639,7 @@ class EvolutionarySearch:
         for i in bar:
             block, kw = run.blocks[i], layer_kwargs[i]
             lads = {lad.part: (p, lad) for p, lad in enumerate(self.ladders) if lad.layer == i}
-            # the MLP tail from the kept residual (as the block loop does), unless the block must run whole
-            keep_residual = (pruner.reuse_attention_output and run.mlp_tail is not False and i < n - 1
-                             and not any(hasattr(m, "_hf_hook") for m in block.modules()))
+            keep_residual = pruner._keeps_residual(run, block, i)
             with pruner._on_device(block, dev):
                 residual = None
                 try:
@@ -665,7 +663,6 @@ class EvolutionarySearch:
                     if i < n - 1:  # the next block's inputs: this block at the start's levels
                         outs = pruner._tail_outputs(run, block, residual, cur, kw) if residual else None
                         cur[:] = outs if outs is not None else pruner._run_block(run, block, cur, kw)
-                    residual = None
                 finally:
                     for part in _PARTS:
                         stitcher.set_part(i, part.name, None)

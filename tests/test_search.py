@@ -312,8 +312,9 @@ def test_the_search_finds_the_brute_force_optimum_on_a_tiny_model():
     assert found.levels == best and found.evolution.fitness == pytest.approx(best_fit, rel=1e-6)
 
 
-def _database(model, cfg) -> LevelDatabase:
-    """The level database of ``model`` for ``cfg`` (built as the pruner builds it)."""
+def _search_with_database(model, cfg):
+    """The :class:`EvolutionarySearch` of ``model`` for ``cfg`` with its level database built (as the pruner
+    builds it)."""
     from optimum_slimgpt.pruner import ActivationStore, Stopwatch, _Run
     from optimum_slimgpt.search import EvolutionarySearch
 
@@ -324,7 +325,12 @@ def _database(model, cfg) -> LevelDatabase:
     inps, kw = pruner._capture(run, CALIB)
     search = EvolutionarySearch(pruner, run, CALIB)
     search.build_database(inps, kw)
-    return search.db
+    return search
+
+
+def _database(model, cfg) -> LevelDatabase:
+    """The level database of ``model`` for ``cfg`` (built as the pruner builds it)."""
+    return _search_with_database(model, cfg).db
 
 
 def test_offloaded_database_slimllm_and_time_budget(tmp_path):
@@ -404,21 +410,13 @@ def test_propagated_database_stitches_the_start_as_the_block_loop_prunes_it():
     """With ``search_database_inputs="propagated"`` every block's variants are solved on the inputs of the model
     pruned at the starting candidate's levels: the stitched start is the block loop's model at the start's sizes
     (logits equal), which the dense-input database does not give; the other variants differ too."""
-    from optimum_slimgpt.pruner import ActivationStore, Stopwatch, _Run
-    from optimum_slimgpt.search import EvolutionarySearch
-
     dense = _tiny(3)
 
     def stitched_start(inputs):
         model = copy.deepcopy(dense)
-        cfg = _cfg(search_database_inputs=inputs)
-        pruner = SlimGPTPruner(cfg)
+        search = _search_with_database(model, _cfg(search_database_inputs=inputs))
         adapter = get_adapter(model)
         blocks = adapter.get_blocks(model)
-        run = _Run(model, adapter, blocks, pruner.method, ActivationStore(torch.device("cpu")), Stopwatch())
-        inps, kw = pruner._capture(run, CALIB)
-        search = EvolutionarySearch(pruner, run, CALIB)
-        search.build_database(inps, kw)
         before = _weights(model)
         assert all(torch.equal(before[k], w) for k, w in _weights(dense).items())  # dense again after the database
         start = search.starts()[0]
